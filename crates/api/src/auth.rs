@@ -1,0 +1,95 @@
+//! Who is calling: the `AuthTenant` extractor (API key -> tenant) and the `Admin` extractor
+//! (admin token), both `Authorization: Bearer ...`.
+//!
+//! Keys and the admin token are only ever compared as SHA-256 digests: keys are looked up
+//! by digest, and the admin token's digest is compared in constant time.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use pulsestream_core::Tenant;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The tenant whose API key authenticated this request.
+#[derive(Debug, Clone)]
+pub struct AuthTenant(pub Tenant);
+
+/// Proof that the request carried the admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+/// Returns the hex SHA-256 of a secret, the only form in which secrets are kept.
+pub fn secret_hash(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest {
+        hex.push_str(&format!("{byte:02x}"));
+    }
+    hex
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("send your key as Authorization: Bearer <key>"))?;
+    let value = value.to_str().map_err(|_| ApiError::unauthorized("the Authorization header is malformed"))?;
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(token.trim())
+        }
+        _ => Err(ApiError::unauthorized("the Authorization header must be Bearer <key>")),
+    }
+}
+
+impl FromRequestParts<AppState> for AuthTenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let key = bearer(parts)?;
+        match state.tenants.tenant_by_key_hash(&secret_hash(key)).await? {
+            Some(tenant) => Ok(Self(tenant)),
+            None => Err(ApiError::unauthorized("unknown or revoked API key")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts)?;
+        if constant_time_eq(secret_hash(token).as_bytes(), state.admin_token_hash.as_bytes()) {
+            Ok(Self)
+        } else {
+            Err(ApiError::unauthorized("the admin token is wrong"))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_hash_to_lowercase_hex_sha256() {
+        assert_eq!(
+            secret_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_slices() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,297 @@
+//! Turning a request body into checked events, and outcomes into answers.
+//!
+//! Parsing and answering are pure functions of the body and the store's statuses, which is
+//! what lets an `Idempotency-Key` replay rebuild exactly the first answer from the recorded
+//! statuses alone.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use pulsestream_core::{FieldError, MAX_BATCH_EVENTS, NewEvent, WireEvent, wire_error};
+use pulsestream_store::AppendStatus;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::body::{BodyFormat, TextBody};
+use crate::error::{ApiError, ErrorItem};
+
+/// Which endpoint the events came through; it decides the shape of the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Single,
+    Batch(BodyFormat),
+}
+
+/// The events of one request after validation.
+#[derive(Debug)]
+pub struct Checked {
+    pub shape: Shape,
+    /// Per input item: the client's `event_id`, if it sent a string one.
+    pub event_ids: Vec<Option<String>>,
+    /// Per input item: why it was rejected, or `None` if it is in `events`.
+    pub rejections: Vec<Option<Vec<FieldError>>>,
+    /// The valid events, in input order.
+    pub events: Vec<NewEvent>,
+}
+
+impl Checked {
+    /// Parses and validates the body of `POST /v1/events`.
+    ///
+    /// # Errors
+    /// 400 for JSON that does not parse, 422 for an event that breaks the schema.
+    pub fn single(body: &TextBody) -> Result<Self, ApiError> {
+        let wire = serde_json::from_str::<WireEvent<'_>>(&body.text).map_err(|err| {
+            if err.is_data() {
+                let item = wire_error(&err);
+                ApiError::validation(item.msg.clone(), vec![error_item(&["body"], item)])
+            } else {
+                json_syntax_error(&err)
+            }
+        })?;
+        match NewEvent::from_wire(&wire) {
+            Ok(event) => Ok(Self {
+                shape: Shape::Single,
+                event_ids: vec![event.event_id.clone()],
+                rejections: vec![None],
+                events: vec![event],
+            }),
+            Err(errors) => {
+                let detail = count_errors(errors.len());
+                let items = errors.into_iter().map(|err| error_item(&["body"], err)).collect();
+                Err(ApiError::validation(detail, items))
+            }
+        }
+    }
+
+    /// Parses and validates the body of `POST /v1/events/batch`: `{"events": [...]}` or NDJSON.
+    ///
+    /// # Errors
+    /// 400 for JSON that does not parse, 422 for a wrong envelope (no `events` array, empty,
+    /// or over 1,000 events). Bad events do not fail the request; they become rejections.
+    pub fn batch(body: &TextBody) -> Result<Self, ApiError> {
+        let raw_items = match body.format {
+            BodyFormat::Json => envelope_items(&body.text)?,
+            BodyFormat::Ndjson => body.text.lines().filter(|line| !line.trim().is_empty()).map(Ok).collect(),
+        };
+        if raw_items.is_empty() {
+            return Err(envelope_error("too_short", "must hold at least one event"));
+        }
+        if raw_items.len() > MAX_BATCH_EVENTS {
+            return Err(envelope_error(
+                "too_long",
+                &format!("must hold at most {MAX_BATCH_EVENTS} events, got {}", raw_items.len()),
+            ));
+        }
+        let mut checked = Self {
+            shape: Shape::Batch(body.format),
+            event_ids: Vec::with_capacity(raw_items.len()),
+            rejections: Vec::with_capacity(raw_items.len()),
+            events: Vec::with_capacity(raw_items.len()),
+        };
+        for item in raw_items {
+            let parsed = item.and_then(|text| {
+                serde_json::from_str::<WireEvent<'_>>(text).map_err(|err| vec![wire_error(&err)])
+            });
+            let (event_id, result) = match parsed {
+                Ok(wire) => {
+                    let event_id = wire.event_id.and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+                    (event_id, NewEvent::from_wire(&wire))
+                }
+                Err(errors) => (None, Err(errors)),
+            };
+            checked.event_ids.push(event_id);
+            match result {
+                Ok(event) => {
+                    checked.rejections.push(None);
+                    checked.events.push(event);
+                }
+                Err(errors) => checked.rejections.push(Some(errors)),
+            }
+        }
+        Ok(checked)
+    }
+
+    /// Builds the answer from the store's statuses, one per valid event.
+    ///
+    /// # Errors
+    /// A single event that conflicts (409), or a batch in which everything was rejected (422).
+    pub fn respond(&self, statuses: &[AppendStatus]) -> Result<Response, ApiError> {
+        if statuses.len() != self.events.len() {
+            return Err(ApiError::internal(format!(
+                "{} statuses for {} events",
+                statuses.len(),
+                self.events.len()
+            )));
+        }
+        match self.shape {
+            Shape::Single => Ok(single_response(&self.events[0], statuses[0])?),
+            Shape::Batch(format) => self.batch_response(format, statuses),
+        }
+    }
+
+    fn batch_response(&self, format: BodyFormat, statuses: &[AppendStatus]) -> Result<Response, ApiError> {
+        let mut statuses = statuses.iter();
+        let mut response = BatchResponse { accepted: 0, duplicates: 0, rejected: 0, results: Vec::new() };
+        let mut all_errors = Vec::new();
+        for (index, rejection) in self.rejections.iter().enumerate() {
+            let prefix: Vec<Value> = match format {
+                BodyFormat::Json => vec!["body".into(), "events".into(), index.into()],
+                BodyFormat::Ndjson => vec!["body".into(), index.into()],
+            };
+            let client_event_id = self.event_ids[index].clone();
+            let result = match rejection {
+                Some(errors) => {
+                    response.rejected += 1;
+                    let errors: Vec<ErrorItem> = errors.iter().map(|err| prefixed(&prefix, err.clone())).collect();
+                    all_errors.extend(errors.iter().cloned());
+                    BatchResult::rejected(index, client_event_id, errors, None)
+                }
+                None => match *statuses.next().expect("one status per valid event, checked above") {
+                    AppendStatus::Accepted(id) => {
+                        response.accepted += 1;
+                        BatchResult::stored(index, client_event_id.unwrap_or_else(|| id.to_string()), id, "accepted")
+                    }
+                    AppendStatus::Duplicate(id) => {
+                        response.duplicates += 1;
+                        BatchResult::stored(index, client_event_id.unwrap_or_default(), id, "duplicate")
+                    }
+                    AppendStatus::Conflict(existing) => {
+                        response.rejected += 1;
+                        let mut loc = prefix.clone();
+                        loc.push("event_id".into());
+                        let error = ErrorItem {
+                            loc,
+                            kind: "conflict".into(),
+                            msg: format!("an event with this event_id and different content is stored as {existing}"),
+                        };
+                        all_errors.push(error.clone());
+                        BatchResult::rejected(index, client_event_id, vec![error], Some(existing.to_string()))
+                    }
+                },
+            };
+            response.results.push(result);
+        }
+        if response.accepted + response.duplicates == 0 {
+            let detail = format!("all {} events were rejected", response.rejected);
+            return Err(ApiError::validation(detail, all_errors)
+                .with_field("accepted", 0)
+                .with_field("duplicates", 0)
+                .with_field("rejected", response.rejected)
+                .with_field("results", serde_json::to_value(&response.results).unwrap_or_default()));
+        }
+        let status = if response.rejected == 0 { StatusCode::OK } else { StatusCode::MULTI_STATUS };
+        Ok((status, axum::Json(response)).into_response())
+    }
+}
+
+fn single_response(event: &NewEvent, status: AppendStatus) -> Result<Response, ApiError> {
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        id: String,
+        event_id: &'a str,
+        status: &'static str,
+    }
+    match status {
+        AppendStatus::Accepted(id) => {
+            let event_id = event.event_id.clone().unwrap_or_else(|| id.to_string());
+            let location = HeaderValue::try_from(format!("/v1/events/{id}"))
+                .map_err(|err| ApiError::internal(err))?;
+            let answer = Answer { id: id.to_string(), event_id: &event_id, status: "accepted" };
+            Ok((StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(answer)).into_response())
+        }
+        AppendStatus::Duplicate(id) => {
+            let event_id = event.event_id.as_deref().unwrap_or_default();
+            Ok((StatusCode::OK, axum::Json(Answer { id: id.to_string(), event_id, status: "duplicate" })).into_response())
+        }
+        AppendStatus::Conflict(existing) => Err(ApiError::conflict(
+            "conflict",
+            format!("an event with this event_id and different content is already stored as {existing}"),
+        )
+        .with_field("existing_id", existing.to_string())),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct BatchResponse {
+    accepted: usize,
+    duplicates: usize,
+    rejected: usize,
+    results: Vec<BatchResult>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchResult {
+    index: usize,
+    event_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    existing_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<ErrorItem>,
+}
+
+impl BatchResult {
+    fn stored(index: usize, event_id: String, id: pulsestream_core::EventId, status: &'static str) -> Self {
+        Self { index, event_id: Some(event_id), id: Some(id.to_string()), status, existing_id: None, errors: Vec::new() }
+    }
+
+    fn rejected(index: usize, event_id: Option<String>, errors: Vec<ErrorItem>, existing_id: Option<String>) -> Self {
+        Self { index, event_id, id: None, status: "rejected", existing_id, errors }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    events: Option<&'a RawValue>,
+}
+
+fn envelope_items(text: &str) -> Result<Vec<Result<&str, Vec<FieldError>>>, ApiError> {
+    let envelope = serde_json::from_str::<Envelope<'_>>(text).map_err(|err| {
+        if err.is_data() {
+            ApiError::validation(
+                "the body must be an object with an events array",
+                vec![ErrorItem { loc: vec!["body".into()], kind: "model_type".into(), msg: "must be a JSON object".into() }],
+            )
+        } else {
+            json_syntax_error(&err)
+        }
+    })?;
+    let Some(events) = envelope.events else {
+        return Err(envelope_error("missing", "field required"));
+    };
+    let items = serde_json::from_str::<Vec<&RawValue>>(events.get())
+        .map_err(|_| envelope_error("list_type", "must be an array of events"))?;
+    Ok(items.into_iter().map(|item| Ok(item.get())).collect())
+}
+
+fn envelope_error(kind: &str, msg: &str) -> ApiError {
+    ApiError::validation(
+        format!("events {msg}"),
+        vec![ErrorItem { loc: vec!["body".into(), "events".into()], kind: kind.into(), msg: msg.into() }],
+    )
+}
+
+/// A 400 that says where the JSON broke.
+pub fn json_syntax_error(err: &serde_json::Error) -> ApiError {
+    ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {err}"))
+        .with_field("line", err.line())
+        .with_field("column", err.column())
+}
+
+fn count_errors(count: usize) -> String {
+    if count == 1 { "1 error in the request body".into() } else { format!("{count} errors in the request body") }
+}
+
+fn error_item(prefix: &[&str], err: FieldError) -> ErrorItem {
+    let prefix: Vec<Value> = prefix.iter().map(|part| Value::from(*part)).collect();
+    prefixed(&prefix, err)
+}
+
+fn prefixed(prefix: &[Value], err: FieldError) -> ErrorItem {
+    let mut loc = prefix.to_vec();
+    loc.extend(err.loc.into_iter().map(|part| Value::from(part.into_owned())));
+    ErrorItem { loc, kind: err.kind.into(), msg: err.msg }
+}

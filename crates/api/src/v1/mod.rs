@@ -1,0 +1,5 @@
+//! The tenant API, `/v1/...`.
+
+pub mod events;
+mod idempotency;
+mod ingest;

@@ -1,0 +1,365 @@
+//! The event as clients send it, and the rules that turn it into a [`NewEvent`].
+//!
+//! Validation never stops at the first problem: every field error is reported with its
+//! location, so a client can fix a whole batch in one go. The payload is kept as the raw
+//! JSON text the client sent; it is checked (an object, not nested absurdly deep) but not
+//! re-serialised, which keeps ingestion cheap.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use xxhash_rust::xxh3::Xxh3;
+
+/// The most events one batch may carry.
+pub const MAX_BATCH_EVENTS: usize = 1_000;
+/// The longest `event_id`, `event_type` or `source`, in characters.
+pub const MAX_STRING_CHARS: usize = 256;
+/// The deepest nesting of objects and arrays allowed in a payload.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// An event as it arrives, each field still raw JSON so that every field can be checked
+/// on its own. Unknown fields are ignored, as Segment and Stripe do.
+#[derive(Debug, Deserialize)]
+pub struct WireEvent<'a> {
+    #[serde(borrow, default)]
+    pub event_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub event_type: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub source: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub payload: Option<&'a RawValue>,
+}
+
+/// One problem with one field of an event. `loc` is relative to the event; the API
+/// layer prefixes it with the event's place in the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub loc: Vec<Cow<'static, str>>,
+    pub kind: &'static str,
+    pub msg: String,
+}
+
+impl FieldError {
+    fn new(field: &'static str, kind: &'static str, msg: impl Into<String>) -> Self {
+        Self { loc: vec![Cow::Borrowed(field)], kind, msg: msg.into() }
+    }
+
+    /// An error about the event as a whole (it is not an object, or not valid JSON).
+    pub fn whole(kind: &'static str, msg: impl Into<String>) -> Self {
+        Self { loc: Vec::new(), kind, msg: msg.into() }
+    }
+}
+
+/// A 128-bit hash of what the client sent (`event_type`, `source`, `timestamp`, payload
+/// bytes), used to tell a retried event from a different event reusing an `event_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentHash(pub u128);
+
+/// A validated event, ready to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The client's id; `None` when the server is to assign one.
+    pub event_id: Option<String>,
+    pub event_type: String,
+    pub source: Option<String>,
+    /// The client's timestamp, if it sent one.
+    pub timestamp: Option<OffsetDateTime>,
+    /// The payload's JSON text, always an object (`{}` when absent).
+    pub payload: String,
+    pub content_hash: ContentHash,
+}
+
+impl NewEvent {
+    /// Validates one event, reporting every problem.
+    ///
+    /// # Errors
+    /// Each field that breaks a rule of API.md gives one [`FieldError`].
+    pub fn from_wire(wire: &WireEvent<'_>) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let event_id = match wire.event_id {
+            None => None,
+            Some(raw) => bounded_string(raw, "event_id", 1, &mut errors),
+        };
+        let event_type = match wire.event_type {
+            None => {
+                errors.push(FieldError::new("event_type", "missing", "field required"));
+                None
+            }
+            Some(raw) => bounded_string(raw, "event_type", 1, &mut errors),
+        };
+        let source = match wire.source {
+            None => None,
+            Some(raw) => bounded_string(raw, "source", 0, &mut errors),
+        };
+        let timestamp = match wire.timestamp {
+            None => None,
+            Some(raw) => match serde_json::from_str::<Cow<'_, str>>(raw.get()) {
+                Ok(text) => match parse_timestamp(&text) {
+                    Some(ts) => Some(ts),
+                    None => {
+                        errors.push(FieldError::new(
+                            "timestamp",
+                            "datetime_parsing",
+                            "must be an RFC 3339 date-time, e.g. 2025-10-02T12:00:00Z",
+                        ));
+                        None
+                    }
+                },
+                Err(_) => {
+                    errors.push(FieldError::new("timestamp", "string_type", "must be a string"));
+                    None
+                }
+            },
+        };
+        let payload = match wire.payload {
+            None => Some("{}"),
+            Some(raw) => check_payload(raw.get(), &mut errors),
+        };
+        match (event_type, payload) {
+            (Some(event_type), Some(payload)) if errors.is_empty() => {
+                let payload = payload.to_owned();
+                let content_hash =
+                    content_hash(&event_type, source.as_deref(), timestamp, payload.as_bytes());
+                Ok(Self { event_id, event_type, source, timestamp, payload, content_hash })
+            }
+            _ => Err(errors),
+        }
+    }
+
+    /// Parses and validates one event from its JSON text (an NDJSON line, for instance).
+    ///
+    /// # Errors
+    /// The text is not a JSON object, or a field breaks a rule.
+    pub fn from_json(text: &str) -> Result<Self, Vec<FieldError>> {
+        match serde_json::from_str::<WireEvent<'_>>(text) {
+            Ok(wire) => Self::from_wire(&wire),
+            Err(err) => Err(vec![wire_error(&err)]),
+        }
+    }
+}
+
+/// Describes why an item could not even be read as an event object.
+pub fn wire_error(err: &serde_json::Error) -> FieldError {
+    if err.is_data() {
+        let msg = err.to_string();
+        // serde says "invalid type: integer `5`, expected struct WireEvent"; say it plainly.
+        if msg.contains("expected struct WireEvent") {
+            return FieldError::whole("model_type", "each event must be a JSON object");
+        }
+        FieldError::whole("value_error", strip_position(&msg))
+    } else {
+        FieldError::whole("json_invalid", strip_position(&err.to_string()))
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(at) => msg[..at].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// Parses an RFC 3339 date-time.
+pub fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+/// Formats a date-time as RFC 3339 in UTC, as every response shows it.
+pub fn format_timestamp(ts: OffsetDateTime) -> String {
+    ts.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .expect("a UTC date-time between years 0 and 9999 always formats as RFC 3339")
+}
+
+fn bounded_string(
+    raw: &RawValue,
+    field: &'static str,
+    min_chars: usize,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let Ok(text) = serde_json::from_str::<Cow<'_, str>>(raw.get()) else {
+        errors.push(FieldError::new(field, "string_type", "must be a string"));
+        return None;
+    };
+    let chars = text.chars().count();
+    if chars < min_chars {
+        errors.push(FieldError::new(field, "string_too_short", "must not be empty"));
+        return None;
+    }
+    if chars > MAX_STRING_CHARS {
+        errors.push(FieldError::new(
+            field,
+            "string_too_long",
+            format!("must be at most {MAX_STRING_CHARS} characters, got {chars}"),
+        ));
+        return None;
+    }
+    if text.contains('\0') {
+        errors.push(FieldError::new(field, "string_invalid", "must not contain NUL characters"));
+        return None;
+    }
+    Some(text.into_owned())
+}
+
+fn check_payload<'a>(text: &'a str, errors: &mut Vec<FieldError>) -> Option<&'a str> {
+    if text == "null" {
+        return Some("{}");
+    }
+    if !text.starts_with('{') {
+        errors.push(FieldError::new("payload", "dict_type", "must be a JSON object"));
+        return None;
+    }
+    let depth = nesting_depth(text);
+    if depth > MAX_PAYLOAD_DEPTH {
+        errors.push(FieldError::new(
+            "payload",
+            "too_deep",
+            format!("must not nest objects and arrays more than {MAX_PAYLOAD_DEPTH} levels deep, got {depth}"),
+        ));
+        return None;
+    }
+    Some(text)
+}
+
+/// Returns the deepest nesting of `{`/`[` in valid JSON text, ignoring brackets in strings.
+/// Iterative, so no input can exhaust the stack.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut in_string = false;
+    let mut escaped = false;
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+fn content_hash(
+    event_type: &str,
+    source: Option<&str>,
+    timestamp: Option<OffsetDateTime>,
+    payload: &[u8],
+) -> ContentHash {
+    let mut hasher = Xxh3::new();
+    hasher.update(event_type.as_bytes());
+    hasher.update(&[0]);
+    match source {
+        Some(source) => {
+            hasher.update(&[1]);
+            hasher.update(source.as_bytes());
+            hasher.update(&[0]);
+        }
+        None => hasher.update(&[2]),
+    }
+    match timestamp {
+        Some(ts) => {
+            hasher.update(&[1]);
+            hasher.update(&ts.unix_timestamp_nanos().to_be_bytes());
+        }
+        None => hasher.update(&[2]),
+    }
+    hasher.update(payload);
+    ContentHash(hasher.digest128())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(json: &str) -> Vec<(String, &'static str)> {
+        match NewEvent::from_json(json) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.into_iter().map(|e| (e.loc.join("."), e.kind)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_complete_event_is_valid() {
+        let event = NewEvent::from_json(
+            r#"{"event_id":"e1","event_type":"order.created","source":"checkout",
+                "timestamp":"2025-10-02T12:00:00Z","payload":{"total":99.5}}"#,
+        )
+        .unwrap();
+        assert_eq!(event.event_id.as_deref(), Some("e1"));
+        assert_eq!(event.payload, r#"{"total":99.5}"#);
+    }
+
+    #[test]
+    fn a_missing_event_type_is_reported_with_its_location() {
+        assert_eq!(errors_of(r#"{"event_id":"e1"}"#), vec![("event_type".into(), "missing")]);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let errors = errors_of(
+            r#"{"event_id":"","event_type":5,"timestamp":"yesterday","payload":[1]}"#,
+        );
+        assert_eq!(
+            errors,
+            vec![
+                ("event_id".into(), "string_too_short"),
+                ("event_type".into(), "string_type"),
+                ("timestamp".into(), "datetime_parsing"),
+                ("payload".into(), "dict_type"),
+            ]
+        );
+    }
+
+    #[test]
+    fn strings_over_256_characters_are_refused() {
+        let long = "é".repeat(257);
+        let json = format!(r#"{{"event_type":"{long}"}}"#);
+        assert_eq!(errors_of(&json), vec![("event_type".into(), "string_too_long")]);
+        let fits = "é".repeat(256);
+        assert!(errors_of(&format!(r#"{{"event_type":"{fits}"}}"#)).is_empty());
+    }
+
+    #[test]
+    fn deep_payloads_are_refused_and_brackets_in_strings_do_not_count() {
+        let deep = format!(r#"{{"event_type":"t","payload":{}{}}}"#, "{\"a\":".repeat(70), "1".to_owned() + &"}".repeat(70));
+        assert_eq!(errors_of(&deep), vec![("payload".into(), "too_deep")]);
+        assert_eq!(nesting_depth(r#"{"a":"[[[[{{{{\"]]"}"#), 1);
+    }
+
+    #[test]
+    fn a_non_object_event_is_refused_whole() {
+        assert_eq!(errors_of("5"), vec![(String::new(), "model_type")]);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let errors = errors_of(r#"{"event_type":"a","event_type":"b"}"#);
+        assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn same_instant_in_another_offset_hashes_the_same() {
+        let a = NewEvent::from_json(r#"{"event_type":"t","timestamp":"2025-10-02T12:00:00Z"}"#).unwrap();
+        let b = NewEvent::from_json(r#"{"event_type":"t","timestamp":"2025-10-02T14:00:00+02:00"}"#).unwrap();
+        let c = NewEvent::from_json(r#"{"event_type":"t"}"#).unwrap();
+        assert_eq!(a.content_hash, b.content_hash);
+        assert_ne!(a.content_hash, c.content_hash);
+    }
+}

@@ -1,0 +1,15 @@
+//! PulseStream's domain: tenants, events and the rules an event must satisfy.
+//!
+//! This crate performs no I/O. It turns wire input into validated [`NewEvent`]s (or
+//! per-field [`FieldError`]s) and defines the identifiers every other crate speaks in.
+
+mod event;
+mod ids;
+mod tenant;
+
+pub use event::{
+    ContentHash, FieldError, MAX_BATCH_EVENTS, MAX_PAYLOAD_DEPTH, MAX_STRING_CHARS, NewEvent,
+    WireEvent, format_timestamp, parse_timestamp, wire_error,
+};
+pub use ids::{EventId, IdParseError, KeyId, TenantId};
+pub use tenant::{RateLimit, RateLimitError, Tenant, TenantKey};

@@ -1,0 +1,78 @@
+//! The storage ceiling for BENCHMARKS.md: appends batches straight into the embedded store,
+//! with the same schema, group commit and fdatasync as the server, but no HTTP.
+//!
+//! `cargo run --release -p pulsestream-store --example raw_append -- DIR EVENTS BATCH CONCURRENCY`
+
+use std::time::Instant;
+
+use pulsestream_core::{NewEvent, TenantId};
+use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use pulsestream_store::{AppendBatch, EventStore};
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = args.get(1).cloned().unwrap_or_else(|| "raw-append-data".into());
+    let total: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let batch_size: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(1_000);
+    let concurrency: usize = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(4);
+    let mut config = EmbeddedConfig::new(&dir);
+    if let Some(mb) = std::env::var("MEMTABLE_MB").ok().and_then(|v| v.parse::<u64>().ok()) {
+        config.index_memtable_bytes = mb * 1024 * 1024;
+    }
+    let store = EmbeddedStore::open(&config).expect("open store");
+    let tenant = TenantId::random();
+    let batches = total / batch_size;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = worker;
+            while n < batches {
+                let events = (0..batch_size)
+                    .map(|i| {
+                        let json = format!(
+                            r#"{{"event_id":"w{worker}-b{n}-e{i}-{}","event_type":"order.created","source":"checkout","timestamp":"2025-10-02T12:00:00Z","payload":{{"order_id":{i},"total":99.5,"currency":"EUR","customer":{{"id":"cus_{n}","email":"someone@example.com"}},"items":[{{"sku":"SKU-1","qty":2}},{{"sku":"SKU-2","qty":1}}]}}}}"#,
+                            n * batch_size + i
+                        );
+                        NewEvent::from_json(&json).expect("valid event")
+                    })
+                    .collect();
+                let batch = AppendBatch {
+                    tenant,
+                    events,
+                    received_at: time::OffsetDateTime::now_utc(),
+                    idempotency: None,
+                };
+                loop {
+                    match store.append_batch(batch_clone(&batch)).await {
+                        Ok(_) => break,
+                        Err(pulsestream_store::StoreError::Overloaded) => tokio::task::yield_now().await,
+                        Err(err) => panic!("append failed: {err}"),
+                    }
+                }
+                n += concurrency;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("worker");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let events = batches * batch_size;
+    println!(
+        "raw_append: {events} events in {batch_size}-event batches, concurrency {concurrency}: {elapsed:.2}s, {:.0} events/s",
+        events as f64 / elapsed
+    );
+    store.close().await.expect("close");
+}
+
+fn batch_clone(batch: &AppendBatch) -> AppendBatch {
+    AppendBatch {
+        tenant: batch.tenant,
+        events: batch.events.clone(),
+        received_at: batch.received_at,
+        idempotency: batch.idempotency.clone(),
+    }
+}

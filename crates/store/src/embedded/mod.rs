@@ -1,0 +1,260 @@
+//! The embedded store: fjall (an LSM tree) in the data directory, nothing to install.
+//!
+//! Writes go through one writer thread ([`writer`]) that groups concurrent requests into a
+//! single atomic, fdatasync'd commit; reads ([`read`]) run on the blocking pool and see every
+//! committed write at once. Event JSON lives in a key-value-separated keyspace keyed by
+//! (tenant, id), ids starting with the event's timestamp, so that keyspace is also the time
+//! index; the LSM compacts only small keys and payload bytes are not rewritten over and over.
+//! Per event, a commit writes three entries: the event, its type-index entry and its dedup
+//! entry.
+//! Tenants are few and read on every request, so they are also cached in memory.
+
+mod keys;
+mod read;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use pulsestream_core::{EventId, Tenant, TenantId};
+use tokio::sync::oneshot;
+
+use crate::{
+    AppendBatch, AppendOutcome, EventStore, IdempotencyRecord, SearchPage, SearchQuery,
+    StoreError, StoredEvent, TenantStore,
+};
+
+pub use writer::MAX_GROUP_EVENTS;
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    pub dir: PathBuf,
+    /// Requests waiting for the writer beyond which new ones are refused with 503.
+    pub queue_capacity: usize,
+    /// Block cache, in bytes.
+    pub cache_bytes: u64,
+    /// Memtable size of each index keyspace, in bytes: smaller ones keep the writer's
+    /// skiplist searches in cache, larger ones flush less often.
+    pub index_memtable_bytes: u64,
+}
+
+impl EmbeddedConfig {
+    /// Default settings for a store in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            queue_capacity: 1024,
+            cache_bytes: 256 * 1024 * 1024,
+            index_memtable_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// The keyspaces of the embedded store (see `keys` for their layouts).
+#[derive(Clone)]
+pub(crate) struct Keyspaces {
+    pub events: Keyspace,
+    pub by_type: Keyspace,
+    pub dedup: Keyspace,
+    pub idempotency: Keyspace,
+    pub meta: Keyspace,
+}
+
+/// PulseStream's zero-setup store. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Database,
+    keyspaces: Keyspaces,
+    writer: writer::WriterHandle,
+    tenants: Arc<RwLock<TenantCache>>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct TenantCache {
+    by_id: HashMap<TenantId, Tenant>,
+    by_key_hash: HashMap<String, TenantId>,
+}
+
+impl TenantCache {
+    fn put(&mut self, tenant: Tenant) {
+        if let Some(old) = self.by_id.get(&tenant.id) {
+            for key in &old.keys {
+                self.by_key_hash.remove(&key.hash);
+            }
+        }
+        for key in &tenant.keys {
+            self.by_key_hash.insert(key.hash.clone(), tenant.id);
+        }
+        self.by_id.insert(tenant.id, tenant);
+    }
+}
+
+const TENANT_PREFIX: &[u8] = b"tenant/";
+const ADMIN_TOKEN_KEY: &[u8] = b"admin_token_sha256";
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `config.dir` and starts its writer thread.
+    ///
+    /// # Errors
+    /// The directory cannot be created or the database cannot be opened or recovered.
+    pub fn open(config: &EmbeddedConfig) -> Result<Self, StoreError> {
+        let path = config.dir.join("fjall");
+        std::fs::create_dir_all(&path).map_err(StoreError::unavailable)?;
+        let db = Database::builder(&path)
+            .cache_size(config.cache_bytes)
+            .open()
+            .map_err(StoreError::unavailable)?;
+        let keyspaces = Keyspaces {
+            events: db
+                .keyspace("events", || {
+                    KeyspaceCreateOptions::default()
+                        .with_kv_separation(Some(KvSeparationOptions::default()))
+                })
+                .map_err(StoreError::unavailable)?,
+            by_type: open_keyspace(&db, "by_type", config.index_memtable_bytes)?,
+            dedup: open_keyspace(&db, "dedup", config.index_memtable_bytes)?,
+            idempotency: open_keyspace(&db, "idempotency", config.index_memtable_bytes)?,
+            meta: open_keyspace(&db, "meta", config.index_memtable_bytes)?,
+        };
+        let tenants = Arc::new(RwLock::new(load_tenants(&keyspaces.meta)?));
+        let writer = writer::WriterHandle::start(db.clone(), keyspaces.clone(), config.queue_capacity);
+        Ok(Self { db, keyspaces, writer, tenants })
+    }
+
+    /// Returns the directory of a store opened with `config`.
+    pub fn path_of(config: &EmbeddedConfig) -> &Path {
+        &config.dir
+    }
+
+    async fn blocking<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Self) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || work(&store)).await.map_err(StoreError::unavailable)?
+    }
+}
+
+fn open_keyspace(db: &Database, name: &str, memtable_bytes: u64) -> Result<Keyspace, StoreError> {
+    db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes))
+        .map_err(StoreError::unavailable)
+}
+
+fn load_tenants(meta: &Keyspace) -> Result<TenantCache, StoreError> {
+    let mut cache = TenantCache::default();
+    for entry in meta.prefix(TENANT_PREFIX) {
+        let (_, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+        let tenant: Tenant = serde_json::from_slice(&value)
+            .map_err(|err| StoreError::Corrupt(format!("tenant record: {err}")))?;
+        cache.put(tenant);
+    }
+    Ok(cache)
+}
+
+fn tenant_key(id: TenantId) -> Vec<u8> {
+    [TENANT_PREFIX, id.as_bytes()].concat()
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    async fn append_batch(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.writer.submit(writer::Job { batch, reply })?;
+        outcome.await.map_err(StoreError::unavailable)?
+    }
+
+    async fn event(&self, tenant: TenantId, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        self.blocking(move |store| read::event(&store.keyspaces, tenant, id)).await
+    }
+
+    async fn search(&self, tenant: TenantId, query: SearchQuery) -> Result<SearchPage, StoreError> {
+        self.blocking(move |store| read::search(&store.keyspaces, tenant, &query)).await
+    }
+
+    async fn idempotency_record(
+        &self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let key = keys::hashed_key(tenant, key);
+        self.blocking(move |store| {
+            match store.keyspaces.idempotency.get(key).map_err(StoreError::unavailable)? {
+                Some(value) => keys::decode_idempotency(&value).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        self.writer.check_alive()
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let writer = self.writer.clone();
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            writer.stop();
+            db.persist(PersistMode::SyncAll).map_err(StoreError::unavailable)
+        })
+        .await
+        .map_err(StoreError::unavailable)?
+    }
+}
+
+#[async_trait]
+impl TenantStore for EmbeddedStore {
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        let tenant = tenant.clone();
+        self.blocking(move |store| {
+            let value = serde_json::to_vec(&tenant).map_err(StoreError::unavailable)?;
+            store.keyspaces.meta.insert(tenant_key(tenant.id), value).map_err(StoreError::unavailable)?;
+            // Admin changes are rare: make each durable before answering.
+            store.db.persist(PersistMode::SyncAll).map_err(StoreError::unavailable)?;
+            store.tenants.write().expect("tenant cache lock is never poisoned: no code panics while holding it").put(tenant);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let cache = self.tenants.read().expect("tenant cache lock is never poisoned");
+        let mut tenants: Vec<Tenant> = cache.by_id.values().cloned().collect();
+        tenants.sort_by_key(|tenant| (tenant.created_at, tenant.id));
+        Ok(tenants)
+    }
+
+    async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
+        Ok(self.tenants.read().expect("tenant cache lock is never poisoned").by_id.get(&id).cloned())
+    }
+
+    async fn tenant_by_key_hash(&self, hash: &str) -> Result<Option<Tenant>, StoreError> {
+        let cache = self.tenants.read().expect("tenant cache lock is never poisoned");
+        Ok(cache.by_key_hash.get(hash).and_then(|id| cache.by_id.get(id)).cloned())
+    }
+
+    async fn admin_token_hash(&self) -> Result<Option<String>, StoreError> {
+        let value = self.keyspaces.meta.get(ADMIN_TOKEN_KEY).map_err(StoreError::unavailable)?;
+        Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    async fn set_admin_token_hash(&self, hash: &str) -> Result<(), StoreError> {
+        let hash = hash.to_owned();
+        self.blocking(move |store| {
+            store.keyspaces.meta.insert(ADMIN_TOKEN_KEY, hash.as_bytes()).map_err(StoreError::unavailable)?;
+            store.db.persist(PersistMode::SyncAll).map_err(StoreError::unavailable)
+        })
+        .await
+    }
+}

@@ -1,0 +1,339 @@
+//! The single writer: group commit of concurrent appends.
+//!
+//! Requests queue in a bounded channel. The writer thread takes whatever is queued (up to
+//! [`MAX_GROUP_EVENTS`]), decides each event's fate against the dedup index and the group
+//! itself, writes everything in one atomic fjall batch with `fdatasync`, and only then
+//! answers every request of the group. Being the only writer is what makes the
+//! duplicate check and the insert one atomic step: 50 concurrent requests with one
+//! `event_id` meet here in sequence, so one is stored and the rest are duplicates.
+//!
+//! A failed commit leaves the writer stopped: no later request can be acknowledged on top
+//! of a state that is not known to be durable. Reopening the store recovers from fjall's
+//! journal.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use fjall::{Database, OwnedWriteBatch as WriteBatch, PersistMode};
+use pulsestream_core::{EventId, NewEvent, format_timestamp};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::Keyspaces;
+use super::keys;
+use crate::{AppendOutcome, AppendStatus, IdempotencyRecord, StoreError};
+
+/// The most events one group commit takes; more wait for the next one.
+pub const MAX_GROUP_EVENTS: usize = 20_000;
+
+pub(crate) struct Job {
+    pub batch: crate::AppendBatch,
+    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// The API side of the writer: submits jobs, stops the thread.
+#[derive(Clone)]
+pub(crate) struct WriterHandle {
+    sender: Arc<Mutex<Option<mpsc::Sender<Job>>>>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    failed: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the store's writer has stopped")]
+struct WriterStopped;
+
+impl WriterHandle {
+    pub fn start(db: Database, keyspaces: Keyspaces, capacity: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(capacity);
+        let failed = Arc::new(AtomicBool::new(false));
+        let seed = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().expect("a UUID has 16 bytes"));
+        let writer = Writer { db, keyspaces, failed: failed.clone(), entropy: std::cell::Cell::new(seed) };
+        let thread = std::thread::Builder::new()
+            .name("pulsestream-writer".into())
+            .spawn(move || writer.run(receiver))
+            .expect("spawning a thread only fails when the OS is out of resources at startup");
+        Self {
+            sender: Arc::new(Mutex::new(Some(sender))),
+            thread: Arc::new(Mutex::new(Some(thread))),
+            failed,
+        }
+    }
+
+    pub fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let sender = self.sender.lock().expect("writer sender lock is never poisoned").clone();
+        let Some(sender) = sender else {
+            return Err(StoreError::unavailable(WriterStopped));
+        };
+        sender.try_send(job).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => StoreError::unavailable(WriterStopped),
+        })
+    }
+
+    pub fn check_alive(&self) -> Result<(), StoreError> {
+        let open = self.sender.lock().expect("writer sender lock is never poisoned").is_some();
+        if open && !self.failed.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(StoreError::unavailable(WriterStopped))
+        }
+    }
+
+    /// Stops taking jobs, lets the writer finish those already queued, and waits for it.
+    pub fn stop(&self) {
+        self.sender.lock().expect("writer sender lock is never poisoned").take();
+        if let Some(thread) = self.thread.lock().expect("writer thread lock is never poisoned").take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Writer {
+    db: Database,
+    keyspaces: Keyspaces,
+    failed: Arc<AtomicBool>,
+    /// SplitMix64 state for the random half of event ids.
+    entropy: std::cell::Cell<u64>,
+}
+
+/// An event accepted earlier in the same group, for in-group duplicates.
+struct Pending<'a> {
+    id: EventId,
+    event: &'a NewEvent,
+}
+
+impl Writer {
+    fn run(self, mut receiver: mpsc::Receiver<Job>) {
+        while let Some(first) = receiver.blocking_recv() {
+            let mut events = first.batch.events.len();
+            let mut jobs = vec![first];
+            while events < MAX_GROUP_EVENTS {
+                match receiver.try_recv() {
+                    Ok(job) => {
+                        events += job.batch.events.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if self.failed.load(Ordering::Acquire) {
+                for job in jobs {
+                    let _ = job.reply.send(Err(StoreError::unavailable(WriterStopped)));
+                }
+                continue;
+            }
+            match self.commit_group(&jobs) {
+                Ok(outcomes) => {
+                    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                        let _ = job.reply.send(Ok(outcome));
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, source = ?std::error::Error::source(&err), "group commit failed; the store stops taking writes");
+                    self.failed.store(true, Ordering::Release);
+                    for job in jobs {
+                        let _ = job.reply.send(Err(StoreError::unavailable(WriterStopped)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn commit_group(&self, jobs: &[Job]) -> Result<Vec<AppendOutcome>, StoreError> {
+        let ks = &self.keyspaces;
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut pending: HashMap<[u8; 32], Pending<'_>> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let tenant = job.batch.tenant;
+            let received_at = format_timestamp(job.batch.received_at);
+            let mut statuses = Vec::with_capacity(job.batch.events.len());
+            for event in &job.batch.events {
+                let status = match &event.event_id {
+                    Some(event_id) => {
+                        let dedup_key = keys::hashed_key(tenant, event_id);
+                        if let Some(earlier) = pending.get(&dedup_key) {
+                            if same_content(earlier.event, event)? {
+                                AppendStatus::Duplicate(earlier.id)
+                            } else {
+                                AppendStatus::Conflict(earlier.id)
+                            }
+                        } else if let Some(existing) = self.existing(tenant, &dedup_key, event)? {
+                            existing
+                        } else {
+                            let id = self.next_id(event, job.batch.received_at);
+                            self.insert(&mut batch, tenant, id, event, event_id, &received_at, dedup_key)?;
+                            pending.insert(dedup_key, Pending { id, event });
+                            AppendStatus::Accepted(id)
+                        }
+                    }
+                    None => {
+                        // A fresh id cannot collide: no lookup needed.
+                        let id = self.next_id(event, job.batch.received_at);
+                        let event_id = id.to_string();
+                        let dedup_key = keys::hashed_key(tenant, &event_id);
+                        self.insert(&mut batch, tenant, id, event, &event_id, &received_at, dedup_key)?;
+                        AppendStatus::Accepted(id)
+                    }
+                };
+                statuses.push(status);
+            }
+            if let Some(claim) = &job.batch.idempotency {
+                let record = IdempotencyRecord {
+                    request_hash: claim.request_hash,
+                    created_at: job.batch.received_at,
+                    statuses: statuses.clone(),
+                };
+                batch.insert(&ks.idempotency, keys::hashed_key(tenant, &claim.key), keys::encode_idempotency(&record));
+            }
+            outcomes.push(AppendOutcome { statuses });
+        }
+        // Commit before answering: a 2xx promises that this group survives a crash.
+        batch.commit().map_err(StoreError::unavailable)?;
+        Ok(outcomes)
+    }
+
+    /// Looks the event up by its dedup key: a duplicate or a conflict if one is stored.
+    fn existing(
+        &self,
+        tenant: pulsestream_core::TenantId,
+        dedup_key: &[u8; 32],
+        event: &NewEvent,
+    ) -> Result<Option<AppendStatus>, StoreError> {
+        let Some(value) = self.keyspaces.dedup.get(dedup_key).map_err(StoreError::unavailable)? else {
+            return Ok(None);
+        };
+        let (id, hash) = keys::decode_dedup(&value)?;
+        let Some(stored) = self.keyspaces.events.get(keys::event_key(tenant, id)).map_err(StoreError::unavailable)? else {
+            return Err(StoreError::Corrupt(format!("dedup entry points to missing event {id}")));
+        };
+        let (json, timestamp_given) = keys::decode_event_value(&stored)?;
+        let stored = StoredContent::parse(json, timestamp_given)?;
+        if stored.event_id != event.event_id.as_deref().unwrap_or_default() {
+            // Two event ids with one 128-bit hash: treat the newcomer as a conflict rather
+            // than overwrite; astronomically unlikely, but never silently wrong.
+            return Ok(Some(AppendStatus::Conflict(id)));
+        }
+        if hash == event.content_hash || stored.same_as(event)? {
+            Ok(Some(AppendStatus::Duplicate(id)))
+        } else {
+            Ok(Some(AppendStatus::Conflict(id)))
+        }
+    }
+
+    /// Returns a fresh id for the event: its timestamp (or the receipt time) and 64 random bits.
+    fn next_id(&self, event: &NewEvent, received_at: OffsetDateTime) -> EventId {
+        // SplitMix64: fast, and 64 bits make two events of one tenant in one microsecond
+        // collide with negligible odds.
+        let mut z = self.entropy.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.entropy.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        EventId::from_parts(keys::micros_of(event.timestamp.unwrap_or(received_at)), z ^ (z >> 31))
+    }
+
+    #[allow(clippy::too_many_arguments)] // Each is a different fact about the event; a struct would only rename them.
+    fn insert(
+        &self,
+        batch: &mut WriteBatch,
+        tenant: pulsestream_core::TenantId,
+        id: EventId,
+        event: &NewEvent,
+        event_id: &str,
+        received_at: &str,
+        dedup_key: [u8; 32],
+    ) -> Result<(), StoreError> {
+        let ks = &self.keyspaces;
+        let mut value = Vec::with_capacity(event.payload.len() + 320);
+        value.extend_from_slice(&keys::event_value_header(event.timestamp.is_some()));
+        let timestamp = OffsetDateTime::from_unix_timestamp_nanos(i128::from(id.timestamp_micros()) * 1_000)
+            .map_err(|err| StoreError::Corrupt(format!("event id timestamp: {err}")))?;
+        write_event_json(&mut value, id, event, event_id, &format_timestamp(timestamp), received_at)?;
+        batch.insert(&ks.events, keys::event_key(tenant, id), value);
+        batch.insert(&ks.by_type, keys::type_key(tenant, &event.event_type, id), []);
+        batch.insert(&ks.dedup, dedup_key, keys::encode_dedup(id, event.content_hash));
+        Ok(())
+    }
+}
+
+/// Writes the event's JSON exactly as the API returns it.
+fn write_event_json(
+    json: &mut Vec<u8>,
+    id: EventId,
+    event: &NewEvent,
+    event_id: &str,
+    timestamp: &str,
+    received_at: &str,
+) -> Result<(), StoreError> {
+    let encode = |json: &mut Vec<u8>, text: &str| serde_json::to_writer(json, text).map_err(StoreError::unavailable);
+    write!(json, "{{\"id\":\"{id}\",\"event_id\":").map_err(StoreError::unavailable)?;
+    encode(json, event_id)?;
+    json.extend_from_slice(b",\"event_type\":");
+    encode(json, &event.event_type)?;
+    json.extend_from_slice(b",\"source\":");
+    match &event.source {
+        Some(source) => encode(json, source)?,
+        None => json.extend_from_slice(b"null"),
+    }
+    write!(json, ",\"timestamp\":\"{timestamp}\",\"received_at\":\"{received_at}\",\"payload\":")
+        .map_err(StoreError::unavailable)?;
+    json.extend_from_slice(event.payload.as_bytes());
+    json.push(b'}');
+    Ok(())
+}
+
+/// What the client sent of a stored event, for comparing with a retry.
+#[derive(serde::Deserialize)]
+struct StoredContent {
+    event_id: String,
+    event_type: String,
+    source: Option<String>,
+    timestamp: String,
+    payload: Value,
+    #[serde(skip)]
+    timestamp_given: bool,
+}
+
+impl StoredContent {
+    fn parse(json: &[u8], timestamp_given: bool) -> Result<Self, StoreError> {
+        let mut content: Self = serde_json::from_slice(json)
+            .map_err(|err| StoreError::Corrupt(format!("stored event: {err}")))?;
+        content.timestamp_given = timestamp_given;
+        Ok(content)
+    }
+
+    /// Compares by meaning: key order and spacing of the payload do not matter, nor the
+    /// offset a timestamp was written in.
+    fn same_as(&self, event: &NewEvent) -> Result<bool, StoreError> {
+        let timestamp = pulsestream_core::parse_timestamp(&self.timestamp);
+        let same_timestamp = match (self.timestamp_given, event.timestamp) {
+            (true, Some(ts)) => timestamp == Some(ts),
+            (false, None) => true,
+            _ => false,
+        };
+        Ok(self.event_type == event.event_type
+            && self.source == event.source
+            && same_timestamp
+            && self.payload == parse_payload(&event.payload)?)
+    }
+}
+
+fn parse_payload(payload: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(payload).map_err(|err| StoreError::Corrupt(format!("validated payload: {err}")))
+}
+
+fn same_content(a: &NewEvent, b: &NewEvent) -> Result<bool, StoreError> {
+    if a.content_hash == b.content_hash {
+        return Ok(true);
+    }
+    Ok(a.event_type == b.event_type
+        && a.source == b.source
+        && a.timestamp == b.timestamp
+        && parse_payload(&a.payload)? == parse_payload(&b.payload)?)
+}
+

@@ -1,0 +1,148 @@
+//! PulseStream's storage seam and its embedded implementation.
+//!
+//! The HTTP layer talks to storage only through [`EventStore`] and [`TenantStore`]. Their
+//! operations carry the rules that make PulseStream safe: `append_batch` deduplicates by
+//! `(tenant, event_id)`, records the idempotency outcome and commits durably before it
+//! returns; every call is scoped to a tenant. The embedded implementation lives in
+//! [`embedded`]; a PostgreSQL one can stand behind the same traits.
+
+pub mod embedded;
+mod search;
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use pulsestream_core::{EventId, NewEvent, Tenant, TenantId};
+use time::OffsetDateTime;
+
+pub use search::{Cursor, Order, PayloadFilter, SearchQuery, event_matches};
+
+/// What the store can fail with, as its callers handle it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write queue is full: the server is shedding load and the request had no effect.
+    #[error("store is overloaded")]
+    Overloaded,
+    /// The store cannot serve requests (I/O failure, shutting down, database down).
+    #[error("store is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Stored bytes could not be decoded: a bug or disk corruption, never the client's fault.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub(crate) fn unavailable(err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unavailable(Box::new(err))
+    }
+}
+
+/// Validated events of one request, to be stored together.
+#[derive(Debug)]
+pub struct AppendBatch {
+    pub tenant: TenantId,
+    pub events: Vec<NewEvent>,
+    /// When the request came in: each event's `received_at`, and its timestamp if it had none.
+    pub received_at: OffsetDateTime,
+    /// The `Idempotency-Key` of the request, recorded in the same commit as its events.
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+/// An `Idempotency-Key` and the hash of the request body it was first used with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub key: String,
+    pub request_hash: u128,
+}
+
+/// What became of one event of an [`AppendBatch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendStatus {
+    /// Stored now, under this id.
+    Accepted(EventId),
+    /// The same event (same `event_id`, same content) was stored before, under this id.
+    Duplicate(EventId),
+    /// Another event with this `event_id` but different content is stored, under this id.
+    Conflict(EventId),
+}
+
+/// The outcome of `append_batch`, one status per event in input order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub statuses: Vec<AppendStatus>,
+}
+
+/// A finished request's outcome, kept under its `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub request_hash: u128,
+    pub created_at: OffsetDateTime,
+    pub statuses: Vec<AppendStatus>,
+}
+
+/// A stored event as the API shows it: `json` is the complete JSON object, ready to send.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub id: EventId,
+    pub json: Vec<u8>,
+}
+
+/// One page of search results.
+#[derive(Debug, Clone)]
+pub struct SearchPage {
+    pub events: Vec<StoredEvent>,
+    pub next_cursor: Option<Cursor>,
+}
+
+/// Events: appended durably and exactly once, read back at once.
+#[async_trait]
+pub trait EventStore: Send + Sync + Debug + 'static {
+    /// Stores the batch's new events, reports duplicates and conflicts, and records the
+    /// idempotency outcome, all in one durable commit. Returns only once it is durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Overloaded`] when the write queue is full, [`StoreError::Unavailable`]
+    /// when the commit failed; in both cases nothing of the batch was stored.
+    async fn append_batch(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError>;
+
+    /// Returns the tenant's event with this id, if there is one.
+    async fn event(&self, tenant: TenantId, id: EventId) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// Returns one page of the tenant's events that match the query.
+    async fn search(&self, tenant: TenantId, query: SearchQuery) -> Result<SearchPage, StoreError>;
+
+    /// Returns the outcome recorded under an `Idempotency-Key`, if any.
+    async fn idempotency_record(
+        &self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+
+    /// Checks that the store can serve requests.
+    async fn check_ready(&self) -> Result<(), StoreError>;
+
+    /// Flushes everything and stops accepting writes.
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Tenants, their key hashes and the admin token's hash.
+#[async_trait]
+pub trait TenantStore: Send + Sync + Debug + 'static {
+    /// Stores a tenant, new or changed, durably.
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
+
+    /// Returns every tenant, oldest first.
+    async fn tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+
+    /// Returns one tenant.
+    async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError>;
+
+    /// Returns the tenant owning the key whose SHA-256 (hex) is given.
+    async fn tenant_by_key_hash(&self, hash: &str) -> Result<Option<Tenant>, StoreError>;
+
+    /// Returns the stored hash of the admin token, if one was stored.
+    async fn admin_token_hash(&self) -> Result<Option<String>, StoreError>;
+
+    /// Stores the hash of the admin token.
+    async fn set_admin_token_hash(&self, hash: &str) -> Result<(), StoreError>;
+}

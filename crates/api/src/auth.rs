@@ -36,19 +36,28 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send your key as Authorization: Bearer <key>"))?;
-    let value = value.to_str().map_err(|_| ApiError::unauthorized("the Authorization header is malformed"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("the Authorization header is malformed"))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(token.trim())
         }
-        _ => Err(ApiError::unauthorized("the Authorization header must be Bearer <key>")),
+        _ => Err(ApiError::unauthorized(
+            "the Authorization header must be Bearer <key>",
+        )),
     }
 }
 
 impl FromRequestParts<AppState> for AuthTenant {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let key = bearer(parts)?;
         match state.tenants.tenant_by_key_hash(&secret_hash(key)).await? {
             Some(tenant) => Ok(Self(tenant)),
@@ -60,9 +69,15 @@ impl FromRequestParts<AppState> for AuthTenant {
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?;
-        if constant_time_eq(secret_hash(token).as_bytes(), state.admin_token_hash.as_bytes()) {
+        if constant_time_eq(
+            secret_hash(token).as_bytes(),
+            state.admin_token_hash.as_bytes(),
+        ) {
             Ok(Self)
         } else {
             Err(ApiError::unauthorized("the admin token is wrong"))

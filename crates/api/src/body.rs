@@ -38,13 +38,18 @@ pub async fn read_text_body(
 ) -> Result<TextBody, ApiError> {
     let format = body_format(headers, allow_ndjson)?;
     let encoding = content_encoding(headers)?;
-    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && length > limit as u64
     {
         return Err(too_large(limit, &format!("{length} bytes")));
     }
     let raw = Limited::new(body, limit).collect().await.map_err(|err| {
-        if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        if err
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
             too_large(limit, "more than that")
         } else {
             ApiError::bad_request("body_read", "the request body could not be read to its end")
@@ -55,15 +60,19 @@ pub async fn read_text_body(
         Encoding::Identity => raw.to_vec(),
         Encoding::Gzip => decompress(flate2::read::MultiGzDecoder::new(&raw[..]), limit, "gzip")?,
         Encoding::Zstd => {
-            let decoder = ruzstd::decoding::StreamingDecoder::new(&raw[..])
-                .map_err(|err| ApiError::bad_request("bad_encoding", format!("the zstd body is corrupt: {err}")))?;
+            let decoder = ruzstd::decoding::StreamingDecoder::new(&raw[..]).map_err(|err| {
+                ApiError::bad_request("bad_encoding", format!("the zstd body is corrupt: {err}"))
+            })?;
             decompress(decoder, limit, "zstd")?
         }
     };
     let text = String::from_utf8(bytes).map_err(|err| {
         ApiError::bad_request(
             "invalid_utf8",
-            format!("the body is not valid UTF-8: invalid byte at offset {}", err.utf8_error().valid_up_to()),
+            format!(
+                "the body is not valid UTF-8: invalid byte at offset {}",
+                err.utf8_error().valid_up_to()
+            ),
         )
     })?;
     Ok(TextBody { format, text })
@@ -82,7 +91,9 @@ fn decompress(reader: impl Read, limit: usize, name: &str) -> Result<Vec<u8>, Ap
     reader
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
-        .map_err(|err| ApiError::bad_request("bad_encoding", format!("the {name} body is corrupt: {err}")))?;
+        .map_err(|err| {
+            ApiError::bad_request("bad_encoding", format!("the {name} body is corrupt: {err}"))
+        })?;
     if out.len() > limit {
         return Err(too_large(limit, "more than that once decompressed"));
     }
@@ -99,7 +110,13 @@ fn content_encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     let Some(value) = headers.get(header::CONTENT_ENCODING) else {
         return Ok(Encoding::Identity);
     };
-    match value.to_str().unwrap_or_default().trim().to_ascii_lowercase().as_str() {
+    match value
+        .to_str()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "" | "identity" => Ok(Encoding::Identity),
         "gzip" | "x-gzip" => Ok(Encoding::Gzip),
         "zstd" => Ok(Encoding::Zstd),
@@ -115,16 +132,28 @@ fn body_format(headers: &HeaderMap, allow_ndjson: bool) -> Result<BodyFormat, Ap
         return Ok(BodyFormat::Json);
     };
     let value = value.to_str().unwrap_or_default();
-    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     let charset_ok = value
         .split(';')
         .skip(1)
         .filter_map(|param| param.trim().split_once('='))
         .filter(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
-        .all(|(_, charset)| charset.trim().trim_matches('"').eq_ignore_ascii_case("utf-8"));
+        .all(|(_, charset)| {
+            charset
+                .trim()
+                .trim_matches('"')
+                .eq_ignore_ascii_case("utf-8")
+        });
     let format = match essence.as_str() {
         "application/json" => Some(BodyFormat::Json),
-        essence if essence.starts_with("application/") && essence.ends_with("+json") => Some(BodyFormat::Json),
+        essence if essence.starts_with("application/") && essence.ends_with("+json") => {
+            Some(BodyFormat::Json)
+        }
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" if allow_ndjson => {
             Some(BodyFormat::Ndjson)
         }
@@ -132,9 +161,13 @@ fn body_format(headers: &HeaderMap, allow_ndjson: bool) -> Result<BodyFormat, Ap
     };
     match format {
         Some(format) if charset_ok => Ok(format),
-        Some(_) => Err(ApiError::unsupported_media_type("only UTF-8 bodies are accepted")),
+        Some(_) => Err(ApiError::unsupported_media_type(
+            "only UTF-8 bodies are accepted",
+        )),
         None => Err(ApiError::unsupported_media_type(if allow_ndjson {
-            format!("Content-Type {value:?} is not accepted here; send application/json or application/x-ndjson")
+            format!(
+                "Content-Type {value:?} is not accepted here; send application/json or application/x-ndjson"
+            )
         } else {
             format!("Content-Type {value:?} is not accepted here; send application/json")
         })),

@@ -20,9 +20,13 @@ pub struct ErrorItem {
     pub msg: String,
 }
 
-/// An error answer. Build it with the constructors; each picks the status.
+/// An error answer. Build it with the constructors; each picks the status. Boxed, so
+/// `Result<_, ApiError>` stays one word wide on the happy path.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<Problem>);
+
+#[derive(Debug)]
+struct Problem {
     status: StatusCode,
     code: &'static str,
     title: &'static str,
@@ -34,8 +38,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self(Box::new(Problem {
             status,
             code,
             title,
@@ -44,7 +53,7 @@ impl ApiError {
             extra: Map::new(),
             retry_after_secs: None,
             source: None,
-        }
+        }))
     }
 
     /// 400: the body is not valid JSON or UTF-8, or a header is malformed.
@@ -54,7 +63,12 @@ impl ApiError {
 
     /// 401: missing or unknown credentials.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )
     }
 
     /// 404: no such resource for this tenant.
@@ -69,30 +83,55 @@ impl ApiError {
 
     /// 413: the body is over the limit.
     pub fn too_large(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Request body too large", detail)
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "Request body too large",
+            detail,
+        )
     }
 
     /// 415: a content type or encoding the endpoint does not take.
     pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type", detail)
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            detail,
+        )
     }
 
     /// 422: well-formed JSON that breaks the schema; `errors` says where.
     pub fn validation(detail: impl Into<String>, errors: Vec<ErrorItem>) -> Self {
-        let mut err = Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", "Validation failed", detail);
-        err.errors = errors;
+        let mut err = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "Validation failed",
+            detail,
+        );
+        err.0.errors = errors;
         err
     }
 
     /// 422 for a request that is understood but cannot be honoured as sent.
     pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, "Unprocessable request", detail)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            "Unprocessable request",
+            detail,
+        )
     }
 
     /// 503: a dependency is unavailable or the server sheds load; the request had no effect.
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
-        let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail);
-        err.retry_after_secs = Some(retry_after_secs);
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        );
+        err.0.retry_after_secs = Some(retry_after_secs);
         err
     }
 
@@ -104,24 +143,24 @@ impl ApiError {
             "Internal server error",
             "the server failed to handle this request; it has been logged",
         );
-        err.source = Some(source.into());
+        err.0.source = Some(source.into());
         err
     }
 
     /// Adds a field to the problem document (`existing_id`, batch `results`, ...).
     pub fn with_field(mut self, name: &str, value: impl Into<Value>) -> Self {
-        self.extra.insert(name.to_owned(), value.into());
+        self.0.extra.insert(name.to_owned(), value.into());
         self
     }
 
     fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        self.source = Some(source.into());
+        self.0.source = Some(source.into());
         self
     }
 
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 }
 
@@ -129,10 +168,12 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Overloaded => {
-                ApiError::unavailable("the server is overloaded; retry after a moment", 1).with_source(err)
+                ApiError::unavailable("the server is overloaded; retry after a moment", 1)
+                    .with_source(err)
             }
             StoreError::Unavailable(_) => {
-                ApiError::unavailable("storage is unavailable; retry after a moment", 2).with_source(err)
+                ApiError::unavailable("storage is unavailable; retry after a moment", 2)
+                    .with_source(err)
             }
             StoreError::Corrupt(_) => ApiError::internal(err),
         }
@@ -141,8 +182,19 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let problem = *self.0;
+        problem.into_response()
+    }
+}
+
+impl Problem {
+    fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            let chain = self.source.as_deref().map(error_chain).unwrap_or_default();
+            let chain = self
+                .source
+                .as_deref()
+                .map(|err| error_chain(err))
+                .unwrap_or_default();
             tracing::error!(status = self.status.as_u16(), code = self.code, error = %chain, "request failed");
         } else {
             tracing::debug!(status = self.status.as_u16(), code = self.code, detail = %self.detail, "request refused");
@@ -153,12 +205,18 @@ impl IntoResponse for ApiError {
         body.insert("status".into(), self.status.as_u16().into());
         body.insert("detail".into(), self.detail.into());
         if !self.errors.is_empty() {
-            body.insert("errors".into(), serde_json::to_value(&self.errors).unwrap_or_default());
+            body.insert(
+                "errors".into(),
+                serde_json::to_value(&self.errors).unwrap_or_default(),
+            );
         }
         body.extend(self.extra);
         let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Some(seconds) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

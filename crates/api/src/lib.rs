@@ -1,1 +1,101 @@
-//! placeholder
+//! PulseStream's HTTP API: every route, its extractors and its answers.
+//!
+//! Handlers turn wire input into `core` types, call the store once and answer; they hold
+//! no storage logic. [`error::ApiError`] is the only way a handler fails, and the only
+//! place that picks an error status.
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod health;
+pub mod v1;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, Request};
+use axum::routing::{delete, get, post};
+use pulsestream_store::{EventStore, TenantStore};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The largest request body, after decompression.
+    pub body_limit_bytes: usize,
+    /// How long a request may take, body upload included.
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 10 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub events: Arc<dyn EventStore>,
+    pub tenants: Arc<dyn TenantStore>,
+    /// SHA-256 (hex) of the admin token.
+    pub admin_token_hash: Arc<str>,
+    pub config: ApiConfig,
+    in_flight: v1::idempotency::InFlightKeys,
+}
+
+impl AppState {
+    /// Builds the state from its stores and settings.
+    pub fn new(
+        events: Arc<dyn EventStore>,
+        tenants: Arc<dyn TenantStore>,
+        admin_token_hash: String,
+        config: ApiConfig,
+    ) -> Self {
+        Self {
+            events,
+            tenants,
+            admin_token_hash: admin_token_hash.into(),
+            config,
+            in_flight: Default::default(),
+        }
+    }
+}
+
+/// Returns the router with every route of API.md and its middleware.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let timeout = state.config.request_timeout;
+    Router::new()
+        .route("/v1/events", post(v1::events::post_event).get(v1::events::list_events))
+        .route("/v1/events/batch", post(v1::events::post_batch))
+        .route("/v1/events/{id}", get(v1::events::get_event))
+        .route("/admin/tenants", post(admin::tenants::create).get(admin::tenants::list))
+        .route("/admin/tenants/{id}", get(admin::tenants::get).patch(admin::tenants::update))
+        .route("/admin/tenants/{id}/keys", post(admin::tenants::create_key))
+        .route("/admin/tenants/{id}/keys/{key_id}", delete(admin::tenants::revoke_key))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let request_id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+        }))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}

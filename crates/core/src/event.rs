@@ -47,12 +47,20 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: &'static str, kind: &'static str, msg: impl Into<String>) -> Self {
-        Self { loc: vec![Cow::Borrowed(field)], kind, msg: msg.into() }
+        Self {
+            loc: vec![Cow::Borrowed(field)],
+            kind,
+            msg: msg.into(),
+        }
     }
 
     /// An error about the event as a whole (it is not an object, or not valid JSON).
     pub fn whole(kind: &'static str, msg: impl Into<String>) -> Self {
-        Self { loc: Vec::new(), kind, msg: msg.into() }
+        Self {
+            loc: Vec::new(),
+            kind,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -112,7 +120,11 @@ impl NewEvent {
                     }
                 },
                 Err(_) => {
-                    errors.push(FieldError::new("timestamp", "string_type", "must be a string"));
+                    errors.push(FieldError::new(
+                        "timestamp",
+                        "string_type",
+                        "must be a string",
+                    ));
                     None
                 }
             },
@@ -124,9 +136,20 @@ impl NewEvent {
         match (event_type, payload) {
             (Some(event_type), Some(payload)) if errors.is_empty() => {
                 let payload = payload.to_owned();
-                let content_hash =
-                    content_hash(&event_type, source.as_deref(), timestamp, payload.as_bytes());
-                Ok(Self { event_id, event_type, source, timestamp, payload, content_hash })
+                let content_hash = content_hash(
+                    &event_type,
+                    source.as_deref(),
+                    timestamp,
+                    payload.as_bytes(),
+                );
+                Ok(Self {
+                    event_id,
+                    event_type,
+                    source,
+                    timestamp,
+                    payload,
+                    content_hash,
+                })
             }
             _ => Err(errors),
         }
@@ -189,7 +212,11 @@ fn bounded_string(
     };
     let chars = text.chars().count();
     if chars < min_chars {
-        errors.push(FieldError::new(field, "string_too_short", "must not be empty"));
+        errors.push(FieldError::new(
+            field,
+            "string_too_short",
+            "must not be empty",
+        ));
         return None;
     }
     if chars > MAX_STRING_CHARS {
@@ -201,7 +228,11 @@ fn bounded_string(
         return None;
     }
     if text.contains('\0') {
-        errors.push(FieldError::new(field, "string_invalid", "must not contain NUL characters"));
+        errors.push(FieldError::new(
+            field,
+            "string_invalid",
+            "must not contain NUL characters",
+        ));
         return None;
     }
     Some(text.into_owned())
@@ -212,10 +243,23 @@ fn check_payload<'a>(text: &'a str, errors: &mut Vec<FieldError>) -> Option<&'a 
         return Some("{}");
     }
     if !text.starts_with('{') {
-        errors.push(FieldError::new("payload", "dict_type", "must be a JSON object"));
+        errors.push(FieldError::new(
+            "payload",
+            "dict_type",
+            "must be a JSON object",
+        ));
         return None;
     }
-    let depth = nesting_depth(text);
+    let scan = scan(text);
+    if scan.number_out_of_range {
+        errors.push(FieldError::new(
+            "payload",
+            "number_out_of_range",
+            "holds a number too large for a 64-bit float (such as 1e999)",
+        ));
+        return None;
+    }
+    let depth = scan.depth;
     if depth > MAX_PAYLOAD_DEPTH {
         errors.push(FieldError::new(
             "payload",
@@ -227,13 +271,22 @@ fn check_payload<'a>(text: &'a str, errors: &mut Vec<FieldError>) -> Option<&'a 
     Some(text)
 }
 
-/// Returns the deepest nesting of `{`/`[` in valid JSON text, ignoring brackets in strings.
-/// Iterative, so no input can exhaust the stack.
-fn nesting_depth(text: &str) -> usize {
+/// What one pass over a payload's JSON text finds.
+struct Scan {
+    /// The deepest nesting of `{`/`[`, ignoring brackets in strings.
+    depth: usize,
+    /// A number whose exponent overflows f64, which no reader could load later.
+    number_out_of_range: bool,
+}
+
+/// Scans valid JSON text once. Iterative, so no input can exhaust the stack.
+fn scan(text: &str) -> Scan {
     let (mut depth, mut deepest) = (0usize, 0usize);
     let mut in_string = false;
     let mut escaped = false;
-    for byte in text.bytes() {
+    let mut number_out_of_range = false;
+    let bytes = text.as_bytes();
+    for (at, &byte) in bytes.iter().enumerate() {
         if in_string {
             match byte {
                 _ if escaped => escaped = false,
@@ -250,10 +303,27 @@ fn nesting_depth(text: &str) -> usize {
                 deepest = deepest.max(depth);
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
+            b'e' | b'E' => {
+                // Outside strings, an e is an exponent: check the number it belongs to.
+                let start = bytes[..at]
+                    .iter()
+                    .rposition(|b| !matches!(b, b'0'..=b'9' | b'.' | b'-' | b'+'))
+                    .map_or(0, |p| p + 1);
+                let end = bytes[at + 1..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+'))
+                    .map_or(bytes.len(), |p| at + 1 + p);
+                if text[start..end].parse::<f64>().is_ok_and(f64::is_infinite) {
+                    number_out_of_range = true;
+                }
+            }
             _ => {}
         }
     }
-    deepest
+    Scan {
+        depth: deepest,
+        number_out_of_range,
+    }
 }
 
 fn content_hash(
@@ -291,7 +361,10 @@ mod tests {
     fn errors_of(json: &str) -> Vec<(String, &'static str)> {
         match NewEvent::from_json(json) {
             Ok(_) => Vec::new(),
-            Err(errors) => errors.into_iter().map(|e| (e.loc.join("."), e.kind)).collect(),
+            Err(errors) => errors
+                .into_iter()
+                .map(|e| (e.loc.join("."), e.kind))
+                .collect(),
         }
     }
 
@@ -308,14 +381,16 @@ mod tests {
 
     #[test]
     fn a_missing_event_type_is_reported_with_its_location() {
-        assert_eq!(errors_of(r#"{"event_id":"e1"}"#), vec![("event_type".into(), "missing")]);
+        assert_eq!(
+            errors_of(r#"{"event_id":"e1"}"#),
+            vec![("event_type".into(), "missing")]
+        );
     }
 
     #[test]
     fn every_bad_field_is_reported() {
-        let errors = errors_of(
-            r#"{"event_id":"","event_type":5,"timestamp":"yesterday","payload":[1]}"#,
-        );
+        let errors =
+            errors_of(r#"{"event_id":"","event_type":5,"timestamp":"yesterday","payload":[1]}"#);
         assert_eq!(
             errors,
             vec![
@@ -331,16 +406,36 @@ mod tests {
     fn strings_over_256_characters_are_refused() {
         let long = "é".repeat(257);
         let json = format!(r#"{{"event_type":"{long}"}}"#);
-        assert_eq!(errors_of(&json), vec![("event_type".into(), "string_too_long")]);
+        assert_eq!(
+            errors_of(&json),
+            vec![("event_type".into(), "string_too_long")]
+        );
         let fits = "é".repeat(256);
         assert!(errors_of(&format!(r#"{{"event_type":"{fits}"}}"#)).is_empty());
     }
 
     #[test]
     fn deep_payloads_are_refused_and_brackets_in_strings_do_not_count() {
-        let deep = format!(r#"{{"event_type":"t","payload":{}{}}}"#, "{\"a\":".repeat(70), "1".to_owned() + &"}".repeat(70));
+        let deep = format!(
+            r#"{{"event_type":"t","payload":{}{}}}"#,
+            "{\"a\":".repeat(70),
+            "1".to_owned() + &"}".repeat(70)
+        );
         assert_eq!(errors_of(&deep), vec![("payload".into(), "too_deep")]);
-        assert_eq!(nesting_depth(r#"{"a":"[[[[{{{{\"]]"}"#), 1);
+        assert_eq!(scan(r#"{"a":"[[[[{{{{\"]]"}"#).depth, 1);
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_refused_but_big_ones_pass() {
+        assert_eq!(
+            errors_of(r#"{"event_type":"t","payload":{"n":1e999}}"#),
+            vec![("payload".into(), "number_out_of_range")]
+        );
+        assert_eq!(
+            errors_of(r#"{"event_type":"t","payload":{"n":-2.5E-999}}"#),
+            Vec::<(String, &str)>::new()
+        );
+        assert!(errors_of(r#"{"event_type":"t","payload":{"n":1.5e300,"s":"1e999"}}"#).is_empty());
     }
 
     #[test]
@@ -356,8 +451,11 @@ mod tests {
 
     #[test]
     fn same_instant_in_another_offset_hashes_the_same() {
-        let a = NewEvent::from_json(r#"{"event_type":"t","timestamp":"2025-10-02T12:00:00Z"}"#).unwrap();
-        let b = NewEvent::from_json(r#"{"event_type":"t","timestamp":"2025-10-02T14:00:00+02:00"}"#).unwrap();
+        let a = NewEvent::from_json(r#"{"event_type":"t","timestamp":"2025-10-02T12:00:00Z"}"#)
+            .unwrap();
+        let b =
+            NewEvent::from_json(r#"{"event_type":"t","timestamp":"2025-10-02T14:00:00+02:00"}"#)
+                .unwrap();
         let c = NewEvent::from_json(r#"{"event_type":"t"}"#).unwrap();
         assert_eq!(a.content_hash, b.content_hash);
         assert_ne!(a.content_hash, c.content_hash);

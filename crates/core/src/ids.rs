@@ -94,7 +94,9 @@ impl EventId {
 
     /// Returns the event timestamp the id was built from, in microseconds since the epoch.
     pub fn timestamp_micros(&self) -> i64 {
-        let high: [u8; 8] = self.as_bytes()[..8].try_into().expect("a UUID has 16 bytes");
+        let high: [u8; 8] = self.as_bytes()[..8]
+            .try_into()
+            .expect("a UUID has 16 bytes");
         (u64::from_be_bytes(high) ^ (1 << 63)) as i64
     }
 }

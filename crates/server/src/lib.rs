@@ -1,1 +1,164 @@
-//! placeholder
+//! The `pulsestream` server: configuration, telemetry and wiring of store and API.
+//!
+//! `main` and the integration tests start the server the same way, through
+//! [`Server::bind`] and [`Server::run`].
+
+pub mod config;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use pulsestream_api::auth::secret_hash;
+use pulsestream_api::{ApiConfig, AppState};
+use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use pulsestream_store::{EventStore, TenantStore};
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::ServeConfig;
+
+/// The file in the data directory that holds a generated admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// A bound, ready-to-run server.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    store: Arc<EmbeddedStore>,
+}
+
+impl Server {
+    /// Opens the store, settles the admin token and prepares the API on `listener`.
+    ///
+    /// # Errors
+    /// Invalid settings, or a store that cannot be opened.
+    pub async fn bind(config: &ServeConfig, listener: TcpListener) -> anyhow::Result<Self> {
+        config.validate()?;
+        let mut store_config = EmbeddedConfig::new(&config.data_dir);
+        store_config.queue_capacity = config.write_queue_capacity;
+        let dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_config))
+            .await?
+            .with_context(|| format!("failed to open the embedded store in {}", dir.display()))?;
+        let store = Arc::new(store);
+        let admin_token_hash = admin_token_hash(config, store.as_ref()).await?;
+        let api_config = ApiConfig {
+            body_limit_bytes: config.body_limit_bytes,
+            request_timeout: config.request_timeout(),
+        };
+        let state = AppState::new(store.clone(), store.clone(), admin_token_hash, api_config);
+        Ok(Self {
+            listener,
+            state,
+            store,
+        })
+    }
+
+    /// Returns the address the server listens on.
+    ///
+    /// # Errors
+    /// The socket cannot tell (it is closed).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then finishes in-flight requests and closes
+    /// the store cleanly.
+    ///
+    /// # Errors
+    /// The listener fails, or the store cannot be closed cleanly.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        tracing::info!(%addr, "pulsestream is listening");
+        let listener = self.listener.tap_io(|tcp| {
+            // Answers are small and latency matters more than packet count.
+            let _ = tcp.set_nodelay(true);
+        });
+        let router = pulsestream_api::router(self.state);
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("the HTTP server failed")?;
+        tracing::info!("in-flight requests finished; closing the store");
+        self.store
+            .close()
+            .await
+            .context("failed to close the store cleanly")?;
+        tracing::info!("store closed");
+        Ok(())
+    }
+}
+
+/// Returns the SHA-256 of the admin token: the configured one, else the stored one, else a
+/// new one written to `<data-dir>/admin-token` for the operator.
+async fn admin_token_hash(config: &ServeConfig, store: &EmbeddedStore) -> anyhow::Result<String> {
+    if let Some(token) = &config.admin_token {
+        anyhow::ensure!(
+            token.0.len() >= 16,
+            "PULSESTREAM_ADMIN_TOKEN must be at least 16 characters"
+        );
+        return Ok(secret_hash(&token.0));
+    }
+    if let Some(hash) = store.admin_token_hash().await? {
+        tracing::info!(path = %config.data_dir.join(ADMIN_TOKEN_FILE).display(), "using the admin token generated at first start");
+        return Ok(hash);
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    write_private(&path, &token)
+        .with_context(|| format!("failed to write the admin token to {}", path.display()))?;
+    let hash = secret_hash(&token);
+    store.set_admin_token_hash(&hash).await?;
+    tracing::info!(path = %path.display(), "generated an admin token; read it from this file");
+    Ok(hash)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+/// Reads an admin token written by a server at first start.
+///
+/// # Errors
+/// The file cannot be read.
+pub fn read_admin_token(data_dir: &Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(data_dir.join(ADMIN_TOKEN_FILE))?
+        .trim()
+        .to_owned())
+}
+
+/// Resolves when SIGTERM or Ctrl-C arrives.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

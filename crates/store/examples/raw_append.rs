@@ -12,12 +12,21 @@ use pulsestream_store::{AppendBatch, EventStore};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let dir = args.get(1).cloned().unwrap_or_else(|| "raw-append-data".into());
-    let total: usize = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let dir = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "raw-append-data".into());
+    let total: usize = args
+        .get(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let batch_size: usize = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(1_000);
     let concurrency: usize = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(4);
     let mut config = EmbeddedConfig::new(&dir);
-    if let Some(mb) = std::env::var("MEMTABLE_MB").ok().and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(mb) = std::env::var("MEMTABLE_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         config.index_memtable_bytes = mb * 1024 * 1024;
     }
     let store = EmbeddedStore::open(&config).expect("open store");

@@ -106,7 +106,8 @@ pub trait EventStore: Send + Sync + Debug + 'static {
     async fn append_batch(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError>;
 
     /// Returns the tenant's event with this id, if there is one.
-    async fn event(&self, tenant: TenantId, id: EventId) -> Result<Option<StoredEvent>, StoreError>;
+    async fn event(&self, tenant: TenantId, id: EventId)
+    -> Result<Option<StoredEvent>, StoreError>;
 
     /// Returns one page of the tenant's events that match the query.
     async fn search(&self, tenant: TenantId, query: SearchQuery) -> Result<SearchPage, StoreError>;

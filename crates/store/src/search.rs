@@ -85,7 +85,11 @@ pub fn event_matches(json: &[u8], query: &SearchQuery) -> bool {
     let Ok(view) = serde_json::from_slice::<EventView<'_>>(json) else {
         return false;
     };
-    if query.event_id.as_deref().is_some_and(|id| id != view.event_id) {
+    if query
+        .event_id
+        .as_deref()
+        .is_some_and(|id| id != view.event_id)
+    {
         return false;
     }
     if !query.event_types.is_empty() && !query.event_types.iter().any(|t| *t == view.event_type) {
@@ -98,7 +102,9 @@ pub fn event_matches(json: &[u8], query: &SearchQuery) -> bool {
         let Some(ts) = parse_timestamp(&view.timestamp) else {
             return false;
         };
-        if query.since.is_some_and(|since| ts < since) || query.until.is_some_and(|until| ts >= until) {
+        if query.since.is_some_and(|since| ts < since)
+            || query.until.is_some_and(|until| ts >= until)
+        {
             return false;
         }
     }
@@ -108,8 +114,14 @@ pub fn event_matches(json: &[u8], query: &SearchQuery) -> bool {
     let Ok(payload) = serde_json::from_str::<Value>(view.payload.get()) else {
         return false;
     };
-    query.payload.iter().all(|filter| path_equals(&payload, filter))
-        && query.text.as_deref().is_none_or(|text| text_matches(&payload, text))
+    query
+        .payload
+        .iter()
+        .all(|filter| path_equals(&payload, filter))
+        && query
+            .text
+            .as_deref()
+            .is_none_or(|text| text_matches(&payload, text))
 }
 
 fn path_equals(payload: &Value, filter: &PayloadFilter) -> bool {
@@ -152,7 +164,8 @@ fn text_matches(payload: &Value, text: &str) -> bool {
     let mut haystack = String::new();
     collect_text(payload, &mut haystack);
     let haystack = haystack.to_lowercase();
-    text.split_whitespace().all(|term| haystack.contains(&term.to_lowercase()))
+    text.split_whitespace()
+        .all(|term| haystack.contains(&term.to_lowercase()))
 }
 
 fn collect_text(node: &Value, out: &mut String) {
@@ -207,7 +220,10 @@ mod tests {
 
     #[test]
     fn full_text_needs_every_term() {
-        let text = |q: &str| SearchQuery { text: Some(q.into()), ..SearchQuery::default() };
+        let text = |q: &str| SearchQuery {
+            text: Some(q.into()),
+            ..SearchQuery::default()
+        };
         assert!(matches(text("lovelace")));
         assert!(matches(text("ADA a-1")));
         assert!(!matches(text("ada babbage")));
@@ -216,8 +232,14 @@ mod tests {
     #[test]
     fn time_bounds_are_inclusive_then_exclusive() {
         let at = parse_timestamp("2025-10-02T12:00:00Z");
-        assert!(matches(SearchQuery { since: at, ..SearchQuery::default() }));
-        assert!(!matches(SearchQuery { until: at, ..SearchQuery::default() }));
+        assert!(matches(SearchQuery {
+            since: at,
+            ..SearchQuery::default()
+        }));
+        assert!(!matches(SearchQuery {
+            until: at,
+            ..SearchQuery::default()
+        }));
     }
 
     #[test]

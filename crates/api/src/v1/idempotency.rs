@@ -45,7 +45,10 @@ pub struct ClaimGuard {
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        self.in_flight.lock().expect("in-flight key lock is never poisoned").remove(&self.entry);
+        self.in_flight
+            .lock()
+            .expect("in-flight key lock is never poisoned")
+            .remove(&self.entry);
     }
 }
 
@@ -67,13 +70,25 @@ pub async fn begin(
         return Ok(Idempotency::Replay(record));
     }
     let entry = (tenant, key.clone());
-    if !app.in_flight.lock().expect("in-flight key lock is never poisoned").insert(entry.clone()) {
+    if !app
+        .in_flight
+        .lock()
+        .expect("in-flight key lock is never poisoned")
+        .insert(entry.clone())
+    {
         return Err(ApiError::conflict(
             "idempotency_in_flight",
             "a request with this Idempotency-Key is still being processed; retry after a moment",
         ));
     }
-    let guard = ClaimGuard { in_flight: app.in_flight.clone(), entry, claim: IdempotencyClaim { key: key.clone(), request_hash } };
+    let guard = ClaimGuard {
+        in_flight: app.in_flight.clone(),
+        entry,
+        claim: IdempotencyClaim {
+            key: key.clone(),
+            request_hash,
+        },
+    };
     if let Some(record) = finished(app, tenant, &key, request_hash).await? {
         return Ok(Idempotency::Replay(record));
     }
@@ -109,11 +124,16 @@ fn parse_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let bad = || {
         ApiError::bad_request(
             "bad_idempotency_key",
-            format!("Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters, bare or quoted"),
+            format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters, bare or quoted"
+            ),
         )
     };
     let text = value.to_str().map_err(|_| bad())?.trim();
-    let key = match text.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
+    let key = match text
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    {
         Some(inner) => inner,
         None => text,
     };

@@ -30,7 +30,8 @@ pub struct Checked {
     pub event_ids: Vec<Option<String>>,
     /// Per input item: why it was rejected, or `None` if it is in `events`.
     pub rejections: Vec<Option<Vec<FieldError>>>,
-    /// The valid events, in input order.
+    /// The valid events, in input order; taken by the store call, so answers are built
+    /// from `event_ids` and `rejections` alone.
     pub events: Vec<NewEvent>,
 }
 
@@ -57,7 +58,10 @@ impl Checked {
             }),
             Err(errors) => {
                 let detail = count_errors(errors.len());
-                let items = errors.into_iter().map(|err| error_item(&["body"], err)).collect();
+                let items = errors
+                    .into_iter()
+                    .map(|err| error_item(&["body"], err))
+                    .collect();
                 Err(ApiError::validation(detail, items))
             }
         }
@@ -71,7 +75,12 @@ impl Checked {
     pub fn batch(body: &TextBody) -> Result<Self, ApiError> {
         let raw_items = match body.format {
             BodyFormat::Json => envelope_items(&body.text)?,
-            BodyFormat::Ndjson => body.text.lines().filter(|line| !line.trim().is_empty()).map(Ok).collect(),
+            BodyFormat::Ndjson => body
+                .text
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .map(Ok)
+                .collect(),
         };
         if raw_items.is_empty() {
             return Err(envelope_error("too_short", "must hold at least one event"));
@@ -79,7 +88,10 @@ impl Checked {
         if raw_items.len() > MAX_BATCH_EVENTS {
             return Err(envelope_error(
                 "too_long",
-                &format!("must hold at most {MAX_BATCH_EVENTS} events, got {}", raw_items.len()),
+                &format!(
+                    "must hold at most {MAX_BATCH_EVENTS} events, got {}",
+                    raw_items.len()
+                ),
             ));
         }
         let mut checked = Self {
@@ -94,7 +106,9 @@ impl Checked {
             });
             let (event_id, result) = match parsed {
                 Ok(wire) => {
-                    let event_id = wire.event_id.and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
+                    let event_id = wire
+                        .event_id
+                        .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok());
                     (event_id, NewEvent::from_wire(&wire))
                 }
                 Err(errors) => (None, Err(errors)),
@@ -116,22 +130,35 @@ impl Checked {
     /// # Errors
     /// A single event that conflicts (409), or a batch in which everything was rejected (422).
     pub fn respond(&self, statuses: &[AppendStatus]) -> Result<Response, ApiError> {
-        if statuses.len() != self.events.len() {
+        let valid = self
+            .rejections
+            .iter()
+            .filter(|rejection| rejection.is_none())
+            .count();
+        if statuses.len() != valid {
             return Err(ApiError::internal(format!(
-                "{} statuses for {} events",
-                statuses.len(),
-                self.events.len()
+                "{} statuses for {valid} events",
+                statuses.len()
             )));
         }
         match self.shape {
-            Shape::Single => Ok(single_response(&self.events[0], statuses[0])?),
+            Shape::Single => single_response(self.event_ids[0].as_deref(), statuses[0]),
             Shape::Batch(format) => self.batch_response(format, statuses),
         }
     }
 
-    fn batch_response(&self, format: BodyFormat, statuses: &[AppendStatus]) -> Result<Response, ApiError> {
+    fn batch_response(
+        &self,
+        format: BodyFormat,
+        statuses: &[AppendStatus],
+    ) -> Result<Response, ApiError> {
         let mut statuses = statuses.iter();
-        let mut response = BatchResponse { accepted: 0, duplicates: 0, rejected: 0, results: Vec::new() };
+        let mut response = BatchResponse {
+            accepted: 0,
+            duplicates: 0,
+            rejected: 0,
+            results: Vec::new(),
+        };
         let mut all_errors = Vec::new();
         for (index, rejection) in self.rejections.iter().enumerate() {
             let prefix: Vec<Value> = match format {
@@ -142,18 +169,34 @@ impl Checked {
             let result = match rejection {
                 Some(errors) => {
                     response.rejected += 1;
-                    let errors: Vec<ErrorItem> = errors.iter().map(|err| prefixed(&prefix, err.clone())).collect();
+                    let errors: Vec<ErrorItem> = errors
+                        .iter()
+                        .map(|err| prefixed(&prefix, err.clone()))
+                        .collect();
                     all_errors.extend(errors.iter().cloned());
                     BatchResult::rejected(index, client_event_id, errors, None)
                 }
-                None => match *statuses.next().expect("one status per valid event, checked above") {
+                None => match *statuses
+                    .next()
+                    .expect("one status per valid event, checked above")
+                {
                     AppendStatus::Accepted(id) => {
                         response.accepted += 1;
-                        BatchResult::stored(index, client_event_id.unwrap_or_else(|| id.to_string()), id, "accepted")
+                        BatchResult::stored(
+                            index,
+                            client_event_id.unwrap_or_else(|| id.to_string()),
+                            id,
+                            "accepted",
+                        )
                     }
                     AppendStatus::Duplicate(id) => {
                         response.duplicates += 1;
-                        BatchResult::stored(index, client_event_id.unwrap_or_default(), id, "duplicate")
+                        BatchResult::stored(
+                            index,
+                            client_event_id.unwrap_or_default(),
+                            id,
+                            "duplicate",
+                        )
                     }
                     AppendStatus::Conflict(existing) => {
                         response.rejected += 1;
@@ -162,10 +205,17 @@ impl Checked {
                         let error = ErrorItem {
                             loc,
                             kind: "conflict".into(),
-                            msg: format!("an event with this event_id and different content is stored as {existing}"),
+                            msg: format!(
+                                "an event with this event_id and different content is stored as {existing}"
+                            ),
                         };
                         all_errors.push(error.clone());
-                        BatchResult::rejected(index, client_event_id, vec![error], Some(existing.to_string()))
+                        BatchResult::rejected(
+                            index,
+                            client_event_id,
+                            vec![error],
+                            Some(existing.to_string()),
+                        )
                     }
                 },
             };
@@ -177,14 +227,24 @@ impl Checked {
                 .with_field("accepted", 0)
                 .with_field("duplicates", 0)
                 .with_field("rejected", response.rejected)
-                .with_field("results", serde_json::to_value(&response.results).unwrap_or_default()));
+                .with_field(
+                    "results",
+                    serde_json::to_value(&response.results).unwrap_or_default(),
+                ));
         }
-        let status = if response.rejected == 0 { StatusCode::OK } else { StatusCode::MULTI_STATUS };
+        let status = if response.rejected == 0 {
+            StatusCode::OK
+        } else {
+            StatusCode::MULTI_STATUS
+        };
         Ok((status, axum::Json(response)).into_response())
     }
 }
 
-fn single_response(event: &NewEvent, status: AppendStatus) -> Result<Response, ApiError> {
+fn single_response(
+    client_event_id: Option<&str>,
+    status: AppendStatus,
+) -> Result<Response, ApiError> {
     #[derive(Serialize)]
     struct Answer<'a> {
         id: String,
@@ -193,19 +253,38 @@ fn single_response(event: &NewEvent, status: AppendStatus) -> Result<Response, A
     }
     match status {
         AppendStatus::Accepted(id) => {
-            let event_id = event.event_id.clone().unwrap_or_else(|| id.to_string());
+            let event_id = client_event_id.map_or_else(|| id.to_string(), str::to_owned);
             let location = HeaderValue::try_from(format!("/v1/events/{id}"))
-                .map_err(|err| ApiError::internal(err))?;
-            let answer = Answer { id: id.to_string(), event_id: &event_id, status: "accepted" };
-            Ok((StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(answer)).into_response())
+                .map_err(ApiError::internal)?;
+            let answer = Answer {
+                id: id.to_string(),
+                event_id: &event_id,
+                status: "accepted",
+            };
+            Ok((
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                axum::Json(answer),
+            )
+                .into_response())
         }
         AppendStatus::Duplicate(id) => {
-            let event_id = event.event_id.as_deref().unwrap_or_default();
-            Ok((StatusCode::OK, axum::Json(Answer { id: id.to_string(), event_id, status: "duplicate" })).into_response())
+            let event_id = client_event_id.unwrap_or_default();
+            Ok((
+                StatusCode::OK,
+                axum::Json(Answer {
+                    id: id.to_string(),
+                    event_id,
+                    status: "duplicate",
+                }),
+            )
+                .into_response())
         }
         AppendStatus::Conflict(existing) => Err(ApiError::conflict(
             "conflict",
-            format!("an event with this event_id and different content is already stored as {existing}"),
+            format!(
+                "an event with this event_id and different content is already stored as {existing}"
+            ),
         )
         .with_field("existing_id", existing.to_string())),
     }
@@ -233,12 +312,36 @@ struct BatchResult {
 }
 
 impl BatchResult {
-    fn stored(index: usize, event_id: String, id: pulsestream_core::EventId, status: &'static str) -> Self {
-        Self { index, event_id: Some(event_id), id: Some(id.to_string()), status, existing_id: None, errors: Vec::new() }
+    fn stored(
+        index: usize,
+        event_id: String,
+        id: pulsestream_core::EventId,
+        status: &'static str,
+    ) -> Self {
+        Self {
+            index,
+            event_id: Some(event_id),
+            id: Some(id.to_string()),
+            status,
+            existing_id: None,
+            errors: Vec::new(),
+        }
     }
 
-    fn rejected(index: usize, event_id: Option<String>, errors: Vec<ErrorItem>, existing_id: Option<String>) -> Self {
-        Self { index, event_id, id: None, status: "rejected", existing_id, errors }
+    fn rejected(
+        index: usize,
+        event_id: Option<String>,
+        errors: Vec<ErrorItem>,
+        existing_id: Option<String>,
+    ) -> Self {
+        Self {
+            index,
+            event_id,
+            id: None,
+            status: "rejected",
+            existing_id,
+            errors,
+        }
     }
 }
 
@@ -253,7 +356,11 @@ fn envelope_items(text: &str) -> Result<Vec<Result<&str, Vec<FieldError>>>, ApiE
         if err.is_data() {
             ApiError::validation(
                 "the body must be an object with an events array",
-                vec![ErrorItem { loc: vec!["body".into()], kind: "model_type".into(), msg: "must be a JSON object".into() }],
+                vec![ErrorItem {
+                    loc: vec!["body".into()],
+                    kind: "model_type".into(),
+                    msg: "must be a JSON object".into(),
+                }],
             )
         } else {
             json_syntax_error(&err)
@@ -270,7 +377,11 @@ fn envelope_items(text: &str) -> Result<Vec<Result<&str, Vec<FieldError>>>, ApiE
 fn envelope_error(kind: &str, msg: &str) -> ApiError {
     ApiError::validation(
         format!("events {msg}"),
-        vec![ErrorItem { loc: vec!["body".into(), "events".into()], kind: kind.into(), msg: msg.into() }],
+        vec![ErrorItem {
+            loc: vec!["body".into(), "events".into()],
+            kind: kind.into(),
+            msg: msg.into(),
+        }],
     )
 }
 
@@ -282,7 +393,11 @@ pub fn json_syntax_error(err: &serde_json::Error) -> ApiError {
 }
 
 fn count_errors(count: usize) -> String {
-    if count == 1 { "1 error in the request body".into() } else { format!("{count} errors in the request body") }
+    if count == 1 {
+        "1 error in the request body".into()
+    } else {
+        format!("{count} errors in the request body")
+    }
 }
 
 fn error_item(prefix: &[&str], err: FieldError) -> ErrorItem {
@@ -292,6 +407,14 @@ fn error_item(prefix: &[&str], err: FieldError) -> ErrorItem {
 
 fn prefixed(prefix: &[Value], err: FieldError) -> ErrorItem {
     let mut loc = prefix.to_vec();
-    loc.extend(err.loc.into_iter().map(|part| Value::from(part.into_owned())));
-    ErrorItem { loc, kind: err.kind.into(), msg: err.msg }
+    loc.extend(
+        err.loc
+            .into_iter()
+            .map(|part| Value::from(part.into_owned())),
+    );
+    ErrorItem {
+        loc,
+        kind: err.kind.into(),
+        msg: err.msg,
+    }
 }

@@ -1,5 +1,5 @@
 //! The tenant API, `/v1/...`.
 
 pub mod events;
-mod idempotency;
+pub(crate) mod idempotency;
 mod ingest;

@@ -43,7 +43,11 @@ pub(crate) fn type_key(tenant: TenantId, event_type: &str, id: EventId) -> [u8; 
 
 /// The id at the end of an `events` or `by_type` key.
 pub(crate) fn id_suffix(key: &[u8]) -> EventId {
-    EventId::from_bytes(key[key.len() - 16..].try_into().expect("keys end with 16 id bytes"))
+    EventId::from_bytes(
+        key[key.len() - 16..]
+            .try_into()
+            .expect("keys end with 16 id bytes"),
+    )
 }
 
 /// `dedup` and `idempotency`: 128-bit hash of the client's string, tenant. Point lookups
@@ -65,7 +69,10 @@ pub(crate) fn encode_dedup(id: EventId, hash: ContentHash) -> [u8; 32] {
 
 pub(crate) fn decode_dedup(value: &[u8]) -> Result<(EventId, ContentHash), StoreError> {
     if value.len() != 32 {
-        return Err(StoreError::Corrupt(format!("dedup entry of {} bytes", value.len())));
+        return Err(StoreError::Corrupt(format!(
+            "dedup entry of {} bytes",
+            value.len()
+        )));
     }
     let id = EventId::from_bytes(value[..16].try_into().expect("length checked above"));
     let hash = u128::from_be_bytes(value[16..].try_into().expect("length checked above"));
@@ -78,14 +85,23 @@ const FLAG_TIMESTAMP_GIVEN: u8 = 1;
 /// `events` value: version, flags, then the event's JSON as the API returns it. Returns
 /// the header; the JSON is written right after it into the same buffer.
 pub(crate) fn event_value_header(timestamp_given: bool) -> [u8; 2] {
-    [EVENT_VALUE_VERSION, if timestamp_given { FLAG_TIMESTAMP_GIVEN } else { 0 }]
+    [
+        EVENT_VALUE_VERSION,
+        if timestamp_given {
+            FLAG_TIMESTAMP_GIVEN
+        } else {
+            0
+        },
+    ]
 }
 
 /// Returns the event's JSON and whether the client gave its timestamp.
 pub(crate) fn decode_event_value(value: &[u8]) -> Result<(&[u8], bool), StoreError> {
     match value {
         [EVENT_VALUE_VERSION, flags, json @ ..] => Ok((json, flags & FLAG_TIMESTAMP_GIVEN != 0)),
-        _ => Err(StoreError::Corrupt("event value with unknown version".into())),
+        _ => Err(StoreError::Corrupt(
+            "event value with unknown version".into(),
+        )),
     }
 }
 
@@ -113,7 +129,7 @@ pub(crate) fn encode_idempotency(record: &IdempotencyRecord) -> Vec<u8> {
 
 pub(crate) fn decode_idempotency(value: &[u8]) -> Result<IdempotencyRecord, StoreError> {
     let corrupt = || StoreError::Corrupt("malformed idempotency record".into());
-    if value.len() < 24 || (value.len() - 24) % 17 != 0 {
+    if value.len() < 24 || !(value.len() - 24).is_multiple_of(17) {
         return Err(corrupt());
     }
     let request_hash = u128::from_be_bytes(value[..16].try_into().map_err(|_| corrupt())?);
@@ -131,7 +147,11 @@ pub(crate) fn decode_idempotency(value: &[u8]) -> Result<IdempotencyRecord, Stor
             }
         })
         .collect::<Result<_, _>>()?;
-    Ok(IdempotencyRecord { request_hash, created_at, statuses })
+    Ok(IdempotencyRecord {
+        request_hash,
+        created_at,
+        statuses,
+    })
 }
 
 #[cfg(test)]
@@ -148,6 +168,9 @@ mod tests {
                 AppendStatus::Conflict(EventId::from_parts(1, 2)),
             ],
         };
-        assert_eq!(decode_idempotency(&encode_idempotency(&record)).unwrap(), record);
+        assert_eq!(
+            decode_idempotency(&encode_idempotency(&record)).unwrap(),
+            record
+        );
     }
 }

@@ -23,8 +23,8 @@ use pulsestream_core::{EventId, Tenant, TenantId};
 use tokio::sync::oneshot;
 
 use crate::{
-    AppendBatch, AppendOutcome, EventStore, IdempotencyRecord, SearchPage, SearchQuery,
-    StoreError, StoredEvent, TenantStore,
+    AppendBatch, AppendOutcome, EventStore, IdempotencyRecord, SearchPage, SearchQuery, StoreError,
+    StoredEvent, TenantStore,
 };
 
 pub use writer::MAX_GROUP_EVENTS;
@@ -127,8 +127,14 @@ impl EmbeddedStore {
             meta: open_keyspace(&db, "meta", config.index_memtable_bytes)?,
         };
         let tenants = Arc::new(RwLock::new(load_tenants(&keyspaces.meta)?));
-        let writer = writer::WriterHandle::start(db.clone(), keyspaces.clone(), config.queue_capacity);
-        Ok(Self { db, keyspaces, writer, tenants })
+        let writer =
+            writer::WriterHandle::start(db.clone(), keyspaces.clone(), config.queue_capacity);
+        Ok(Self {
+            db,
+            keyspaces,
+            writer,
+            tenants,
+        })
     }
 
     /// Returns the directory of a store opened with `config`.
@@ -142,13 +148,17 @@ impl EmbeddedStore {
         F: FnOnce(&Self) -> Result<T, StoreError> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || work(&store)).await.map_err(StoreError::unavailable)?
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(StoreError::unavailable)?
     }
 }
 
 fn open_keyspace(db: &Database, name: &str, memtable_bytes: u64) -> Result<Keyspace, StoreError> {
-    db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes))
-        .map_err(StoreError::unavailable)
+    db.keyspace(name, || {
+        KeyspaceCreateOptions::default().max_memtable_size(memtable_bytes)
+    })
+    .map_err(StoreError::unavailable)
 }
 
 fn load_tenants(meta: &Keyspace) -> Result<TenantCache, StoreError> {
@@ -174,12 +184,18 @@ impl EventStore for EmbeddedStore {
         outcome.await.map_err(StoreError::unavailable)?
     }
 
-    async fn event(&self, tenant: TenantId, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
-        self.blocking(move |store| read::event(&store.keyspaces, tenant, id)).await
+    async fn event(
+        &self,
+        tenant: TenantId,
+        id: EventId,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        self.blocking(move |store| read::event(&store.keyspaces, tenant, id))
+            .await
     }
 
     async fn search(&self, tenant: TenantId, query: SearchQuery) -> Result<SearchPage, StoreError> {
-        self.blocking(move |store| read::search(&store.keyspaces, tenant, &query)).await
+        self.blocking(move |store| read::search(&store.keyspaces, tenant, &query))
+            .await
     }
 
     async fn idempotency_record(
@@ -189,7 +205,12 @@ impl EventStore for EmbeddedStore {
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let key = keys::hashed_key(tenant, key);
         self.blocking(move |store| {
-            match store.keyspaces.idempotency.get(key).map_err(StoreError::unavailable)? {
+            match store
+                .keyspaces
+                .idempotency
+                .get(key)
+                .map_err(StoreError::unavailable)?
+            {
                 Some(value) => keys::decode_idempotency(&value).map(Some),
                 None => Ok(None),
             }
@@ -206,7 +227,8 @@ impl EventStore for EmbeddedStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             writer.stop();
-            db.persist(PersistMode::SyncAll).map_err(StoreError::unavailable)
+            db.persist(PersistMode::SyncAll)
+                .map_err(StoreError::unavailable)
         })
         .await
         .map_err(StoreError::unavailable)?
@@ -219,41 +241,79 @@ impl TenantStore for EmbeddedStore {
         let tenant = tenant.clone();
         self.blocking(move |store| {
             let value = serde_json::to_vec(&tenant).map_err(StoreError::unavailable)?;
-            store.keyspaces.meta.insert(tenant_key(tenant.id), value).map_err(StoreError::unavailable)?;
+            store
+                .keyspaces
+                .meta
+                .insert(tenant_key(tenant.id), value)
+                .map_err(StoreError::unavailable)?;
             // Admin changes are rare: make each durable before answering.
-            store.db.persist(PersistMode::SyncAll).map_err(StoreError::unavailable)?;
-            store.tenants.write().expect("tenant cache lock is never poisoned: no code panics while holding it").put(tenant);
+            store
+                .db
+                .persist(PersistMode::SyncAll)
+                .map_err(StoreError::unavailable)?;
+            store
+                .tenants
+                .write()
+                .expect("tenant cache lock is never poisoned: no code panics while holding it")
+                .put(tenant);
             Ok(())
         })
         .await
     }
 
     async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        let cache = self.tenants.read().expect("tenant cache lock is never poisoned");
+        let cache = self
+            .tenants
+            .read()
+            .expect("tenant cache lock is never poisoned");
         let mut tenants: Vec<Tenant> = cache.by_id.values().cloned().collect();
         tenants.sort_by_key(|tenant| (tenant.created_at, tenant.id));
         Ok(tenants)
     }
 
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
-        Ok(self.tenants.read().expect("tenant cache lock is never poisoned").by_id.get(&id).cloned())
+        Ok(self
+            .tenants
+            .read()
+            .expect("tenant cache lock is never poisoned")
+            .by_id
+            .get(&id)
+            .cloned())
     }
 
     async fn tenant_by_key_hash(&self, hash: &str) -> Result<Option<Tenant>, StoreError> {
-        let cache = self.tenants.read().expect("tenant cache lock is never poisoned");
-        Ok(cache.by_key_hash.get(hash).and_then(|id| cache.by_id.get(id)).cloned())
+        let cache = self
+            .tenants
+            .read()
+            .expect("tenant cache lock is never poisoned");
+        Ok(cache
+            .by_key_hash
+            .get(hash)
+            .and_then(|id| cache.by_id.get(id))
+            .cloned())
     }
 
     async fn admin_token_hash(&self) -> Result<Option<String>, StoreError> {
-        let value = self.keyspaces.meta.get(ADMIN_TOKEN_KEY).map_err(StoreError::unavailable)?;
+        let value = self
+            .keyspaces
+            .meta
+            .get(ADMIN_TOKEN_KEY)
+            .map_err(StoreError::unavailable)?;
         Ok(value.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     async fn set_admin_token_hash(&self, hash: &str) -> Result<(), StoreError> {
         let hash = hash.to_owned();
         self.blocking(move |store| {
-            store.keyspaces.meta.insert(ADMIN_TOKEN_KEY, hash.as_bytes()).map_err(StoreError::unavailable)?;
-            store.db.persist(PersistMode::SyncAll).map_err(StoreError::unavailable)
+            store
+                .keyspaces
+                .meta
+                .insert(ADMIN_TOKEN_KEY, hash.as_bytes())
+                .map_err(StoreError::unavailable)?;
+            store
+                .db
+                .persist(PersistMode::SyncAll)
+                .map_err(StoreError::unavailable)
         })
         .await
     }

@@ -16,15 +16,30 @@ use crate::{Cursor, Order, SearchPage, SearchQuery, StoreError, StoredEvent, eve
 
 type Candidates = Box<dyn Iterator<Item = Result<EventId, StoreError>>>;
 
-pub(crate) fn event(ks: &Keyspaces, tenant: TenantId, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
-    let Some(value) = ks.events.get(keys::event_key(tenant, id)).map_err(StoreError::unavailable)? else {
+pub(crate) fn event(
+    ks: &Keyspaces,
+    tenant: TenantId,
+    id: EventId,
+) -> Result<Option<StoredEvent>, StoreError> {
+    let Some(value) = ks
+        .events
+        .get(keys::event_key(tenant, id))
+        .map_err(StoreError::unavailable)?
+    else {
         return Ok(None);
     };
     let (json, _) = keys::decode_event_value(&value)?;
-    Ok(Some(StoredEvent { id, json: json.to_vec() }))
+    Ok(Some(StoredEvent {
+        id,
+        json: json.to_vec(),
+    }))
 }
 
-pub(crate) fn search(ks: &Keyspaces, tenant: TenantId, query: &SearchQuery) -> Result<SearchPage, StoreError> {
+pub(crate) fn search(
+    ks: &Keyspaces,
+    tenant: TenantId,
+    query: &SearchQuery,
+) -> Result<SearchPage, StoreError> {
     let candidates: Candidates = if let Some(event_id) = &query.event_id {
         Box::new(by_event_id(ks, tenant, event_id)?.into_iter().map(Ok))
     } else if !query.event_types.is_empty() {
@@ -51,7 +66,9 @@ pub(crate) fn search(ks: &Keyspaces, tenant: TenantId, query: &SearchQuery) -> R
             continue;
         }
         let Some(stored) = event(ks, tenant, id)? else {
-            return Err(StoreError::Corrupt(format!("index entry points to missing event {id}")));
+            return Err(StoreError::Corrupt(format!(
+                "index entry points to missing event {id}"
+            )));
         };
         if !event_matches(&stored.json, query) {
             continue;
@@ -62,12 +79,27 @@ pub(crate) fn search(ks: &Keyspaces, tenant: TenantId, query: &SearchQuery) -> R
         }
         events.push(stored);
     }
-    let next_cursor = if more { events.last().map(|event| Cursor(event.id)) } else { None };
-    Ok(SearchPage { events, next_cursor })
+    let next_cursor = if more {
+        events.last().map(|event| Cursor(event.id))
+    } else {
+        None
+    };
+    Ok(SearchPage {
+        events,
+        next_cursor,
+    })
 }
 
-fn by_event_id(ks: &Keyspaces, tenant: TenantId, event_id: &str) -> Result<Option<EventId>, StoreError> {
-    match ks.dedup.get(keys::hashed_key(tenant, event_id)).map_err(StoreError::unavailable)? {
+fn by_event_id(
+    ks: &Keyspaces,
+    tenant: TenantId,
+    event_id: &str,
+) -> Result<Option<EventId>, StoreError> {
+    match ks
+        .dedup
+        .get(keys::hashed_key(tenant, event_id))
+        .map_err(StoreError::unavailable)?
+    {
         Some(value) => Ok(Some(keys::decode_dedup(&value)?.0)),
         None => Ok(None),
     }
@@ -85,14 +117,21 @@ fn within(query: &SearchQuery, id: EventId) -> bool {
         }
     }
     let micros = id.timestamp_micros();
-    query.since.is_none_or(|since| micros >= keys::micros_of(since))
-        && query.until.is_none_or(|until| micros < keys::micros_of(until))
+    query
+        .since
+        .is_none_or(|since| micros >= keys::micros_of(since))
+        && query
+            .until
+            .is_none_or(|until| micros < keys::micros_of(until))
 }
 
 /// Scans the keys `prefix` + id in the query's order, from its cursor or time bound on.
 fn id_range(keyspace: &fjall::Keyspace, prefix: &[u8], query: &SearchQuery) -> Candidates {
     let key = |id: EventId| -> Vec<u8> { [prefix, id.as_bytes().as_slice()].concat() };
-    let mut low = key(EventId::from_parts(query.since.map_or(i64::MIN, keys::micros_of), 0));
+    let mut low = key(EventId::from_parts(
+        query.since.map_or(i64::MIN, keys::micros_of),
+        0,
+    ));
     let mut high = match query.until {
         Some(until) => Bound::Excluded(key(EventId::from_parts(keys::micros_of(until), 0))),
         None => Bound::Included(key(EventId::from_parts(i64::MAX, u64::MAX))),
@@ -131,7 +170,10 @@ struct Merge {
 
 impl Merge {
     fn new(sources: Vec<Candidates>, order: Order) -> Self {
-        Self { sources: sources.into_iter().map(Iterator::peekable).collect(), order }
+        Self {
+            sources: sources.into_iter().map(Iterator::peekable).collect(),
+            order,
+        }
     }
 }
 

@@ -51,8 +51,17 @@ impl WriterHandle {
     pub fn start(db: Database, keyspaces: Keyspaces, capacity: usize) -> Self {
         let (sender, receiver) = mpsc::channel(capacity);
         let failed = Arc::new(AtomicBool::new(false));
-        let seed = u64::from_le_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().expect("a UUID has 16 bytes"));
-        let writer = Writer { db, keyspaces, failed: failed.clone(), entropy: std::cell::Cell::new(seed) };
+        let seed = u64::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..8]
+                .try_into()
+                .expect("a UUID has 16 bytes"),
+        );
+        let writer = Writer {
+            db,
+            keyspaces,
+            failed: failed.clone(),
+            entropy: std::cell::Cell::new(seed),
+        };
         let thread = std::thread::Builder::new()
             .name("pulsestream-writer".into())
             .spawn(move || writer.run(receiver))
@@ -65,7 +74,11 @@ impl WriterHandle {
     }
 
     pub fn submit(&self, job: Job) -> Result<(), StoreError> {
-        let sender = self.sender.lock().expect("writer sender lock is never poisoned").clone();
+        let sender = self
+            .sender
+            .lock()
+            .expect("writer sender lock is never poisoned")
+            .clone();
         let Some(sender) = sender else {
             return Err(StoreError::unavailable(WriterStopped));
         };
@@ -76,7 +89,11 @@ impl WriterHandle {
     }
 
     pub fn check_alive(&self) -> Result<(), StoreError> {
-        let open = self.sender.lock().expect("writer sender lock is never poisoned").is_some();
+        let open = self
+            .sender
+            .lock()
+            .expect("writer sender lock is never poisoned")
+            .is_some();
         if open && !self.failed.load(Ordering::Acquire) {
             Ok(())
         } else {
@@ -86,8 +103,16 @@ impl WriterHandle {
 
     /// Stops taking jobs, lets the writer finish those already queued, and waits for it.
     pub fn stop(&self) {
-        self.sender.lock().expect("writer sender lock is never poisoned").take();
-        if let Some(thread) = self.thread.lock().expect("writer thread lock is never poisoned").take() {
+        self.sender
+            .lock()
+            .expect("writer sender lock is never poisoned")
+            .take();
+        if let Some(thread) = self
+            .thread
+            .lock()
+            .expect("writer thread lock is never poisoned")
+            .take()
+        {
             let _ = thread.join();
         }
     }
@@ -167,7 +192,15 @@ impl Writer {
                             existing
                         } else {
                             let id = self.next_id(event, job.batch.received_at);
-                            self.insert(&mut batch, tenant, id, event, event_id, &received_at, dedup_key)?;
+                            self.insert(
+                                &mut batch,
+                                tenant,
+                                id,
+                                event,
+                                event_id,
+                                &received_at,
+                                dedup_key,
+                            )?;
                             pending.insert(dedup_key, Pending { id, event });
                             AppendStatus::Accepted(id)
                         }
@@ -177,7 +210,15 @@ impl Writer {
                         let id = self.next_id(event, job.batch.received_at);
                         let event_id = id.to_string();
                         let dedup_key = keys::hashed_key(tenant, &event_id);
-                        self.insert(&mut batch, tenant, id, event, &event_id, &received_at, dedup_key)?;
+                        self.insert(
+                            &mut batch,
+                            tenant,
+                            id,
+                            event,
+                            &event_id,
+                            &received_at,
+                            dedup_key,
+                        )?;
                         AppendStatus::Accepted(id)
                     }
                 };
@@ -189,7 +230,11 @@ impl Writer {
                     created_at: job.batch.received_at,
                     statuses: statuses.clone(),
                 };
-                batch.insert(&ks.idempotency, keys::hashed_key(tenant, &claim.key), keys::encode_idempotency(&record));
+                batch.insert(
+                    &ks.idempotency,
+                    keys::hashed_key(tenant, &claim.key),
+                    keys::encode_idempotency(&record),
+                );
             }
             outcomes.push(AppendOutcome { statuses });
         }
@@ -205,12 +250,24 @@ impl Writer {
         dedup_key: &[u8; 32],
         event: &NewEvent,
     ) -> Result<Option<AppendStatus>, StoreError> {
-        let Some(value) = self.keyspaces.dedup.get(dedup_key).map_err(StoreError::unavailable)? else {
+        let Some(value) = self
+            .keyspaces
+            .dedup
+            .get(dedup_key)
+            .map_err(StoreError::unavailable)?
+        else {
             return Ok(None);
         };
         let (id, hash) = keys::decode_dedup(&value)?;
-        let Some(stored) = self.keyspaces.events.get(keys::event_key(tenant, id)).map_err(StoreError::unavailable)? else {
-            return Err(StoreError::Corrupt(format!("dedup entry points to missing event {id}")));
+        let Some(stored) = self
+            .keyspaces
+            .events
+            .get(keys::event_key(tenant, id))
+            .map_err(StoreError::unavailable)?
+        else {
+            return Err(StoreError::Corrupt(format!(
+                "dedup entry points to missing event {id}"
+            )));
         };
         let (json, timestamp_given) = keys::decode_event_value(&stored)?;
         let stored = StoredContent::parse(json, timestamp_given)?;
@@ -234,7 +291,10 @@ impl Writer {
         self.entropy.set(z);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        EventId::from_parts(keys::micros_of(event.timestamp.unwrap_or(received_at)), z ^ (z >> 31))
+        EventId::from_parts(
+            keys::micros_of(event.timestamp.unwrap_or(received_at)),
+            z ^ (z >> 31),
+        )
     }
 
     #[allow(clippy::too_many_arguments)] // Each is a different fact about the event; a struct would only rename them.
@@ -251,12 +311,28 @@ impl Writer {
         let ks = &self.keyspaces;
         let mut value = Vec::with_capacity(event.payload.len() + 320);
         value.extend_from_slice(&keys::event_value_header(event.timestamp.is_some()));
-        let timestamp = OffsetDateTime::from_unix_timestamp_nanos(i128::from(id.timestamp_micros()) * 1_000)
-            .map_err(|err| StoreError::Corrupt(format!("event id timestamp: {err}")))?;
-        write_event_json(&mut value, id, event, event_id, &format_timestamp(timestamp), received_at)?;
+        let timestamp =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(id.timestamp_micros()) * 1_000)
+                .map_err(|err| StoreError::Corrupt(format!("event id timestamp: {err}")))?;
+        write_event_json(
+            &mut value,
+            id,
+            event,
+            event_id,
+            &format_timestamp(timestamp),
+            received_at,
+        )?;
         batch.insert(&ks.events, keys::event_key(tenant, id), value);
-        batch.insert(&ks.by_type, keys::type_key(tenant, &event.event_type, id), []);
-        batch.insert(&ks.dedup, dedup_key, keys::encode_dedup(id, event.content_hash));
+        batch.insert(
+            &ks.by_type,
+            keys::type_key(tenant, &event.event_type, id),
+            [],
+        );
+        batch.insert(
+            &ks.dedup,
+            dedup_key,
+            keys::encode_dedup(id, event.content_hash),
+        );
         Ok(())
     }
 }
@@ -270,7 +346,9 @@ fn write_event_json(
     timestamp: &str,
     received_at: &str,
 ) -> Result<(), StoreError> {
-    let encode = |json: &mut Vec<u8>, text: &str| serde_json::to_writer(json, text).map_err(StoreError::unavailable);
+    let encode = |json: &mut Vec<u8>, text: &str| {
+        serde_json::to_writer(json, text).map_err(StoreError::unavailable)
+    };
     write!(json, "{{\"id\":\"{id}\",\"event_id\":").map_err(StoreError::unavailable)?;
     encode(json, event_id)?;
     json.extend_from_slice(b",\"event_type\":");
@@ -280,8 +358,11 @@ fn write_event_json(
         Some(source) => encode(json, source)?,
         None => json.extend_from_slice(b"null"),
     }
-    write!(json, ",\"timestamp\":\"{timestamp}\",\"received_at\":\"{received_at}\",\"payload\":")
-        .map_err(StoreError::unavailable)?;
+    write!(
+        json,
+        ",\"timestamp\":\"{timestamp}\",\"received_at\":\"{received_at}\",\"payload\":"
+    )
+    .map_err(StoreError::unavailable)?;
     json.extend_from_slice(event.payload.as_bytes());
     json.push(b'}');
     Ok(())
@@ -324,7 +405,8 @@ impl StoredContent {
 }
 
 fn parse_payload(payload: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(payload).map_err(|err| StoreError::Corrupt(format!("validated payload: {err}")))
+    serde_json::from_str(payload)
+        .map_err(|err| StoreError::Corrupt(format!("validated payload: {err}")))
 }
 
 fn same_content(a: &NewEvent, b: &NewEvent) -> Result<bool, StoreError> {
@@ -336,4 +418,3 @@ fn same_content(a: &NewEvent, b: &NewEvent) -> Result<bool, StoreError> {
         && a.timestamp == b.timestamp
         && parse_payload(&a.payload)? == parse_payload(&b.payload)?)
 }
-

@@ -1,0 +1,3 @@
+//! The admin API, `/admin/...`, behind the admin token.
+
+pub mod tenants;

@@ -1,0 +1,278 @@
+//! `/admin/tenants`: create, list, read and change tenants; issue and revoke API keys.
+//!
+//! A key is shown once, in the answer that creates it; only its SHA-256 is stored.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use pulsestream_core::{KeyId, RateLimit, Tenant, TenantId, TenantKey};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::AppState;
+use crate::auth::{Admin, secret_hash};
+use crate::error::{ApiError, ErrorItem};
+
+/// The limit given to a tenant created without one: 6,000 events a minute.
+pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u32 = 6_000;
+const MAX_NAME_CHARS: usize = 256;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    name: String,
+    rate_limit_per_minute: Option<u32>,
+    burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    name: Option<String>,
+    rate_limit_per_minute: Option<u32>,
+    burst: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct KeyView {
+    id: KeyId,
+    prefix: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize)]
+struct TenantView {
+    id: TenantId,
+    name: String,
+    rate_limit_per_minute: u32,
+    burst: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    keys: Vec<KeyView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<KeyId>,
+}
+
+impl TenantView {
+    fn of(tenant: &Tenant) -> Self {
+        Self {
+            id: tenant.id,
+            name: tenant.name.clone(),
+            rate_limit_per_minute: tenant.rate_limit.per_minute,
+            burst: tenant.rate_limit.burst,
+            created_at: tenant.created_at,
+            keys: tenant
+                .keys
+                .iter()
+                .map(|key| KeyView {
+                    id: key.id,
+                    prefix: key.prefix.clone(),
+                    created_at: key.created_at,
+                })
+                .collect(),
+            api_key: None,
+            key_id: None,
+        }
+    }
+}
+
+/// `POST /admin/tenants`.
+pub async fn create(
+    _: Admin,
+    State(app): State<AppState>,
+    body: Result<Json<CreateTenant>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(json_rejection)?;
+    let name = check_name(request.name)?;
+    let rate_limit = rate_limit(
+        request
+            .rate_limit_per_minute
+            .unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE),
+        request.burst,
+    )?;
+    let (api_key, key) = new_key();
+    let tenant = Tenant {
+        id: TenantId::random(),
+        name,
+        rate_limit,
+        keys: vec![key],
+        created_at: OffsetDateTime::now_utc(),
+    };
+    app.tenants.put_tenant(&tenant).await?;
+    tracing::info!(tenant_id = %tenant.id, "tenant created");
+    let mut view = TenantView::of(&tenant);
+    view.key_id = Some(tenant.keys[0].id);
+    view.api_key = Some(api_key);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// `GET /admin/tenants`.
+pub async fn list(_: Admin, State(app): State<AppState>) -> Result<Response, ApiError> {
+    let tenants: Vec<TenantView> = app
+        .tenants
+        .tenants()
+        .await?
+        .iter()
+        .map(TenantView::of)
+        .collect();
+    Ok(Json(serde_json::json!({ "tenants": tenants })).into_response())
+}
+
+/// `GET /admin/tenants/{id}`.
+pub async fn get(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let tenant = find(&app, &id).await?;
+    Ok(Json(TenantView::of(&tenant)).into_response())
+}
+
+/// `PATCH /admin/tenants/{id}`: new limits take effect with the next request.
+pub async fn update(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateTenant>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(json_rejection)?;
+    let mut tenant = find(&app, &id).await?;
+    if let Some(name) = request.name {
+        tenant.name = check_name(name)?;
+    }
+    if request.rate_limit_per_minute.is_some() || request.burst.is_some() {
+        let per_minute = request
+            .rate_limit_per_minute
+            .unwrap_or(tenant.rate_limit.per_minute);
+        // A new rate without a burst keeps burst = rate when that is what it was.
+        let burst = request.burst.or_else(|| {
+            (tenant.rate_limit.burst != tenant.rate_limit.per_minute)
+                .then_some(tenant.rate_limit.burst)
+        });
+        tenant.rate_limit = rate_limit(per_minute, burst)?;
+    }
+    app.tenants.put_tenant(&tenant).await?;
+    Ok(Json(TenantView::of(&tenant)).into_response())
+}
+
+/// `POST /admin/tenants/{id}/keys`: a new key; the old ones keep working.
+pub async fn create_key(
+    _: Admin,
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut tenant = find(&app, &id).await?;
+    let (api_key, key) = new_key();
+    let key_id = key.id;
+    let created_at = key.created_at;
+    let prefix = key.prefix.clone();
+    tenant.keys.push(key);
+    app.tenants.put_tenant(&tenant).await?;
+    let body = serde_json::json!({
+        "id": key_id,
+        "tenant_id": tenant.id,
+        "api_key": api_key,
+        "prefix": prefix,
+        "created_at": pulsestream_core::format_timestamp(created_at),
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// `DELETE /admin/tenants/{id}/keys/{key_id}`: the key stops working at once.
+pub async fn revoke_key(
+    _: Admin,
+    State(app): State<AppState>,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let mut tenant = find(&app, &id).await?;
+    let before = tenant.keys.len();
+    tenant.keys.retain(|key| key.id.to_string() != key_id);
+    if tenant.keys.len() == before {
+        return Err(ApiError::not_found(format!(
+            "tenant {} has no key {key_id:?}",
+            tenant.id
+        )));
+    }
+    app.tenants.put_tenant(&tenant).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn find(app: &AppState, id: &str) -> Result<Tenant, ApiError> {
+    let not_found = || ApiError::not_found(format!("no tenant with id {id:?}"));
+    let id = id.parse::<TenantId>().map_err(|_| not_found())?;
+    app.tenants.tenant(id).await?.ok_or_else(not_found)
+}
+
+fn check_name(name: String) -> Result<String, ApiError> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > MAX_NAME_CHARS {
+        return Err(field_error(
+            "name",
+            "string_length",
+            format!("must be 1 to {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn rate_limit(per_minute: u32, burst: Option<u32>) -> Result<RateLimit, ApiError> {
+    RateLimit::new(per_minute, burst).map_err(|err| {
+        let field = match err {
+            pulsestream_core::RateLimitError::ZeroRate => "rate_limit_per_minute",
+            pulsestream_core::RateLimitError::ZeroBurst => "burst",
+        };
+        field_error(field, "greater_than_equal", err.to_string())
+    })
+}
+
+fn field_error(field: &str, kind: &str, msg: String) -> ApiError {
+    ApiError::validation(
+        format!("{field} {msg}"),
+        vec![ErrorItem {
+            loc: vec!["body".into(), field.into()],
+            kind: kind.into(),
+            msg,
+        }],
+    )
+}
+
+/// Turns axum's JSON rejection into our problem documents (400 syntax, 415 type, 422 schema).
+fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+    use axum::extract::rejection::JsonRejection;
+    match rejection {
+        JsonRejection::JsonDataError(err) => ApiError::validation(
+            err.body_text(),
+            vec![ErrorItem {
+                loc: vec!["body".into()],
+                kind: "value_error".into(),
+                msg: err.body_text(),
+            }],
+        ),
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::unsupported_media_type("send the body as application/json")
+        }
+        other => ApiError::bad_request("invalid_json", other.body_text()),
+    }
+}
+
+/// Makes a new API key: `ps_` and 32 random bytes in hex. Returns it and what is stored of it.
+fn new_key() -> (String, TenantKey) {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let mut api_key = String::from("ps_");
+    for byte in bytes {
+        api_key.push_str(&format!("{byte:02x}"));
+    }
+    let key = TenantKey {
+        id: KeyId::random(),
+        hash: secret_hash(&api_key),
+        prefix: api_key[..10].to_owned(),
+        created_at: OffsetDateTime::now_utc(),
+    };
+    (api_key, key)
+}

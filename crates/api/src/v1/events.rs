@@ -1,0 +1,253 @@
+//! `POST /v1/events`, `POST /v1/events/batch`, `GET /v1/events/{id}` and `GET /v1/events`.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use pulsestream_core::{EventId, parse_timestamp};
+use pulsestream_store::{AppendBatch, Cursor, Order, PayloadFilter, SearchQuery};
+use time::OffsetDateTime;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::idempotency::{self, Idempotency};
+use super::ingest::{Checked, Shape};
+use crate::AppState;
+use crate::auth::AuthTenant;
+use crate::body::{BodyFormat, TextBody, read_text_body};
+use crate::error::{ApiError, ErrorItem};
+
+/// `POST /v1/events`: one event.
+pub async fn post_event(
+    State(app): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received_at = OffsetDateTime::now_utc();
+    let body = read_text_body(&headers, body, app.config.body_limit_bytes, false).await?;
+    ingest(
+        &app,
+        tenant.id,
+        &headers,
+        &body,
+        received_at,
+        Checked::single,
+    )
+    .await
+}
+
+/// `POST /v1/events/batch`: up to 1,000 events, as JSON or NDJSON.
+pub async fn post_batch(
+    State(app): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received_at = OffsetDateTime::now_utc();
+    let body = read_text_body(&headers, body, app.config.body_limit_bytes, true).await?;
+    ingest(
+        &app,
+        tenant.id,
+        &headers,
+        &body,
+        received_at,
+        Checked::batch,
+    )
+    .await
+}
+
+/// The path shared by both ingest endpoints: validate, settle the idempotency key, store
+/// the valid events in one durable commit, answer.
+async fn ingest(
+    app: &AppState,
+    tenant: pulsestream_core::TenantId,
+    headers: &HeaderMap,
+    body: &TextBody,
+    received_at: OffsetDateTime,
+    check: fn(&TextBody) -> Result<Checked, ApiError>,
+) -> Result<Response, ApiError> {
+    let mut checked = check(body)?;
+    let request_hash = request_hash(checked.shape, body);
+    let guard = match idempotency::begin(app, tenant, headers, request_hash).await? {
+        Idempotency::Replay(record) => {
+            let mut response = checked
+                .respond(&record.statuses)
+                .unwrap_or_else(IntoResponse::into_response);
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+        Idempotency::Claimed(guard) => Some(guard),
+        Idempotency::Absent => None,
+    };
+    if checked.events.is_empty() {
+        return checked.respond(&[]);
+    }
+    let batch = AppendBatch {
+        tenant,
+        events: std::mem::take(&mut checked.events),
+        received_at,
+        idempotency: guard.as_ref().map(|guard| guard.claim.clone()),
+    };
+    let outcome = app.events.append_batch(batch).await?;
+    drop(guard);
+    checked.respond(&outcome.statuses)
+}
+
+/// Hashes what makes two requests "the same" for an `Idempotency-Key`: the endpoint, the
+/// body's format and its (decompressed) text.
+fn request_hash(shape: Shape, body: &TextBody) -> u128 {
+    let mut hasher = Xxh3::new();
+    hasher.update(match shape {
+        Shape::Single => b"single",
+        Shape::Batch(BodyFormat::Json) => b"batch:j",
+        Shape::Batch(BodyFormat::Ndjson) => b"batch:n",
+    });
+    hasher.update(body.text.as_bytes());
+    hasher.digest128()
+}
+
+/// `GET /v1/events/{id}`.
+pub async fn get_event(
+    State(app): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found(format!("no event with id {id:?}"));
+    let Ok(event_id) = id.parse::<EventId>() else {
+        return Err(not_found());
+    };
+    match app.events.event(tenant.id, event_id).await? {
+        Some(event) => Ok(json_bytes(StatusCode::OK, event.json)),
+        None => Err(not_found()),
+    }
+}
+
+/// `GET /v1/events`: search with filters and cursor pagination.
+pub async fn list_events(
+    State(app): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let query = parse_search(params)?;
+    let page = app.events.search(tenant.id, query).await?;
+    let mut json = Vec::with_capacity(
+        page.events
+            .iter()
+            .map(|event| event.json.len() + 1)
+            .sum::<usize>()
+            + 64,
+    );
+    json.extend_from_slice(b"{\"events\":[");
+    for (index, event) in page.events.iter().enumerate() {
+        if index > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(&event.json);
+    }
+    json.extend_from_slice(b"],\"next_cursor\":");
+    match page.next_cursor {
+        Some(cursor) => json.extend_from_slice(format!("\"{}\"", cursor.encode()).as_bytes()),
+        None => json.extend_from_slice(b"null"),
+    }
+    json.push(b'}');
+    Ok(json_bytes(StatusCode::OK, json))
+}
+
+fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
+}
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1_000;
+
+/// Reads the query string of `GET /v1/events`, reporting every bad parameter.
+fn parse_search(params: Vec<(String, String)>) -> Result<SearchQuery, ApiError> {
+    let mut query = SearchQuery {
+        limit: DEFAULT_LIMIT,
+        ..SearchQuery::default()
+    };
+    let mut errors = Vec::new();
+    let mut bad = |name: &str, kind: &str, msg: String| {
+        errors.push(ErrorItem {
+            loc: vec!["query".into(), name.into()],
+            kind: kind.into(),
+            msg,
+        });
+    };
+    for (name, value) in params {
+        match name.as_str() {
+            "event_id" => query.event_id = Some(value),
+            "event_type" => query.event_types.push(value),
+            "source" => query.source = Some(value),
+            "since" | "until" => match parse_timestamp(&value) {
+                Some(ts) if name == "since" => query.since = Some(ts),
+                Some(ts) => query.until = Some(ts),
+                None => bad(
+                    &name,
+                    "datetime_parsing",
+                    "must be an RFC 3339 date-time, e.g. 2025-10-02T12:00:00Z".into(),
+                ),
+            },
+            "q" => query.text = Some(value).filter(|text| !text.trim().is_empty()),
+            "limit" => match value.parse::<usize>() {
+                Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => query.limit = limit,
+                _ => bad(
+                    &name,
+                    "limit_range",
+                    format!("must be an integer from 1 to {MAX_LIMIT}"),
+                ),
+            },
+            "cursor" => match Cursor::decode(&value) {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => bad(
+                    &name,
+                    "cursor_invalid",
+                    "is not a cursor returned by this endpoint".into(),
+                ),
+            },
+            "order" => match value.as_str() {
+                "asc" => query.order = Order::Asc,
+                "desc" => query.order = Order::Desc,
+                _ => bad(&name, "enum", "must be asc or desc".into()),
+            },
+            _ => match name.strip_prefix("payload.") {
+                Some(path) if !path.is_empty() && path.split('.').all(|part| !part.is_empty()) => {
+                    query.payload.push(PayloadFilter {
+                        path: path.split('.').map(str::to_owned).collect(),
+                        value,
+                    });
+                }
+                _ => bad(
+                    &name,
+                    "unknown_parameter",
+                    "is not a parameter of this endpoint".into(),
+                ),
+            },
+        }
+    }
+    if let (Some(since), Some(until)) = (query.since, query.until)
+        && since >= until
+    {
+        bad("until", "range", "must be later than since".into());
+    }
+    if errors.is_empty() {
+        Ok(query)
+    } else {
+        let detail = if errors.len() == 1 {
+            "1 bad query parameter".to_owned()
+        } else {
+            format!("{} bad query parameters", errors.len())
+        };
+        Err(ApiError::validation(detail, errors))
+    }
+}

@@ -1,0 +1,136 @@
+//! The one typed configuration of `pulsestream serve`, read from flags and `PULSESTREAM_*`
+//! environment variables (flags win). No other module reads the environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A value that must never be printed.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Settings of `pulsestream serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "PULSESTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store (used when no database URL is given).
+    #[arg(
+        long,
+        env = "PULSESTREAM_DATA_DIR",
+        default_value = "./pulsestream-data"
+    )]
+    pub data_dir: PathBuf,
+    /// `postgres://...` selects PostgreSQL instead of the embedded store (not available yet).
+    #[arg(long, env = "PULSESTREAM_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+    /// Redis for rate limits shared by several nodes (not available yet).
+    #[arg(long, env = "PULSESTREAM_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+    /// NATS for JetStream destinations (not available yet).
+    #[arg(long, env = "PULSESTREAM_NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<Secret>,
+    /// The admin API's bearer token. Unset: generated at first start and written to
+    /// `<data-dir>/admin-token`.
+    #[arg(long, env = "PULSESTREAM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+    /// The largest request body in bytes, after decompression.
+    #[arg(long, env = "PULSESTREAM_BODY_LIMIT_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub body_limit_bytes: usize,
+    /// How long one request may take, in seconds, body upload included.
+    #[arg(long, env = "PULSESTREAM_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Requests waiting for the store's writer beyond which new ones get 503.
+    #[arg(long, env = "PULSESTREAM_WRITE_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub write_queue_capacity: usize,
+    /// Log format.
+    #[arg(long, env = "PULSESTREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl ServeConfig {
+    /// Settings for a server on `listen` with its store in `data_dir`, everything else default.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            database_url: None,
+            redis_url: None,
+            nats_url: None,
+            admin_token: None,
+            body_limit_bytes: 10 * 1024 * 1024,
+            request_timeout_secs: 30,
+            write_queue_capacity: 1024,
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// Checks what flags alone cannot.
+    ///
+    /// # Errors
+    /// Names the setting that cannot be used and why.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let unsupported = [
+            (
+                "--database-url / PULSESTREAM_DATABASE_URL",
+                self.database_url.is_some(),
+            ),
+            (
+                "--redis-url / PULSESTREAM_REDIS_URL",
+                self.redis_url.is_some(),
+            ),
+            ("--nats-url / PULSESTREAM_NATS_URL", self.nats_url.is_some()),
+        ];
+        for (name, set) in unsupported {
+            // Refuse rather than ignore: a user who asks for a shared store or limiter must
+            // not get a node that silently keeps everything to itself.
+            anyhow::ensure!(
+                !set,
+                "{name} is not supported by this version of pulsestream yet; unset it to use the embedded store"
+            );
+        }
+        anyhow::ensure!(
+            self.body_limit_bytes >= 1024,
+            "body_limit_bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.request_timeout_secs >= 1,
+            "request_timeout_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.write_queue_capacity >= 1,
+            "write_queue_capacity must be at least 1"
+        );
+        Ok(())
+    }
+
+    /// The request timeout as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}

@@ -1,0 +1,188 @@
+//! `/admin/tenants`: tenants, limits and keys.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{ADMIN_TOKEN, TestApp, TestTenant, body};
+
+#[tokio::test]
+async fn tenants_are_created_listed_read_and_changed() {
+    let app = TestApp::spawn().await;
+    let created = body(
+        app.client
+            .post(app.url("/admin/tenants"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"name": "acme", "rate_limit_per_minute": 100}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(created["burst"], 100, "burst defaults to the rate");
+    assert!(created["api_key"].as_str().unwrap().starts_with("ps_"));
+    let id = created["id"].as_str().unwrap();
+
+    let listed = body(
+        app.client
+            .get(app.url("/admin/tenants"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let patched = body(
+        app.client
+            .patch(app.url(&format!("/admin/tenants/{id}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"rate_limit_per_minute": 500, "burst": 50}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let read = body(
+        app.client
+            .get(app.url(&format!("/admin/tenants/{id}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_eq!(listed["tenants"][0]["id"], id);
+    assert!(
+        listed["tenants"][0].get("api_key").is_none(),
+        "keys are shown only once"
+    );
+    assert_eq!(
+        (
+            patched["rate_limit_per_minute"].as_u64(),
+            patched["burst"].as_u64()
+        ),
+        (Some(500), Some(50))
+    );
+    assert_eq!(read["burst"], 50);
+}
+
+#[tokio::test]
+async fn a_new_key_works_alongside_the_old_until_the_old_is_revoked() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let new_key: Value = body(
+        app.client
+            .post(app.url(&format!("/admin/tenants/{}/keys", tenant.id)))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let second = TestTenant {
+        id: tenant.id.clone(),
+        api_key: new_key["api_key"].as_str().unwrap().into(),
+    };
+    assert_eq!(app.search_raw(&tenant, "").await.status(), StatusCode::OK);
+    assert_eq!(app.search_raw(&second, "").await.status(), StatusCode::OK);
+    let tenant_view = body(
+        app.client
+            .get(app.url(&format!("/admin/tenants/{}", tenant.id)))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let first_key_id = tenant_view["keys"][0]["id"].as_str().unwrap();
+
+    let revoked = app
+        .client
+        .delete(app.url(&format!("/admin/tenants/{}/keys/{first_key_id}", tenant.id)))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.search_raw(&tenant, "").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.search_raw(&second, "").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_tenant_requests_are_refused() {
+    let app = TestApp::spawn().await;
+    let post = |body: Value| {
+        app.client
+            .post(app.url("/admin/tenants"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+
+    assert_eq!(
+        post(json!({"name": ""})).await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        post(json!({"name": "x", "rate_limit_per_minute": 0}))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        post(json!({"nam": "x"})).await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let wrong_token = app
+        .client
+        .post(app.url("/admin/tenants"))
+        .bearer_auth("wrong")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_token.status(), StatusCode::UNAUTHORIZED);
+    let missing = app
+        .client
+        .get(app.url("/admin/tenants/00000000-0000-0000-0000-000000000000"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = TestApp::spawn().await;
+
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let unknown = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        unknown.headers()["content-type"],
+        "application/problem+json"
+    );
+}

@@ -1,0 +1,181 @@
+//! Acknowledged events survive restarts: graceful ones, and a SIGKILL right after the answer.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{ADMIN_TOKEN, TestApp, TestTenant, body, event};
+
+#[tokio::test]
+async fn events_and_tenants_survive_a_restart_and_duplicates_are_still_caught() {
+    let mut app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let sent = event("durable-1", "order.created", json!({"total": 1}));
+    let stored = body(app.post_event(&tenant, &sent).await).await;
+
+    app.restart().await;
+
+    let read = body(app.get_event(&tenant, stored["id"].as_str().unwrap()).await).await;
+    assert_eq!(read["event_id"], "durable-1");
+    let again = app.post_event(&tenant, &sent).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(body(again).await["id"], stored["id"]);
+}
+
+struct Process {
+    child: Child,
+    base: String,
+}
+
+impl Process {
+    fn start(dir: &std::path::Path) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_pulsestream"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env("PULSESTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pulsestream");
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn wait_ready(&self, client: &reqwest::Client) {
+        for _ in 0..200 {
+            if let Ok(response) = client.get(format!("{}/readyz", self.base)).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no shutdown code runs, nothing is flushed on the way out.
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let server = Process::start(dir.path());
+    server.wait_ready(&client).await;
+    let created: Value = client
+        .post(format!("{}/admin/tenants", server.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"name": "crash"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tenant = TestTenant {
+        id: created["id"].as_str().unwrap().into(),
+        api_key: created["api_key"].as_str().unwrap().into(),
+    };
+
+    // Eight writers send batches until the server dies under them.
+    let base = server.base.clone();
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let (client, base, key) = (client.clone(), base.clone(), tenant.api_key.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for round in 0.. {
+                    let events: Vec<Value> = (0..50)
+                        .map(|i| {
+                            event(
+                                &format!("w{writer}-r{round}-{i}"),
+                                "crash.test",
+                                json!({"i": i}),
+                            )
+                        })
+                        .collect();
+                    let sent = client
+                        .post(format!("{base}/v1/events/batch"))
+                        .bearer_auth(&key)
+                        .json(&json!({"events": events}));
+                    match sent.send().await {
+                        Ok(response) if response.status() == StatusCode::OK => {
+                            acknowledged.extend((0..50).map(|i| format!("w{writer}-r{round}-{i}")));
+                        }
+                        _ => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill();
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    assert!(
+        acknowledged.len() > 100,
+        "the load ran before the kill ({} acknowledged)",
+        acknowledged.len()
+    );
+
+    let server = Process::start(dir.path());
+    server.wait_ready(&client).await;
+    let app = TestApp::attach(&server.base, client.clone());
+    let stored = app.count_events(&tenant, "event_type=crash.test").await;
+    assert!(
+        stored >= acknowledged.len(),
+        "{stored} stored < {} acknowledged",
+        acknowledged.len()
+    );
+    for event_id in acknowledged.iter().step_by(7) {
+        assert_eq!(
+            app.count_events(&tenant, &format!("event_id={event_id}"))
+                .await,
+            1,
+            "{event_id}"
+        );
+    }
+    // A client retrying its last acknowledged batch after the crash gets duplicates.
+    let retried: Vec<Value> = acknowledged[..50]
+        .iter()
+        .map(|id| {
+            event(
+                id,
+                "crash.test",
+                json!({"i": id.rsplit('-').next().unwrap().parse::<u32>().unwrap()}),
+            )
+        })
+        .collect();
+    let answer = body(app.post_batch(&tenant, &retried).await).await;
+    assert_eq!(answer["duplicates"], 50, "{answer}");
+    assert_eq!(
+        app.count_events(&tenant, "event_type=crash.test").await,
+        stored
+    );
+    server.kill();
+}

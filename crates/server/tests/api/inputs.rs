@@ -1,0 +1,278 @@
+//! Bad and unusual input: sizes, encodings, content types, broken JSON, hostile nesting.
+
+use std::io::Write;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::harness::{TestApp, body};
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn a_five_megabyte_payload_is_accepted_and_read_back_whole() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let blob = "x".repeat(5 * 1024 * 1024);
+
+    let response = app
+        .post_event(
+            &tenant,
+            &json!({"event_id": "big", "event_type": "blob", "payload": {"blob": blob}}),
+        )
+        .await;
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let id = body(response).await["id"].as_str().unwrap().to_owned();
+    let stored = body(app.get_event(&tenant, &id).await).await;
+    assert_eq!(
+        stored["payload"]["blob"].as_str().unwrap().len(),
+        blob.len()
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_gets_413_naming_the_limit() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let blob = "x".repeat(11 * 1024 * 1024);
+
+    let response = app
+        .post_event(
+            &tenant,
+            &json!({"event_type": "blob", "payload": {"blob": blob}}),
+        )
+        .await;
+
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let problem = body(response).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("10485760 bytes"),
+        "{problem}"
+    );
+    assert_eq!(problem["limit_bytes"], 10485760);
+}
+
+#[tokio::test]
+async fn gzip_and_zstd_bodies_are_accepted() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let sent =
+        serde_json::to_vec(&json!({"events": [{"event_id": "z1", "event_type": "t"}]})).unwrap();
+
+    for (encoding, compressed) in [
+        ("gzip", gzip(&sent)),
+        (
+            "zstd",
+            ruzstd::encoding::compress_to_vec(
+                &sent[..],
+                ruzstd::encoding::CompressionLevel::Fastest,
+            ),
+        ),
+    ] {
+        let response = app
+            .client
+            .post(app.url("/v1/events/batch"))
+            .bearer_auth(&tenant.api_key)
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(compressed)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{encoding}");
+    }
+    assert_eq!(app.count_events(&tenant, "").await, 1);
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_gets_413() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let mut inflated = br#"{"event_type":"bomb","payload":{"pad":""#.to_vec();
+    inflated.extend(std::iter::repeat_n(b'a', 64 * 1024 * 1024));
+    inflated.extend_from_slice(br#""}}"#);
+    let bomb = gzip(&inflated);
+    assert!(bomb.len() < 1024 * 1024);
+
+    let response = app
+        .client
+        .post(app.url("/v1/events"))
+        .bearer_auth(&tenant.api_key)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(app.count_events(&tenant, "").await, 0);
+}
+
+#[tokio::test]
+async fn broken_bodies_get_clear_4xx_answers() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode)> = vec![
+        (
+            "malformed JSON",
+            "application/json",
+            b"{\"event_type\": ".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "trailing garbage",
+            "application/json",
+            b"{\"event_type\": \"a\"} x".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "invalid UTF-8",
+            "application/json",
+            b"{\"event_type\": \"\xff\xfe\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "wrong content type",
+            "text/plain",
+            b"{\"event_type\": \"a\"}".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "ndjson on the single endpoint",
+            "application/x-ndjson",
+            b"{\"event_type\": \"a\"}".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "not an object",
+            "application/json",
+            b"[1, 2]".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "duplicate keys",
+            "application/json",
+            b"{\"event_type\": \"a\", \"event_type\": \"b\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "NUL in a field",
+            "application/json",
+            b"{\"event_type\": \"a\\u0000b\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "number beyond f64",
+            "application/json",
+            b"{\"event_type\": \"a\", \"payload\": {\"n\": 1e999}}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ];
+    for (name, content_type, sent, expected) in cases {
+        let response = app
+            .post_raw(&tenant, "/v1/events", content_type, sent)
+            .await;
+        assert_eq!(response.status(), expected, "{name}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{name}"
+        );
+        let problem = body(response).await;
+        assert_eq!(problem["status"], expected.as_u16(), "{name}");
+        assert!(!problem["detail"].as_str().unwrap().is_empty(), "{name}");
+    }
+    assert_eq!(app.count_events(&tenant, "").await, 0);
+}
+
+#[tokio::test]
+async fn absurd_nesting_is_refused_and_the_server_stays_up() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+
+    for depth in [100, 100_000, 1_000_000] {
+        let payload = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let sent = format!(r#"{{"event_type":"deep","payload":{{"a":{payload}}}}}"#);
+        let response = app
+            .post_raw(
+                &tenant,
+                "/v1/events",
+                "application/json",
+                sent.clone().into_bytes(),
+            )
+            .await;
+        assert!(
+            response.status().is_client_error(),
+            "depth {depth}: {}",
+            response.status()
+        );
+        let batch = format!(r#"{{"events":[{sent}]}}"#);
+        let response = app
+            .post_raw(
+                &tenant,
+                "/v1/events/batch",
+                "application/json",
+                batch.into_bytes(),
+            )
+            .await;
+        assert!(
+            response.status().is_client_error(),
+            "batch depth {depth}: {}",
+            response.status()
+        );
+    }
+
+    let ok = app
+        .post_event(
+            &tenant,
+            &json!({"event_type": "after", "payload": {"a": {"b": {"c": [1]}}}}),
+        )
+        .await;
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    assert_eq!(app.count_events(&tenant, "event_type=deep").await, 0);
+}
+
+#[tokio::test]
+async fn requests_without_valid_credentials_get_401() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+
+    let missing = app
+        .client
+        .post(app.url("/v1/events"))
+        .json(&json!({"event_type": "a"}))
+        .send()
+        .await
+        .unwrap();
+    let unknown = app
+        .client
+        .get(app.url("/v1/events"))
+        .bearer_auth("ps_nope")
+        .send()
+        .await
+        .unwrap();
+    let admin_with_tenant_key = app
+        .client
+        .get(app.url("/admin/tenants"))
+        .bearer_auth(&tenant.api_key)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(admin_with_tenant_key.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
+}

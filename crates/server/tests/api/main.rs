@@ -1,0 +1,10 @@
+//! HTTP integration tests: the real server on a random port, a fresh embedded store per test.
+
+mod admin;
+mod batch;
+mod durability;
+mod harness;
+mod idempotency;
+mod ingest;
+mod inputs;
+mod search;

@@ -4,10 +4,13 @@
 //! Keys and the admin token are only ever compared as SHA-256 digests: keys are looked up
 //! by digest, and the admin token's digest is compared in constant time.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use pulsestream_core::Tenant;
+use pulsestream_limits::Decision;
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
@@ -58,12 +61,48 @@ impl FromRequestParts<AppState> for AuthTenant {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = bearer(parts)?;
-        match state.tenants.tenant_by_key_hash(&secret_hash(key)).await? {
-            Some(tenant) => Ok(Self(tenant)),
-            None => Err(ApiError::unauthorized("unknown or revoked API key")),
+        // `tenant_context` has usually authenticated the request already.
+        if let Some(tenant) = parts.extensions.get::<AuthTenant>() {
+            return Ok(tenant.clone());
         }
+        authenticate(parts, state).await
     }
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthTenant, ApiError> {
+    let key = bearer(parts)?;
+    match state.tenants.tenant_by_key_hash(&secret_hash(key)).await? {
+        Some(tenant) => Ok(AuthTenant(tenant)),
+        None => Err(ApiError::unauthorized("unknown or revoked API key")),
+    }
+}
+
+/// Middleware of every tenant route: authenticates once (401 otherwise), and puts the
+/// tenant's `RateLimit-*` headers on whatever the route answers: the decision the handler
+/// made, or else the current state of the budget.
+pub async fn tenant_context(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let tenant = match authenticate(&parts, &state).await {
+        Ok(tenant) => tenant,
+        Err(err) => return err.into_response(),
+    };
+    parts.extensions.insert(tenant.clone());
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    let decision = match response.extensions().get::<Decision>() {
+        Some(decision) => *decision,
+        None => {
+            state
+                .limiter
+                .admit(tenant.0.id, tenant.0.rate_limit, 0)
+                .await
+        }
+    };
+    crate::v1::rate_limit::set_headers(response.headers_mut(), tenant.0.rate_limit, &decision);
+    response
 }
 
 impl FromRequestParts<AppState> for Admin {

@@ -123,6 +123,18 @@ impl ApiError {
         )
     }
 
+    /// 429: the tenant's budget cannot cover the request now.
+    pub fn rate_limited(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many requests",
+            detail,
+        );
+        err.0.retry_after_secs = Some(retry_after_secs);
+        err
+    }
+
     /// 503: a dependency is unavailable or the server sheds load; the request had no effect.
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
         let mut err = Self::new(

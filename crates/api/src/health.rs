@@ -13,8 +13,12 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 when the store can take writes, 503 otherwise.
+/// `GET /readyz`: 200 when the store can take writes, 503 otherwise. The body also says
+/// where rate limits are being decided (`local`, `redis`, or `local_fallback` while a
+/// configured Redis is unreachable), which does not affect readiness.
 pub async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     app.events.check_ready().await?;
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(
+        json!({"status": "ready", "rate_limiter": app.limiter.backend().as_str()}),
+    ))
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderName, Request};
 use axum::routing::{delete, get, post};
+use pulsestream_limits::RateLimiter;
 use pulsestream_store::{EventStore, TenantStore};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -47,6 +48,7 @@ impl Default for ApiConfig {
 pub struct AppState {
     pub events: Arc<dyn EventStore>,
     pub tenants: Arc<dyn TenantStore>,
+    pub limiter: Arc<RateLimiter>,
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: Arc<str>,
     pub config: ApiConfig,
@@ -58,12 +60,14 @@ impl AppState {
     pub fn new(
         events: Arc<dyn EventStore>,
         tenants: Arc<dyn TenantStore>,
+        limiter: Arc<RateLimiter>,
         admin_token_hash: String,
         config: ApiConfig,
     ) -> Self {
         Self {
             events,
             tenants,
+            limiter,
             admin_token_hash: admin_token_hash.into(),
             config,
             in_flight: Default::default(),
@@ -75,10 +79,19 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = state.config.request_timeout;
-    Router::new()
-        .route("/v1/events", post(v1::events::post_event).get(v1::events::list_events))
+    let tenant_routes = Router::new()
+        .route(
+            "/v1/events",
+            post(v1::events::post_event).get(v1::events::list_events),
+        )
         .route("/v1/events/batch", post(v1::events::post_batch))
         .route("/v1/events/{id}", get(v1::events::get_event))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::tenant_context,
+        ));
+    Router::new()
+        .merge(tenant_routes)
         .route("/admin/tenants", post(admin::tenants::create).get(admin::tenants::list))
         .route("/admin/tenants/{id}", get(admin::tenants::get).patch(admin::tenants::update))
         .route("/admin/tenants/{id}/keys", post(admin::tenants::create_key))

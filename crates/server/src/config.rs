@@ -49,9 +49,21 @@ pub struct ServeConfig {
     /// `postgres://...` selects PostgreSQL instead of the embedded store (not available yet).
     #[arg(long, env = "PULSESTREAM_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
-    /// Redis for rate limits shared by several nodes (not available yet).
+    /// Redis (`redis://host:6379`) for rate limits shared by several nodes. Unset: limits
+    /// are counted in this process.
     #[arg(long, env = "PULSESTREAM_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    #[arg(
+        long,
+        env = "PULSESTREAM_REDIS_KEY_PREFIX",
+        default_value = "pulsestream"
+    )]
+    pub redis_key_prefix: String,
+    /// The longest a rate-limit decision waits for Redis before falling back to in-process
+    /// limits, in milliseconds.
+    #[arg(long, env = "PULSESTREAM_REDIS_TIMEOUT_MS", default_value_t = 50)]
+    pub redis_timeout_ms: u64,
     /// NATS for JetStream destinations (not available yet).
     #[arg(long, env = "PULSESTREAM_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<Secret>,
@@ -81,6 +93,8 @@ impl ServeConfig {
             data_dir,
             database_url: None,
             redis_url: None,
+            redis_key_prefix: "pulsestream".into(),
+            redis_timeout_ms: 50,
             nats_url: None,
             admin_token: None,
             body_limit_bytes: 10 * 1024 * 1024,
@@ -100,10 +114,6 @@ impl ServeConfig {
                 "--database-url / PULSESTREAM_DATABASE_URL",
                 self.database_url.is_some(),
             ),
-            (
-                "--redis-url / PULSESTREAM_REDIS_URL",
-                self.redis_url.is_some(),
-            ),
             ("--nats-url / PULSESTREAM_NATS_URL", self.nats_url.is_some()),
         ];
         for (name, set) in unsupported {
@@ -114,6 +124,10 @@ impl ServeConfig {
                 "{name} is not supported by this version of pulsestream yet; unset it to use the embedded store"
             );
         }
+        anyhow::ensure!(
+            self.redis_timeout_ms >= 1,
+            "redis_timeout_ms must be at least 1"
+        );
         anyhow::ensure!(
             self.body_limit_bytes >= 1024,
             "body_limit_bytes must be at least 1024"

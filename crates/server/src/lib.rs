@@ -14,6 +14,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use pulsestream_api::auth::secret_hash;
 use pulsestream_api::{ApiConfig, AppState};
+use pulsestream_limits::{RateLimiter, RedisSettings};
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use pulsestream_store::{EventStore, TenantStore};
 use rand::RngCore;
@@ -52,7 +53,14 @@ impl Server {
             body_limit_bytes: config.body_limit_bytes,
             request_timeout: config.request_timeout(),
         };
-        let state = AppState::new(store.clone(), store.clone(), admin_token_hash, api_config);
+        let limiter = Arc::new(rate_limiter(config)?);
+        let state = AppState::new(
+            store.clone(),
+            store.clone(),
+            limiter,
+            admin_token_hash,
+            api_config,
+        );
         Ok(Self {
             listener,
             state,
@@ -93,6 +101,18 @@ impl Server {
         tracing::info!("store closed");
         Ok(())
     }
+}
+
+/// Returns the in-process limiter, or the Redis one when a Redis URL is configured.
+fn rate_limiter(config: &ServeConfig) -> anyhow::Result<RateLimiter> {
+    let Some(url) = &config.redis_url else {
+        return Ok(RateLimiter::local());
+    };
+    let mut settings = RedisSettings::new(url.0.clone());
+    settings.key_prefix = config.redis_key_prefix.clone();
+    settings.timeout = std::time::Duration::from_millis(config.redis_timeout_ms);
+    tracing::info!(key_prefix = %settings.key_prefix, "rate limits are shared through Redis");
+    RateLimiter::with_redis(settings).context("PULSESTREAM_REDIS_URL is not a Redis URL")
 }
 
 /// Returns the SHA-256 of the admin token: the configured one, else the stored one, else a

@@ -4,13 +4,15 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pulsestream_core::{EventId, parse_timestamp};
+use pulsestream_core::{EventId, Tenant, parse_timestamp};
+use pulsestream_limits::Decision;
 use pulsestream_store::{AppendBatch, Cursor, Order, PayloadFilter, SearchQuery};
 use time::OffsetDateTime;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::idempotency::{self, Idempotency};
 use super::ingest::{Checked, Shape};
+use super::rate_limit;
 use crate::AppState;
 use crate::auth::AuthTenant;
 use crate::body::{BodyFormat, TextBody, read_text_body};
@@ -25,15 +27,7 @@ pub async fn post_event(
 ) -> Result<Response, ApiError> {
     let received_at = OffsetDateTime::now_utc();
     let body = read_text_body(&headers, body, app.config.body_limit_bytes, false).await?;
-    ingest(
-        &app,
-        tenant.id,
-        &headers,
-        &body,
-        received_at,
-        Checked::single,
-    )
-    .await
+    ingest(&app, &tenant, &headers, &body, received_at, Checked::single).await
 }
 
 /// `POST /v1/events/batch`: up to 1,000 events, as JSON or NDJSON.
@@ -45,22 +39,14 @@ pub async fn post_batch(
 ) -> Result<Response, ApiError> {
     let received_at = OffsetDateTime::now_utc();
     let body = read_text_body(&headers, body, app.config.body_limit_bytes, true).await?;
-    ingest(
-        &app,
-        tenant.id,
-        &headers,
-        &body,
-        received_at,
-        Checked::batch,
-    )
-    .await
+    ingest(&app, &tenant, &headers, &body, received_at, Checked::batch).await
 }
 
-/// The path shared by both ingest endpoints: validate, settle the idempotency key, store
-/// the valid events in one durable commit, answer.
+/// The path shared by both ingest endpoints: validate, settle the idempotency key, take the
+/// events from the rate limit, store the valid ones in one durable commit, answer.
 async fn ingest(
     app: &AppState,
-    tenant: pulsestream_core::TenantId,
+    tenant: &Tenant,
     headers: &HeaderMap,
     body: &TextBody,
     received_at: OffsetDateTime,
@@ -68,7 +54,7 @@ async fn ingest(
 ) -> Result<Response, ApiError> {
     let mut checked = check(body)?;
     let request_hash = request_hash(checked.shape, body);
-    let guard = match idempotency::begin(app, tenant, headers, request_hash).await? {
+    let guard = match idempotency::begin(app, tenant.id, headers, request_hash).await? {
         Idempotency::Replay(record) => {
             let mut response = checked
                 .respond(&record.statuses)
@@ -81,18 +67,31 @@ async fn ingest(
         Idempotency::Claimed(guard) => Some(guard),
         Idempotency::Absent => None,
     };
+    // A request costs every event it carries, rejected ones included; a replay costs nothing.
+    let decision = rate_limit::admit(app, tenant, checked.rejections.len() as u32).await?;
     if checked.events.is_empty() {
-        return checked.respond(&[]);
+        return with_decision(checked.respond(&[]), decision);
     }
     let batch = AppendBatch {
-        tenant,
+        tenant: tenant.id,
         events: std::mem::take(&mut checked.events),
         received_at,
         idempotency: guard.as_ref().map(|guard| guard.claim.clone()),
     };
     let outcome = app.events.append_batch(batch).await?;
     drop(guard);
-    checked.respond(&outcome.statuses)
+    with_decision(checked.respond(&outcome.statuses), decision)
+}
+
+/// Hands the rate-limit decision to `tenant_context`, which turns it into headers.
+fn with_decision(
+    response: Result<Response, ApiError>,
+    decision: Decision,
+) -> Result<Response, ApiError> {
+    response.map(|mut response| {
+        response.extensions_mut().insert(decision);
+        response
+    })
 }
 
 /// Hashes what makes two requests "the same" for an `Idempotency-Key`: the endpoint, the

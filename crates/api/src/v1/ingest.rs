@@ -254,8 +254,8 @@ fn single_response(
     match status {
         AppendStatus::Accepted(id) => {
             let event_id = client_event_id.map_or_else(|| id.to_string(), str::to_owned);
-            let location = HeaderValue::try_from(format!("/v1/events/{id}"))
-                .map_err(ApiError::internal)?;
+            let location =
+                HeaderValue::try_from(format!("/v1/events/{id}")).map_err(ApiError::internal)?;
             let answer = Answer {
                 id: id.to_string(),
                 event_id: &event_id,

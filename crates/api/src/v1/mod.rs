@@ -3,3 +3,4 @@
 pub mod events;
 pub(crate) mod idempotency;
 mod ingest;
+pub mod rate_limit;

@@ -87,7 +87,7 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
     let created: Value = client
         .post(format!("{}/admin/tenants", server.base))
         .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "crash"}))
+        .json(&json!({"name": "crash", "rate_limit_per_minute": 10_000_000, "burst": 1_000_000}))
         .send()
         .await
         .unwrap()

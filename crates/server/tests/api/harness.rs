@@ -102,7 +102,11 @@ impl ApiClient {
     }
 
     pub async fn create_tenant(&self) -> TestTenant {
-        self.create_tenant_with(json!({"name": "acme"})).await
+        // Limits far above what any test sends, unless the test is about limits.
+        self.create_tenant_with(
+            json!({"name": "acme", "rate_limit_per_minute": 10_000_000, "burst": 1_000_000}),
+        )
+        .await
     }
 
     pub async fn create_tenant_with(&self, body: Value) -> TestTenant {

@@ -7,4 +7,5 @@ mod harness;
 mod idempotency;
 mod ingest;
 mod inputs;
+mod rate_limits;
 mod search;

@@ -11,6 +11,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use pulsestream_core::Tenant;
 use pulsestream_limits::Decision;
+
+use crate::observe::RequestFacts;
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
@@ -102,6 +104,15 @@ pub async fn tenant_context(
         }
     };
     crate::v1::rate_limit::set_headers(response.headers_mut(), tenant.0.rate_limit, &decision);
+    let facts = response
+        .extensions()
+        .get::<RequestFacts>()
+        .copied()
+        .unwrap_or_default();
+    response.extensions_mut().insert(RequestFacts {
+        tenant: Some(tenant.0.id),
+        ..facts
+    });
     response
 }
 

@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process answers) and `GET /readyz` (the store can serve requests).
+//! `GET /healthz` (the process answers), `GET /readyz` (the store can serve requests) and
+//! `GET /metrics` (Prometheus text format).
 
 use axum::Json;
 use axum::extract::State;
@@ -21,4 +22,15 @@ pub async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse, Ap
     Ok(Json(
         json!({"status": "ready", "rate_limiter": app.limiter.backend().as_str()}),
     ))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        (app.metrics.0)(),
+    )
 }

@@ -9,19 +9,19 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
+pub mod observe;
 pub mod v1;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::{HeaderName, Request};
+use axum::http::HeaderName;
 use axum::routing::{delete, get, post};
 use pulsestream_limits::RateLimiter;
 use pulsestream_store::{EventStore, TenantStore};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 
@@ -43,6 +43,16 @@ impl Default for ApiConfig {
     }
 }
 
+/// Renders the process's metrics in Prometheus text format.
+#[derive(Clone)]
+pub struct MetricsRender(pub Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for MetricsRender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsRender")
+    }
+}
+
 /// What every handler can reach. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -52,6 +62,8 @@ pub struct AppState {
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: Arc<str>,
     pub config: ApiConfig,
+    pub metrics: MetricsRender,
+    pub tenant_labels: Arc<observe::TenantLabels>,
     in_flight: v1::idempotency::InFlightKeys,
 }
 
@@ -63,6 +75,7 @@ impl AppState {
         limiter: Arc<RateLimiter>,
         admin_token_hash: String,
         config: ApiConfig,
+        metrics: MetricsRender,
     ) -> Self {
         Self {
             events,
@@ -70,6 +83,8 @@ impl AppState {
             limiter,
             admin_token_hash: admin_token_hash.into(),
             config,
+            metrics,
+            tenant_labels: Arc::new(observe::TenantLabels::new(100)),
             in_flight: Default::default(),
         }
     }
@@ -92,23 +107,29 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(tenant_routes)
-        .route("/admin/tenants", post(admin::tenants::create).get(admin::tenants::list))
-        .route("/admin/tenants/{id}", get(admin::tenants::get).patch(admin::tenants::update))
+        .route(
+            "/admin/tenants",
+            post(admin::tenants::create).get(admin::tenants::list),
+        )
+        .route(
+            "/admin/tenants/{id}",
+            get(admin::tenants::get).patch(admin::tenants::update),
+        )
         .route("/admin/tenants/{id}/keys", post(admin::tenants::create_key))
-        .route("/admin/tenants/{id}/keys/{key_id}", delete(admin::tenants::revoke_key))
+        .route(
+            "/admin/tenants/{id}/keys/{key_id}",
+            delete(admin::tenants::revoke_key),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            let request_id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
-        }))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(axum::middleware::from_fn(observe::observe))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }

@@ -50,6 +50,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter that keeps its state in this process.
     pub fn local() -> Self {
+        record_backend(Backend::Local);
         Self {
             local: LocalLimiter::default(),
             redis: None,
@@ -63,9 +64,11 @@ impl RateLimiter {
     /// The URL is not a Redis URL. An unreachable server is not an error: the limiter
     /// starts on its fallback and connects when it can.
     pub fn with_redis(settings: RedisSettings) -> Result<Self, RedisUnavailable> {
+        let redis = redis_backend::RedisBackend::new(settings)?;
+        record_backend(Backend::Redis);
         Ok(Self {
             local: LocalLimiter::default(),
-            redis: Some(redis_backend::RedisBackend::new(settings)?),
+            redis: Some(redis),
         })
     }
 
@@ -107,6 +110,26 @@ impl LocalLimiter {
             buckets.insert(tenant, bucket);
         }
         decision
+    }
+}
+
+/// Declares the limiter's metrics with their help text.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "pulsestream_rate_limiter_backend",
+        "1 for the backend deciding rate limits now (local, redis, local_fallback), 0 for the others"
+    );
+    metrics::describe_counter!(
+        "pulsestream_rate_limiter_fallbacks_total",
+        "Times the Redis limiter became unreachable and limits fell back to this process"
+    );
+}
+
+/// Sets the backend gauge: 1 for `current`, 0 for the others.
+pub(crate) fn record_backend(current: Backend) {
+    for backend in [Backend::Local, Backend::Redis, Backend::LocalFallback] {
+        metrics::gauge!("pulsestream_rate_limiter_backend", "backend" => backend.as_str())
+            .set(if backend == current { 1.0 } else { 0.0 });
     }
 }
 

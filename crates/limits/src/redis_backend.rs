@@ -179,6 +179,8 @@ impl RedisBackend {
     fn open_breaker(&self, reason: &str) {
         let mut breaker = self.breaker.lock().expect("breaker lock is never poisoned");
         if matches!(*breaker, Breaker::Closed) {
+            metrics::counter!("pulsestream_rate_limiter_fallbacks_total").increment(1);
+            crate::record_backend(crate::Backend::LocalFallback);
             tracing::warn!(reason, cool_down = ?self.settings.cool_down, "Redis rate limiter unreachable; limiting in-process until it is back");
         }
         *breaker = Breaker::Open {
@@ -189,6 +191,7 @@ impl RedisBackend {
     fn close_breaker(&self) {
         let mut breaker = self.breaker.lock().expect("breaker lock is never poisoned");
         if matches!(*breaker, Breaker::Open { .. }) {
+            crate::record_backend(crate::Backend::Redis);
             tracing::info!("Redis rate limiter reachable again; limits are shared once more");
         }
         *breaker = Breaker::Closed;

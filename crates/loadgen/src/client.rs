@@ -148,7 +148,7 @@ fn bearer(token: &str) -> anyhow::Result<HeaderValue> {
 pub enum TransportError {
     /// The TCP connect or handshake failed.
     Connect,
-    /// The server closed the connection before answering.
+    /// The connection was closed or reset before the answer came.
     Closed,
     /// No answer within `--timeout`.
     Timeout,
@@ -184,13 +184,10 @@ pub async fn exchange(
         .ready()
         .await
         .map_err(|_| TransportError::Closed)?;
-    let response = connection.send_request(request).await.map_err(|err| {
-        if err.is_closed() || err.is_incomplete_message() || err.is_canceled() {
-            TransportError::Closed
-        } else {
-            TransportError::Protocol
-        }
-    })?;
+    let response = connection
+        .send_request(request)
+        .await
+        .map_err(|err| classify(&err))?;
     let status = response.status();
     let body = response
         .into_body()
@@ -199,6 +196,17 @@ pub async fn exchange(
         .map_err(|_| TransportError::Body)?
         .to_bytes();
     Ok((status, body))
+}
+
+/// Sorts a failed exchange: a connection closed or reset under the request, or anything
+/// else hyper reports.
+fn classify(err: &hyper::Error) -> TransportError {
+    let io = std::error::Error::source(err).is_some_and(|source| source.is::<std::io::Error>());
+    if io || err.is_closed() || err.is_incomplete_message() || err.is_canceled() {
+        TransportError::Closed
+    } else {
+        TransportError::Protocol
+    }
 }
 
 /// Polls `GET /readyz` until it answers 200 or `patience` runs out.

@@ -15,6 +15,7 @@ mod scenario;
 mod worker;
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ use crate::worker::{Plan, Schedule};
 const DEFAULT_BATCH_SIZE: usize = 1_000;
 /// Share of searches when `--scenario mixed` is given no `--search-share`.
 const DEFAULT_SEARCH_SHARE: f64 = 0.1;
+/// The open loop's default backlog bound, per connection.
+const DEFAULT_BACKLOG_PER_CONNECTION: u64 = 10;
 /// How long `run` waits for `GET /readyz` to answer 200.
 const READY_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -102,10 +105,15 @@ struct RunArgs {
     ///
     /// Latency is measured from each request's intended send time, so a stalled server
     /// shows up in the percentiles (no coordinated omission). Requests more than
-    /// --concurrency behind schedule are dropped and counted. Without --rate, each
+    /// --max-backlog behind schedule are dropped and counted. Without --rate, each
     /// connection sends back to back.
     #[arg(long, value_name = "N", value_parser = parse_rate)]
     rate: Option<f64>,
+
+    /// Open loop: requests that may fall behind schedule before further ones are
+    /// dropped [default: 10 × --concurrency]
+    #[arg(long, value_name = "N", requires = "rate", value_parser = clap::value_parser!(u64).range(1..))]
+    max_backlog: Option<u64>,
 
     /// Share of events that resend an event already sent (same id and content)
     #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
@@ -132,8 +140,18 @@ struct CeilingArgs {
     listen: SocketAddr,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(cli: Cli) -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(threads) = cli.threads {
@@ -171,14 +189,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         addr: target.addr,
         requests: Requests::new(&target, &api_key)?,
         mix,
-        run_id: info.run_id.as_str().into(),
+        run_id: info.run_id.clone(),
         catalog: Arc::new(Catalog::new()),
         measure_from: start + args.warmup,
         end: start + args.warmup + args.duration,
         timeout: args.timeout,
         schedule: args
             .rate
-            .map(|rate| Schedule::new(start, rate, u64::from(args.concurrency))),
+            .map(|rate| Schedule::new(start, rate, args.max_backlog())),
     };
     let stats = worker::run(Arc::new(plan), args.concurrency as usize).await?;
     if args.json {
@@ -193,6 +211,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 impl RunArgs {
+    /// How many requests an open loop may fall behind before it drops some.
+    fn max_backlog(&self) -> u64 {
+        self.max_backlog
+            .unwrap_or(u64::from(self.concurrency) * DEFAULT_BACKLOG_PER_CONNECTION)
+    }
+
     /// The request mix; flags the scenario does not use are ignored with a note.
     fn mix(&self) -> Mix {
         let batch_size = self.batch_size.map(usize::from);
@@ -249,6 +273,7 @@ fn run_info(args: &RunArgs, mix: &Mix, run_id: String) -> RunInfo {
         },
         concurrency: args.concurrency as usize,
         rate: args.rate,
+        max_backlog: args.rate.map(|_| args.max_backlog()),
         duplicate_share: mix.duplicate_share,
         search_share: mix.search_share,
         warmup: args.warmup,

@@ -131,6 +131,8 @@ pub struct RunInfo {
     pub concurrency: usize,
     /// Requests per second for an open loop; `None` for a closed loop.
     pub rate: Option<f64>,
+    /// The open loop's bound on requests behind schedule.
+    pub max_backlog: Option<u64>,
     pub duplicate_share: f64,
     pub search_share: f64,
     pub warmup: Duration,
@@ -205,6 +207,7 @@ pub fn to_json(info: &RunInfo, stats: &Stats) -> Value {
         "concurrency": info.concurrency,
         "mode": if info.rate.is_some() { "open" } else { "closed" },
         "target_rate": info.rate,
+        "max_backlog": info.max_backlog,
         "duplicate_share": info.duplicate_share,
         "search_share": info.search_share,
         "warmup_s": info.warmup.as_secs_f64(),
@@ -276,10 +279,10 @@ fn write_table(out: &mut String, info: &RunInfo, stats: &Stats) -> std::fmt::Res
         per_second(stats.events, info.duration),
         stats.duplicates
     )?;
-    if info.rate.is_some() {
+    if let Some(backlog) = info.max_backlog {
         writeln!(
             out,
-            "  dropped      {:>12}  (too far behind schedule to send)",
+            "  dropped      {:>12}  (more than {backlog} requests behind schedule)",
             stats.dropped
         )?;
     }
@@ -332,6 +335,7 @@ mod tests {
             batch_size: Some(1_000),
             concurrency: 4,
             rate: None,
+            max_backlog: None,
             duplicate_share: 0.0,
             search_share: 0.0,
             warmup: Duration::from_secs(1),

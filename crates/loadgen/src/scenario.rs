@@ -3,9 +3,10 @@
 //! bottleneck.
 //!
 //! Every event is a pure function of `(run, worker, seq)`: resending an old `seq` produces
-//! byte-identical content, which the server must answer as a duplicate. Payloads are picked
-//! from a small pre-rendered catalog, so building an event is a few memory copies and three
-//! integer formats.
+//! byte-identical content, which the server must answer as a duplicate. Everything but the
+//! sequence number and the time of day is pre-rendered (per run, per worker, or in a small
+//! catalog of payloads), so building an event is a dozen memory copies and no formatting
+//! machinery.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -81,9 +82,11 @@ pub enum Call {
     Search(usize),
 }
 
-/// The pre-rendered payload tails events are assembled from; shared by all workers.
+/// The pre-rendered pieces events are assembled from; shared by all workers.
 #[derive(Debug)]
 pub struct Catalog {
+    /// Per entry of [`EVENT_TYPES`]: from the end of `event_id` to the date of `timestamp`.
+    heads: Vec<String>,
     /// Each is the payload object's fields after `order_id`, closing brace included.
     tails: Vec<String>,
 }
@@ -91,13 +94,20 @@ pub struct Catalog {
 impl Catalog {
     /// Renders the catalog; deterministic, so every run sends the same kind of data.
     pub fn new() -> Self {
+        let heads = EVENT_TYPES
+            .iter()
+            .zip(SOURCES)
+            .map(|(kind, source)| {
+                format!(r#"","event_type":"{kind}","source":"{source}","timestamp":"2025-10-02T"#)
+            })
+            .collect();
         let mut rng = Rng::new(0x5EED_CA7A_1060);
         let tails = (0..CATALOG_SIZE).map(|_| payload_tail(&mut rng)).collect();
-        Self { tails }
+        Self { heads, tails }
     }
 }
 
-/// A plausible order: a customer and one to three line items, with a matching total.
+/// A plausible order: a customer and one or two line items, with a matching total.
 fn payload_tail(rng: &mut Rng) -> String {
     const CURRENCIES: [&str; 3] = ["EUR", "USD", "GBP"];
     let customer = rng.below(100_000);
@@ -133,8 +143,11 @@ fn payload_tail(rng: &mut Rng) -> String {
 /// collide between workers and "already sent" is known without coordination.
 #[derive(Debug)]
 pub struct Generator {
-    run_id: Arc<str>,
     worker: u32,
+    /// `RUN-WORKER-`: what every `event_id` of this worker starts with.
+    id_prefix: String,
+    /// From the end of the time of day to the sequence number in `order_id`.
+    order_prefix: String,
     next_seq: u64,
     mix: Mix,
     rng: Rng,
@@ -143,11 +156,12 @@ pub struct Generator {
 }
 
 impl Generator {
-    pub fn new(run_id: Arc<str>, worker: u32, mix: Mix, catalog: Arc<Catalog>) -> Self {
+    pub fn new(run_id: &str, worker: u32, mix: Mix, catalog: Arc<Catalog>) -> Self {
         Self {
             rng: Rng::new(mix64(u64::from(worker) ^ 0xB0A7)),
-            run_id,
             worker,
+            id_prefix: format!("{run_id}-{worker}-"),
+            order_prefix: format!(r#"Z","payload":{{"order_id":"ord-{worker}-"#),
             next_seq: 0,
             mix,
             catalog,
@@ -223,19 +237,56 @@ impl Generator {
     /// Appends event `seq` of this worker; the same `seq` always gives the same bytes.
     fn write_event(&mut self, seq: u64) {
         let hash = mix64((u64::from(self.worker) << 44) ^ seq);
-        let kind = TYPE_WEIGHTS[(hash % 10) as usize];
+        let head = &self.catalog.heads[TYPE_WEIGHTS[(hash % 10) as usize]];
         let tail = &self.catalog.tails[(hash >> 16) as usize % self.catalog.tails.len()];
-        let (run, worker) = (&self.run_id, self.worker);
-        let millis = seq % 86_400_000;
-        let (hours, minutes) = (millis / 3_600_000, millis / 60_000 % 60);
-        let (seconds, millis) = (millis / 1_000 % 60, millis % 1_000);
-        // Writing into a BytesMut cannot fail: it grows as needed.
-        let _ = write!(
-            self.buf,
-            r#"{{"event_id":"{run}-{worker}-{seq}","event_type":"{}","source":"{}","timestamp":"2025-10-02T{hours:02}:{minutes:02}:{seconds:02}.{millis:03}Z","payload":{{"order_id":"ord-{worker}-{seq}",{tail}}}"#,
-            EVENT_TYPES[kind], SOURCES[kind],
-        );
+        let buf = &mut self.buf;
+        buf.extend_from_slice(br#"{"event_id":""#);
+        buf.extend_from_slice(self.id_prefix.as_bytes());
+        push_number(buf, seq);
+        buf.extend_from_slice(head.as_bytes());
+        push_time_of_day(buf, seq % 86_400_000);
+        buf.extend_from_slice(self.order_prefix.as_bytes());
+        push_number(buf, seq);
+        buf.extend_from_slice(b"\",");
+        buf.extend_from_slice(tail.as_bytes());
+        buf.extend_from_slice(b"}");
     }
+}
+
+/// Appends `n` in decimal.
+fn push_number(buf: &mut BytesMut, mut n: u64) {
+    let mut digits = [0; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[start..]);
+}
+
+/// Appends `HH:MM:SS.mmm` for a time of day in milliseconds.
+fn push_time_of_day(buf: &mut BytesMut, millis: u64) {
+    push_padded(buf, millis / 3_600_000, 2);
+    buf.extend_from_slice(b":");
+    push_padded(buf, millis / 60_000 % 60, 2);
+    buf.extend_from_slice(b":");
+    push_padded(buf, millis / 1_000 % 60, 2);
+    buf.extend_from_slice(b".");
+    push_padded(buf, millis % 1_000, 3);
+}
+
+/// Appends the last `width` (at most 3) decimal digits of `n`, zero-padded.
+fn push_padded(buf: &mut BytesMut, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 3];
+    for digit in digits[..width].iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    buf.extend_from_slice(&digits[..width]);
 }
 
 /// A run id: short, and unique enough that two runs never share event ids.
@@ -293,7 +344,7 @@ mod tests {
             duplicate_share,
             search_share,
         };
-        Generator::new("r0123456789".into(), 7, mix, Arc::new(Catalog::new()))
+        Generator::new("r0123456789", 7, mix, Arc::new(Catalog::new()))
     }
 
     fn single_event(generator: &mut Generator) -> Value {
@@ -402,6 +453,19 @@ mod tests {
             .filter(|_| matches!(generator.next_call(), Call::Search(_)))
             .count();
         assert!((1_800..=2_200).contains(&searches), "{searches} searches");
+    }
+
+    #[test]
+    fn numbers_and_times_are_written_like_format_would() {
+        let mut buf = BytesMut::new();
+        for n in [0, 7, 10, 1_234_567_890, u64::MAX] {
+            push_number(&mut buf, n);
+            assert_eq!(buf.split().as_ref(), n.to_string().as_bytes());
+        }
+        push_time_of_day(&mut buf, 86_399_999);
+        assert_eq!(buf.split().as_ref(), b"23:59:59.999");
+        push_time_of_day(&mut buf, 3_723_004);
+        assert_eq!(buf.split().as_ref(), b"01:02:03.004");
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! The load loop: one task per connection, closed loop (back to back) or open loop (a
-//! shared arrival schedule, latency measured from the intended send time), each keeping
-//! its own [`Stats`] so the hot path shares nothing but the schedule's counter.
+//! shared arrival schedule), each keeping its own [`Stats`] so the hot path shares nothing
+//! but the schedule's counter.
+//!
+//! In an open loop, a request sent late because every connection was busy is measured
+//! from its intended send time, so a stalled server shows in the percentiles instead of
+//! silently slowing the generator down (coordinated omission). A request whose worker was
+//! idle and waiting for its slot is measured from when the timer woke it: tokio's timer
+//! has millisecond granularity, and that slack belongs to the generator, not the server.
 //!
 //! The run is bounded: no request starts after `end`, and one still in flight at `end` is
 //! abandoned and not counted.
@@ -28,7 +34,7 @@ pub struct Plan {
     pub addr: SocketAddr,
     pub requests: Requests,
     pub mix: Mix,
-    pub run_id: Arc<str>,
+    pub run_id: String,
     pub catalog: Arc<Catalog>,
     /// Answers that arrive before this are warmup and not recorded.
     pub measure_from: Instant,
@@ -145,12 +151,7 @@ impl Kind {
 
 impl Worker {
     fn new(plan: Arc<Plan>, index: u32) -> Self {
-        let generator = Generator::new(
-            Arc::clone(&plan.run_id),
-            index,
-            plan.mix,
-            Arc::clone(&plan.catalog),
-        );
+        let generator = Generator::new(&plan.run_id, index, plan.mix, Arc::clone(&plan.catalog));
         Self {
             plan,
             generator,
@@ -173,8 +174,9 @@ impl Worker {
         self.stats
     }
 
-    /// When the next request counts as sent: now in a closed loop; in an open loop its
-    /// slot on the schedule, after waiting for it. `None` once the run is over.
+    /// When the next request counts as sent: now, in a closed loop. In an open loop, its
+    /// intended time if that has passed, else the end of the wait for it. `None` once the
+    /// run is over.
     async fn next_start(&mut self) -> Option<Instant> {
         let now = Instant::now();
         let Some(schedule) = &self.plan.schedule else {
@@ -187,8 +189,13 @@ impl Worker {
         if intended >= self.plan.end {
             return None;
         }
+        if intended <= now {
+            // Behind schedule: the wait since `intended` is the server's doing and counts.
+            return Some(intended);
+        }
         tokio::time::sleep_until(intended).await;
-        Some(intended)
+        // On time: lateness past `intended` is the timer's slack, not the server's.
+        Some(Instant::now())
     }
 
     /// Makes one request and records it; `false` once the run is over.

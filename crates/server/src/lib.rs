@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use pulsestream_api::auth::secret_hash;
-use pulsestream_api::{ApiConfig, AppState};
+use pulsestream_api::{ApiConfig, AppState, MetricsRender};
 use pulsestream_limits::{RateLimiter, RedisSettings};
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use pulsestream_store::{EventStore, TenantStore};
@@ -53,6 +53,7 @@ impl Server {
             body_limit_bytes: config.body_limit_bytes,
             request_timeout: config.request_timeout(),
         };
+        let metrics = telemetry::metrics();
         let limiter = Arc::new(rate_limiter(config)?);
         let state = AppState::new(
             store.clone(),
@@ -60,6 +61,7 @@ impl Server {
             limiter,
             admin_token_hash,
             api_config,
+            MetricsRender(Arc::new(|| metrics.render())),
         );
         Ok(Self {
             listener,

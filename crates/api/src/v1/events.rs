@@ -5,8 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pulsestream_core::{EventId, Tenant, parse_timestamp};
-use pulsestream_limits::Decision;
-use pulsestream_store::{AppendBatch, Cursor, Order, PayloadFilter, SearchQuery};
+use pulsestream_store::{AppendBatch, AppendStatus, Cursor, Order, PayloadFilter, SearchQuery};
 use time::OffsetDateTime;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -17,6 +16,7 @@ use crate::AppState;
 use crate::auth::AuthTenant;
 use crate::body::{BodyFormat, TextBody, read_text_body};
 use crate::error::{ApiError, ErrorItem};
+use crate::observe::{self, RequestFacts};
 
 /// `POST /v1/events`: one event.
 pub async fn post_event(
@@ -27,7 +27,15 @@ pub async fn post_event(
 ) -> Result<Response, ApiError> {
     let received_at = OffsetDateTime::now_utc();
     let body = read_text_body(&headers, body, app.config.body_limit_bytes, false).await?;
-    ingest(&app, &tenant, &headers, &body, received_at, Checked::single).await
+    ingest(
+        &app,
+        &tenant,
+        &headers,
+        &body,
+        received_at,
+        Endpoint::Single,
+    )
+    .await
 }
 
 /// `POST /v1/events/batch`: up to 1,000 events, as JSON or NDJSON.
@@ -39,7 +47,13 @@ pub async fn post_batch(
 ) -> Result<Response, ApiError> {
     let received_at = OffsetDateTime::now_utc();
     let body = read_text_body(&headers, body, app.config.body_limit_bytes, true).await?;
-    ingest(&app, &tenant, &headers, &body, received_at, Checked::batch).await
+    ingest(&app, &tenant, &headers, &body, received_at, Endpoint::Batch).await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Single,
+    Batch,
 }
 
 /// The path shared by both ingest endpoints: validate, settle the idempotency key, take the
@@ -50,9 +64,18 @@ async fn ingest(
     headers: &HeaderMap,
     body: &TextBody,
     received_at: OffsetDateTime,
-    check: fn(&TextBody) -> Result<Checked, ApiError>,
+    endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
-    let mut checked = check(body)?;
+    let count = |outcome, n| observe::count_events(&app.tenant_labels, tenant.id, outcome, n);
+    let checked = match endpoint {
+        Endpoint::Single => Checked::single(body).inspect_err(|err| {
+            if err.status() == StatusCode::UNPROCESSABLE_ENTITY {
+                count("rejected", 1);
+            }
+        }),
+        Endpoint::Batch => Checked::batch(body),
+    };
+    let mut checked = checked?;
     let request_hash = request_hash(checked.shape, body);
     let guard = match idempotency::begin(app, tenant.id, headers, request_hash).await? {
         Idempotency::Replay(record) => {
@@ -68,28 +91,40 @@ async fn ingest(
         Idempotency::Absent => None,
     };
     // A request costs every event it carries, rejected ones included; a replay costs nothing.
-    let decision = rate_limit::admit(app, tenant, checked.rejections.len() as u32).await?;
-    if checked.events.is_empty() {
-        return with_decision(checked.respond(&[]), decision);
-    }
-    let batch = AppendBatch {
-        tenant: tenant.id,
-        events: std::mem::take(&mut checked.events),
-        received_at,
-        idempotency: guard.as_ref().map(|guard| guard.claim.clone()),
+    let carried = checked.rejections.len();
+    let decision = rate_limit::admit(app, tenant, carried as u32)
+        .await
+        .inspect_err(|_| count("rate_limited", carried))?;
+    let statuses = if checked.events.is_empty() {
+        Vec::new()
+    } else {
+        let batch = AppendBatch {
+            tenant: tenant.id,
+            events: std::mem::take(&mut checked.events),
+            received_at,
+            idempotency: guard.as_ref().map(|guard| guard.claim.clone()),
+        };
+        app.events.append_batch(batch).await?.statuses
     };
-    let outcome = app.events.append_batch(batch).await?;
     drop(guard);
-    with_decision(checked.respond(&outcome.statuses), decision)
-}
-
-/// Hands the rate-limit decision to `tenant_context`, which turns it into headers.
-fn with_decision(
-    response: Result<Response, ApiError>,
-    decision: Decision,
-) -> Result<Response, ApiError> {
-    response.map(|mut response| {
+    let accepted = statuses
+        .iter()
+        .filter(|status| matches!(status, AppendStatus::Accepted(_)))
+        .count();
+    let duplicates = statuses
+        .iter()
+        .filter(|status| matches!(status, AppendStatus::Duplicate(_)))
+        .count();
+    count("accepted", accepted);
+    count("duplicate", duplicates);
+    count("rejected", carried - accepted - duplicates);
+    let facts = RequestFacts {
+        tenant: Some(tenant.id),
+        events: Some(carried),
+    };
+    checked.respond(&statuses).map(|mut response| {
         response.extensions_mut().insert(decision);
+        response.extensions_mut().insert(facts);
         response
     })
 }

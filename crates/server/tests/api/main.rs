@@ -7,5 +7,6 @@ mod harness;
 mod idempotency;
 mod ingest;
 mod inputs;
+mod operations;
 mod rate_limits;
 mod search;

@@ -27,7 +27,7 @@ use crate::{
     StoredEvent, TenantStore,
 };
 
-pub use writer::MAX_GROUP_EVENTS;
+pub use writer::{MAX_GROUP_EVENTS, describe_metrics};
 
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]

@@ -35,6 +35,27 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
+/// Declares the writer's metrics with their help text.
+pub fn describe_metrics() {
+    metrics::describe_histogram!(
+        "pulsestream_commit_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time of one group commit: dedup checks, writes and fdatasync"
+    );
+    metrics::describe_histogram!(
+        "pulsestream_commit_batch_events",
+        "Events in one group commit"
+    );
+    metrics::describe_gauge!(
+        "pulsestream_write_queue_requests",
+        "Requests waiting for the writer"
+    );
+    metrics::describe_counter!(
+        "pulsestream_commit_failures_total",
+        "Group commits that failed; after one the store stops acknowledging writes"
+    );
+}
+
 /// The API side of the writer: submits jobs, stops the thread.
 #[derive(Clone)]
 pub(crate) struct WriterHandle {
@@ -152,7 +173,13 @@ impl Writer {
                 }
                 continue;
             }
-            match self.commit_group(&jobs) {
+            metrics::gauge!("pulsestream_write_queue_requests").set(receiver.len() as f64);
+            let started = std::time::Instant::now();
+            let result = self.commit_group(&jobs);
+            metrics::histogram!("pulsestream_commit_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("pulsestream_commit_batch_events").record(events as f64);
+            match result {
                 Ok(outcomes) => {
                     for (job, outcome) in jobs.into_iter().zip(outcomes) {
                         let _ = job.reply.send(Ok(outcome));
@@ -161,6 +188,7 @@ impl Writer {
                 Err(err) => {
                     tracing::error!(error = %err, source = ?std::error::Error::source(&err), "group commit failed; the store stops taking writes");
                     self.failed.store(true, Ordering::Release);
+                    metrics::counter!("pulsestream_commit_failures_total").increment(1);
                     for job in jobs {
                         let _ = job.reply.send(Err(StoreError::unavailable(WriterStopped)));
                     }

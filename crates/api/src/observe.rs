@@ -1,0 +1,118 @@
+//! Observing every request: a span with the request id, one log line when it ends (tenant,
+//! route, status, events, latency), and the HTTP and ingest metrics.
+//!
+//! Metric names follow Prometheus conventions (`pulsestream_<noun>_<unit>`, `_total` for
+//! counters) and labels stay bounded: routes are templates, and only the first
+//! [`TenantLabels`] tenants get their own `tenant` label, the rest share `other`.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use pulsestream_core::TenantId;
+use tracing::Instrument;
+
+/// What a handler learned about its request, for the log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestFacts {
+    pub tenant: Option<TenantId>,
+    /// Events the request carried, for ingest requests.
+    pub events: Option<usize>,
+}
+
+/// Hands out `tenant` label values: the id for the first `max` tenants seen, `other` after.
+#[derive(Debug)]
+pub struct TenantLabels {
+    max: usize,
+    known: Mutex<HashSet<TenantId>>,
+}
+
+impl TenantLabels {
+    /// Labels at most `max` tenants by id.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            known: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Returns the label value for a tenant.
+    pub fn label(&self, tenant: TenantId) -> String {
+        let mut known = self
+            .known
+            .lock()
+            .expect("tenant label lock is never poisoned");
+        if known.contains(&tenant) || (known.len() < self.max && known.insert(tenant)) {
+            tenant.to_string()
+        } else {
+            "other".to_owned()
+        }
+    }
+}
+
+/// Declares every metric of the API with its help text.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "pulsestream_http_requests_total",
+        "HTTP requests answered, by route, method and status"
+    );
+    metrics::describe_histogram!(
+        "pulsestream_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from the request's arrival to its answer, by route and method"
+    );
+    metrics::describe_counter!(
+        "pulsestream_events_total",
+        "Events by outcome (accepted, duplicate, rejected, rate_limited) and tenant"
+    );
+}
+
+/// Middleware around every route.
+pub async fn observe(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let span = tracing::info_span!("request", %method, route = %route, request_id = %request_id);
+    let response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    metrics::counter!("pulsestream_http_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("pulsestream_http_request_duration_seconds", "route" => route, "method" => method.to_string())
+        .record(elapsed.as_secs_f64());
+    let facts = response
+        .extensions()
+        .get::<RequestFacts>()
+        .copied()
+        .unwrap_or_default();
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1_000.0,
+            tenant_id = facts.tenant.map(tracing::field::display),
+            events = facts.events,
+            "request finished"
+        );
+    });
+    response
+}
+
+/// Counts events by outcome for a tenant.
+pub fn count_events(labels: &TenantLabels, tenant: TenantId, outcome: &'static str, count: usize) {
+    if count > 0 {
+        metrics::counter!("pulsestream_events_total", "outcome" => outcome, "tenant" => labels.label(tenant))
+            .increment(count as u64);
+    }
+}

@@ -12,11 +12,16 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// One problem with one part of the request, located by `loc`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorItem {
+    /// Where: `"body"` or `"query"`, then field names and array indexes, e.g.
+    /// `["body", "events", 5, "event_type"]`.
+    #[schema(schema_with = crate::openapi::loc_schema)]
     pub loc: Vec<Value>,
+    /// A stable code for the kind of problem, e.g. `missing`, `string_too_long`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// What is wrong, for a human.
     pub msg: String,
 }
 

@@ -10,6 +10,7 @@ pub mod body;
 pub mod error;
 pub mod health;
 pub mod observe;
+pub mod openapi;
 pub mod v1;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use axum::Router;
 use axum::http::HeaderName;
 use axum::routing::{delete, get, post};
 use pulsestream_limits::RateLimiter;
-use pulsestream_store::{EventStore, TenantStore};
+use pulsestream_store::{DeliveryQueue, EventStore, TenantStore};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
@@ -32,6 +33,10 @@ pub struct ApiConfig {
     pub body_limit_bytes: usize,
     /// How long a request may take, body upload included.
     pub request_timeout: Duration,
+    /// Accept webhook URLs on loopback, private and link-local addresses (development, tests).
+    pub allow_private_destinations: bool,
+    /// NATS is configured, so `nats` destinations can be created.
+    pub nats_enabled: bool,
 }
 
 impl Default for ApiConfig {
@@ -39,6 +44,8 @@ impl Default for ApiConfig {
         Self {
             body_limit_bytes: 10 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            allow_private_destinations: false,
+            nats_enabled: false,
         }
     }
 }
@@ -58,6 +65,7 @@ impl std::fmt::Debug for MetricsRender {
 pub struct AppState {
     pub events: Arc<dyn EventStore>,
     pub tenants: Arc<dyn TenantStore>,
+    pub deliveries: Arc<dyn DeliveryQueue>,
     pub limiter: Arc<RateLimiter>,
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: Arc<str>,
@@ -72,6 +80,7 @@ impl AppState {
     pub fn new(
         events: Arc<dyn EventStore>,
         tenants: Arc<dyn TenantStore>,
+        deliveries: Arc<dyn DeliveryQueue>,
         limiter: Arc<RateLimiter>,
         admin_token_hash: String,
         config: ApiConfig,
@@ -80,6 +89,7 @@ impl AppState {
         Self {
             events,
             tenants,
+            deliveries,
             limiter,
             admin_token_hash: admin_token_hash.into(),
             config,
@@ -101,6 +111,22 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/events/batch", post(v1::events::post_batch))
         .route("/v1/events/{id}", get(v1::events::get_event))
+        .route(
+            "/v1/destinations",
+            post(v1::destinations::create).get(v1::destinations::list),
+        )
+        .route(
+            "/v1/destinations/{id}",
+            get(v1::destinations::get).delete(v1::destinations::delete),
+        )
+        .route(
+            "/v1/destinations/{id}/dead-letters",
+            get(v1::destinations::dead_letters).delete(v1::destinations::purge),
+        )
+        .route(
+            "/v1/destinations/{id}/dead-letters/replay",
+            post(v1::destinations::replay),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::tenant_context,
@@ -121,6 +147,7 @@ pub fn router(state: AppState) -> Router {
             delete(admin::tenants::revoke_key),
         )
         .route("/healthz", get(health::healthz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })

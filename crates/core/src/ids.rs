@@ -68,6 +68,18 @@ uuid_id!(
     KeyId
 );
 
+uuid_id!(
+    /// A tenant's destination (a webhook or a NATS subject).
+    DestinationId
+);
+
+impl DestinationId {
+    /// Makes a new random destination id.
+    pub fn random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
 impl TenantId {
     /// Makes a new random tenant id.
     pub fn random() -> Self {

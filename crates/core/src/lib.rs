@@ -3,13 +3,15 @@
 //! This crate performs no I/O. It turns wire input into validated [`NewEvent`]s (or
 //! per-field [`FieldError`]s) and defines the identifiers every other crate speaks in.
 
+mod destination;
 mod event;
 mod ids;
 mod tenant;
 
+pub use destination::{Destination, DestinationKind, RetryPolicy, glob_matches};
 pub use event::{
     ContentHash, FieldError, MAX_BATCH_EVENTS, MAX_PAYLOAD_DEPTH, MAX_STRING_CHARS, NewEvent,
     WireEvent, format_timestamp, parse_timestamp, wire_error,
 };
-pub use ids::{EventId, IdParseError, KeyId, TenantId};
+pub use ids::{DestinationId, EventId, IdParseError, KeyId, TenantId};
 pub use tenant::{RateLimit, RateLimitError, Tenant, TenantKey};

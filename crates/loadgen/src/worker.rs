@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use hyper::StatusCode;
+use http_body_util::Full;
+use hyper::{Request, StatusCode};
 use tokio::time::Instant;
 
 use crate::client::{self, Connection, Requests, TransportError};
@@ -190,7 +191,7 @@ impl Worker {
             return None;
         }
         if intended <= now {
-            // Behind schedule: the wait since `intended` is the server's doing and counts.
+            // Behind schedule (every connection was busy): the wait since `intended` counts.
             return Some(intended);
         }
         tokio::time::sleep_until(intended).await;
@@ -223,7 +224,7 @@ impl Worker {
     /// the next request only after a complete answer.
     async fn exchange(
         &mut self,
-        request: hyper::Request<http_body_util::Full<Bytes>>,
+        request: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, Bytes), TransportError> {
         let mut connection = self.ready_connection().await?;
         let answer = client::exchange(&mut connection, request).await?;

@@ -64,9 +64,31 @@ pub struct ServeConfig {
     /// limits, in milliseconds.
     #[arg(long, env = "PULSESTREAM_REDIS_TIMEOUT_MS", default_value_t = 50)]
     pub redis_timeout_ms: u64,
-    /// NATS for JetStream destinations (not available yet).
+    /// NATS (`nats://host:4222`) for JetStream destinations. Unset: only webhooks.
     #[arg(long, env = "PULSESTREAM_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<Secret>,
+    /// Accept webhook URLs that resolve to loopback, private or link-local addresses
+    /// (local development and tests only).
+    #[arg(long, env = "PULSESTREAM_ALLOW_PRIVATE_DESTINATIONS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_destinations: bool,
+    /// First retry delay of a failed delivery, in milliseconds; it doubles per attempt
+    /// (with full jitter) up to an hour.
+    #[arg(
+        long,
+        env = "PULSESTREAM_DELIVERY_RETRY_BASE_MS",
+        default_value_t = 1_000
+    )]
+    pub delivery_retry_base_ms: u64,
+    /// How long an open circuit waits before probing its destination again, in milliseconds.
+    #[arg(
+        long,
+        env = "PULSESTREAM_DELIVERY_BREAKER_COOL_DOWN_MS",
+        default_value_t = 30_000
+    )]
+    pub delivery_breaker_cool_down_ms: u64,
+    /// How long a webhook receiver may take to answer, in milliseconds.
+    #[arg(long, env = "PULSESTREAM_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
     /// The admin API's bearer token. Unset: generated at first start and written to
     /// `<data-dir>/admin-token`.
     #[arg(long, env = "PULSESTREAM_ADMIN_TOKEN", hide_env_values = true)]
@@ -96,6 +118,10 @@ impl ServeConfig {
             redis_key_prefix: "pulsestream".into(),
             redis_timeout_ms: 50,
             nats_url: None,
+            allow_private_destinations: false,
+            delivery_retry_base_ms: 1_000,
+            delivery_breaker_cool_down_ms: 30_000,
+            webhook_timeout_ms: 10_000,
             admin_token: None,
             body_limit_bytes: 10 * 1024 * 1024,
             request_timeout_secs: 30,
@@ -109,21 +135,20 @@ impl ServeConfig {
     /// # Errors
     /// Names the setting that cannot be used and why.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let unsupported = [
-            (
-                "--database-url / PULSESTREAM_DATABASE_URL",
-                self.database_url.is_some(),
-            ),
-            ("--nats-url / PULSESTREAM_NATS_URL", self.nats_url.is_some()),
-        ];
-        for (name, set) in unsupported {
-            // Refuse rather than ignore: a user who asks for a shared store or limiter must
-            // not get a node that silently keeps everything to itself.
-            anyhow::ensure!(
-                !set,
-                "{name} is not supported by this version of pulsestream yet; unset it to use the embedded store"
-            );
-        }
+        // Refuse rather than ignore: a user who asks for a shared store must not get a node
+        // that silently keeps everything to itself.
+        anyhow::ensure!(
+            self.database_url.is_none(),
+            "--database-url / PULSESTREAM_DATABASE_URL is not supported by this version of pulsestream yet; unset it to use the embedded store"
+        );
+        anyhow::ensure!(
+            self.delivery_retry_base_ms >= 1,
+            "delivery_retry_base_ms must be at least 1"
+        );
+        anyhow::ensure!(
+            self.webhook_timeout_ms >= 1,
+            "webhook_timeout_ms must be at least 1"
+        );
         anyhow::ensure!(
             self.redis_timeout_ms >= 1,
             "redis_timeout_ms must be at least 1"

@@ -9,11 +9,14 @@ pub mod telemetry;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use pulsestream_api::auth::secret_hash;
 use pulsestream_api::{ApiConfig, AppState, MetricsRender};
+use pulsestream_core::RetryPolicy;
+use pulsestream_delivery::{DeliveryConfig, Dispatcher, NatsSink, Sinks, WebhookSink};
 use pulsestream_limits::{RateLimiter, RedisSettings};
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use pulsestream_store::{EventStore, TenantStore};
@@ -32,6 +35,8 @@ pub struct Server {
     listener: TcpListener,
     state: AppState,
     store: Arc<EmbeddedStore>,
+    sinks: Arc<Sinks>,
+    delivery: DeliveryConfig,
 }
 
 impl Server {
@@ -52,10 +57,14 @@ impl Server {
         let api_config = ApiConfig {
             body_limit_bytes: config.body_limit_bytes,
             request_timeout: config.request_timeout(),
+            allow_private_destinations: config.allow_private_destinations,
+            nats_enabled: config.nats_url.is_some(),
         };
         let metrics = telemetry::metrics();
+        let sinks = Arc::new(sinks(config).await?);
         let limiter = Arc::new(rate_limiter(config)?);
         let state = AppState::new(
+            store.clone(),
             store.clone(),
             store.clone(),
             limiter,
@@ -63,10 +72,20 @@ impl Server {
             api_config,
             MetricsRender(Arc::new(|| metrics.render())),
         );
+        let delivery = DeliveryConfig {
+            retry: RetryPolicy {
+                base: time::Duration::milliseconds(config.delivery_retry_base_ms as i64),
+                ..RetryPolicy::default()
+            },
+            breaker_cool_down: Duration::from_millis(config.delivery_breaker_cool_down_ms),
+            ..DeliveryConfig::default()
+        };
         Ok(Self {
             listener,
             state,
             store,
+            sinks,
+            delivery,
         })
     }
 
@@ -91,11 +110,21 @@ impl Server {
             let _ = tcp.set_nodelay(true);
         });
         let router = pulsestream_api::router(self.state);
+        let workers = shutdown.child_token();
+        let dispatcher = Dispatcher::spawn(
+            self.store.clone(),
+            self.sinks,
+            self.delivery,
+            workers.clone(),
+        );
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("the HTTP server failed")?;
-        tracing::info!("in-flight requests finished; closing the store");
+        tracing::info!("in-flight requests finished; stopping delivery workers");
+        workers.cancel();
+        dispatcher.join().await;
+        tracing::info!("delivery workers stopped; closing the store");
         self.store
             .close()
             .await
@@ -103,6 +132,24 @@ impl Server {
         tracing::info!("store closed");
         Ok(())
     }
+}
+
+/// Builds the sinks: webhooks always, NATS when configured.
+async fn sinks(config: &ServeConfig) -> anyhow::Result<Sinks> {
+    // Webhook and NATS TLS use rustls with ring; installing twice (tests start several
+    // servers) is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let timeout = Duration::from_millis(config.webhook_timeout_ms);
+    let webhook = WebhookSink::new(timeout).context("failed to build the webhook HTTP client")?;
+    let nats = match &config.nats_url {
+        Some(url) => Some(
+            NatsSink::connect(&url.0, timeout)
+                .await
+                .context("failed to connect to NATS at PULSESTREAM_NATS_URL")?,
+        ),
+        None => None,
+    };
+    Ok(Sinks { webhook, nats })
 }
 
 /// Returns the in-process limiter, or the Redis one when a Redis URL is configured.

@@ -44,6 +44,7 @@ pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
         pulsestream_api::observe::describe_metrics();
         pulsestream_store::embedded::describe_metrics();
         pulsestream_limits::describe_metrics();
+        pulsestream_delivery::describe_metrics();
         metrics::describe_gauge!("pulsestream_build_info", "Always 1; the version is a label");
         metrics::gauge!("pulsestream_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         handle

@@ -12,7 +12,7 @@ mod search;
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use pulsestream_core::{EventId, NewEvent, Tenant, TenantId};
+use pulsestream_core::{Destination, DestinationId, EventId, NewEvent, Tenant, TenantId};
 use time::OffsetDateTime;
 
 pub use search::{Cursor, Order, PayloadFilter, SearchQuery, event_matches};
@@ -146,4 +146,140 @@ pub trait TenantStore: Send + Sync + Debug + 'static {
 
     /// Stores the hash of the admin token.
     async fn set_admin_token_hash(&self, hash: &str) -> Result<(), StoreError>;
+}
+
+/// One event waiting for one destination, as claimed by a delivery worker.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub tenant: TenantId,
+    pub event: EventId,
+    /// Attempts made so far (0 for a fresh entry).
+    pub attempts: u32,
+    /// When it became due: the claim's identity in the queue.
+    pub due_micros: i64,
+    /// The event's JSON, as the API returns it.
+    pub json: Vec<u8>,
+}
+
+/// An event that exhausted its attempts for a destination.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub event: EventId,
+    pub attempts: u32,
+    pub last_error: String,
+    pub failed_at: OffsetDateTime,
+}
+
+/// A destination's circuit breaker, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Circuit {
+    #[default]
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl Circuit {
+    /// The API's name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// What happened at a destination so far.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryStats {
+    pub pending: u64,
+    pub delivered: u64,
+    pub dead_lettered: u64,
+    pub circuit: Circuit,
+    pub last_error: Option<String>,
+}
+
+/// Destinations and their queues. Entries are enqueued by `EventStore::append_batch`, in
+/// the same commit as their events; delivery workers claim, then record an outcome.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync + Debug + 'static {
+    /// Stores a destination, new or changed; events stored from now on are enqueued for it.
+    async fn put_destination(&self, destination: &Destination) -> Result<(), StoreError>;
+
+    /// Returns a tenant's destinations, oldest first.
+    async fn destinations(&self, tenant: TenantId) -> Result<Vec<Destination>, StoreError>;
+
+    /// Returns every tenant's destinations (for the delivery dispatcher).
+    async fn all_destinations(&self) -> Result<Vec<Destination>, StoreError>;
+
+    /// Deletes a destination with its queue and dead letters. Returns whether it existed.
+    async fn delete_destination(
+        &self,
+        tenant: TenantId,
+        id: DestinationId,
+    ) -> Result<bool, StoreError>;
+
+    /// Returns up to `limit` entries due at `now`, oldest first. Entries stay queued until
+    /// an outcome is recorded, so a crash mid-delivery means a redelivery, never a loss.
+    async fn claim_due(
+        &self,
+        destination: DestinationId,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Removes delivered entries from the queue.
+    async fn record_delivered(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+    ) -> Result<(), StoreError>;
+
+    /// Moves failed entries to a later due time, one more attempt counted.
+    async fn reschedule(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+        due: OffsetDateTime,
+        error: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Moves entries that ran out of attempts to the dead letters.
+    async fn dead_letter(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+        error: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Records the destination's circuit state and last error, for the API.
+    async fn record_circuit(
+        &self,
+        destination: DestinationId,
+        circuit: Circuit,
+        error: Option<&str>,
+    ) -> Result<(), StoreError>;
+
+    /// Returns the destination's counts, circuit and last error.
+    async fn delivery_stats(&self, destination: DestinationId)
+    -> Result<DeliveryStats, StoreError>;
+
+    /// Returns up to `limit` dead letters, oldest event first.
+    async fn dead_letters(
+        &self,
+        destination: DestinationId,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Puts dead letters (all, or these events) back in the queue with fresh attempts.
+    /// Returns how many were replayed.
+    async fn replay_dead_letters(
+        &self,
+        destination: DestinationId,
+        events: Option<&[EventId]>,
+    ) -> Result<usize, StoreError>;
+
+    /// Deletes every dead letter of the destination. Returns how many there were.
+    async fn purge_dead_letters(&self, destination: DestinationId) -> Result<usize, StoreError>;
 }

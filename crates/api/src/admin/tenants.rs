@@ -14,48 +14,102 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::auth::{Admin, secret_hash};
 use crate::error::{ApiError, ErrorItem};
+use crate::openapi as doc;
 
 /// The limit given to a tenant created without one: 6,000 events a minute.
 pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u32 = 6_000;
 const MAX_NAME_CHARS: usize = 256;
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /admin/tenants`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"name": "acme", "rate_limit_per_minute": 6000, "burst": 6000})))]
 pub struct CreateTenant {
+    /// 1 to 256 characters, surrounding whitespace trimmed.
+    #[schema(min_length = 1, max_length = 256)]
     name: String,
+    /// Events per minute.
+    #[schema(minimum = 1, default = json!(DEFAULT_RATE_LIMIT_PER_MINUTE))]
     rate_limit_per_minute: Option<u32>,
+    /// The most events admitted at once; defaults to `rate_limit_per_minute`.
+    #[schema(minimum = 1)]
     burst: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `PATCH /admin/tenants/{id}`: only the fields sent change. A new
+/// `rate_limit_per_minute` without `burst` keeps `burst` equal to the rate if it was.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTenant {
+    /// 1 to 256 characters, surrounding whitespace trimmed.
+    #[schema(min_length = 1, max_length = 256)]
     name: Option<String>,
+    /// Events per minute.
+    #[schema(minimum = 1)]
     rate_limit_per_minute: Option<u32>,
+    /// The most events admitted at once.
+    #[schema(minimum = 1)]
     burst: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
-struct KeyView {
+/// One API key of a tenant; the key itself is never shown again.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct KeyView {
+    /// The key's id, for `DELETE /admin/tenants/{id}/keys/{key_id}`.
+    #[schema(value_type = String, format = "uuid")]
     id: KeyId,
+    /// The key's first characters, to recognise it.
     prefix: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     created_at: OffsetDateTime,
 }
 
-#[derive(Debug, Serialize)]
-struct TenantView {
+/// A tenant. `api_key` and `key_id` are present only in the answer that creates it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TenantView {
+    #[schema(value_type = String, format = "uuid")]
     id: TenantId,
     name: String,
+    /// Events per minute.
     rate_limit_per_minute: u32,
+    /// The most events admitted at once.
     burst: u32,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     created_at: OffsetDateTime,
+    /// The tenant's keys that work (revoked ones are gone).
     keys: Vec<KeyView>,
+    /// The first API key: shown once, in the answer that creates the tenant.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     api_key: Option<String>,
+    /// The id of `api_key`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid", nullable = false)]
     key_id: Option<KeyId>,
+}
+
+/// The answer to `GET /admin/tenants`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TenantList {
+    tenants: Vec<TenantView>,
+}
+
+/// A new API key; `api_key` is shown here only.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct NewKeyView {
+    /// The key's id, for `DELETE /admin/tenants/{id}/keys/{key_id}`.
+    #[schema(value_type = String, format = "uuid")]
+    id: KeyId,
+    #[schema(value_type = String, format = "uuid")]
+    tenant_id: TenantId,
+    /// The key, for `Authorization: Bearer <api_key>`.
+    api_key: String,
+    /// The key's first characters, to recognise it.
+    prefix: String,
+    #[schema(format = DateTime)]
+    created_at: String,
 }
 
 impl TenantView {
@@ -82,6 +136,23 @@ impl TenantView {
 }
 
 /// `POST /admin/tenants`.
+#[utoipa::path(
+    post,
+    path = "/admin/tenants",
+    operation_id = "create_tenant",
+    tag = "tenants",
+    summary = "Create a tenant and its first API key",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "Created; `api_key` is shown only here", body = TenantView),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::ValidationFailed),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn create(
     _: Admin,
     State(app): State<AppState>,
@@ -112,6 +183,19 @@ pub async fn create(
 }
 
 /// `GET /admin/tenants`.
+#[utoipa::path(
+    get,
+    path = "/admin/tenants",
+    operation_id = "list_tenants",
+    tag = "tenants",
+    summary = "List tenants",
+    responses(
+        (status = 200, description = "Every tenant", body = TenantList),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn list(_: Admin, State(app): State<AppState>) -> Result<Response, ApiError> {
     let tenants: Vec<TenantView> = app
         .tenants
@@ -120,10 +204,25 @@ pub async fn list(_: Admin, State(app): State<AppState>) -> Result<Response, Api
         .iter()
         .map(TenantView::of)
         .collect();
-    Ok(Json(serde_json::json!({ "tenants": tenants })).into_response())
+    Ok(Json(TenantList { tenants }).into_response())
 }
 
 /// `GET /admin/tenants/{id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/tenants/{id}",
+    operation_id = "get_tenant",
+    tag = "tenants",
+    summary = "Read a tenant",
+    params(("id" = String, Path, format = "uuid", description = "The tenant's id")),
+    responses(
+        (status = 200, description = "The tenant", body = TenantView),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn get(
     _: Admin,
     State(app): State<AppState>,
@@ -134,6 +233,26 @@ pub async fn get(
 }
 
 /// `PATCH /admin/tenants/{id}`: new limits take effect with the next request.
+#[utoipa::path(
+    patch,
+    path = "/admin/tenants/{id}",
+    operation_id = "update_tenant",
+    tag = "tenants",
+    summary = "Change a tenant's name or limits",
+    description = "New limits take effect with the tenant's next request.",
+    params(("id" = String, Path, format = "uuid", description = "The tenant's id")),
+    request_body = UpdateTenant,
+    responses(
+        (status = 200, description = "The tenant as changed", body = TenantView),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::ValidationFailed),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn update(
     _: Admin,
     State(app): State<AppState>,
@@ -161,6 +280,22 @@ pub async fn update(
 }
 
 /// `POST /admin/tenants/{id}/keys`: a new key; the old ones keep working.
+#[utoipa::path(
+    post,
+    path = "/admin/tenants/{id}/keys",
+    operation_id = "create_tenant_key",
+    tag = "tenants",
+    summary = "Issue a new API key",
+    description = "The tenant's other keys keep working until they are revoked.",
+    params(("id" = String, Path, format = "uuid", description = "The tenant's id")),
+    responses(
+        (status = 201, description = "Created; `api_key` is shown only here", body = NewKeyView),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn create_key(
     _: Admin,
     State(app): State<AppState>,
@@ -173,17 +308,36 @@ pub async fn create_key(
     let prefix = key.prefix.clone();
     tenant.keys.push(key);
     app.tenants.put_tenant(&tenant).await?;
-    let body = serde_json::json!({
-        "id": key_id,
-        "tenant_id": tenant.id,
-        "api_key": api_key,
-        "prefix": prefix,
-        "created_at": pulsestream_core::format_timestamp(created_at),
-    });
+    let body = NewKeyView {
+        id: key_id,
+        tenant_id: tenant.id,
+        api_key,
+        prefix,
+        created_at: pulsestream_core::format_timestamp(created_at),
+    };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 /// `DELETE /admin/tenants/{id}/keys/{key_id}`: the key stops working at once.
+#[utoipa::path(
+    delete,
+    path = "/admin/tenants/{id}/keys/{key_id}",
+    operation_id = "revoke_tenant_key",
+    tag = "tenants",
+    summary = "Revoke an API key",
+    description = "The key stops working at once.",
+    params(
+        ("id" = String, Path, format = "uuid", description = "The tenant's id"),
+        ("key_id" = String, Path, format = "uuid", description = "The key's id"),
+    ),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn revoke_key(
     _: Admin,
     State(app): State<AppState>,
@@ -242,7 +396,7 @@ fn field_error(field: &str, kind: &str, msg: String) -> ApiError {
 }
 
 /// Turns axum's JSON rejection into our problem documents (400 syntax, 415 type, 422 schema).
-fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
+pub(crate) fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
     use axum::extract::rejection::JsonRejection;
     match rejection {
         JsonRejection::JsonDataError(err) => ApiError::validation(

@@ -10,15 +10,46 @@ use time::OffsetDateTime;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::idempotency::{self, Idempotency};
-use super::ingest::{Checked, Shape};
+use super::ingest::{BatchResponse, Checked, Shape, SingleAnswer};
 use super::rate_limit;
 use crate::AppState;
 use crate::auth::AuthTenant;
 use crate::body::{BodyFormat, TextBody, read_text_body};
 use crate::error::{ApiError, ErrorItem};
 use crate::observe::{self, RequestFacts};
+use crate::openapi as doc;
 
 /// `POST /v1/events`: one event.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Ingest one event",
+    description = "Stores the event durably; a 2xx answer means it survives a crash and is \
+        already visible to reads. `event_id` deduplicates: the same `event_id` with the same \
+        content answers 200 `duplicate` with the original id, with different content 409.",
+    params(doc::IngestHeaders),
+    request_body(content = doc::EventIn, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Stored", body = SingleAnswer, headers(
+            ("Location" = String, description = "`/v1/events/{id}`"),
+            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 200, description = "Already stored with the same content (`status: duplicate`)",
+            body = SingleAnswer, headers(
+            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 409, response = doc::Conflict),
+        (status = 413, response = doc::PayloadTooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::ValidationFailed),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn post_event(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
@@ -39,6 +70,44 @@ pub async fn post_event(
 }
 
 /// `POST /v1/events/batch`: up to 1,000 events, as JSON or NDJSON.
+#[utoipa::path(
+    post,
+    path = "/v1/events/batch",
+    tag = "events",
+    summary = "Ingest up to 1,000 events",
+    description = "Each event is validated and stored on its own merits: the valid ones are \
+        stored even when others are not. `results` has one entry per input event, in input \
+        order. 200 when nothing was rejected, 207 when some events were, 422 when all were \
+        or when the envelope itself is wrong. The whole request costs as many events of the \
+        rate limit as it carries.",
+    params(doc::IngestHeaders),
+    request_body(
+        description = "`{\"events\": [...]}`, or the events as NDJSON, one per line",
+        content(
+            (doc::BatchIn = "application/json"),
+            (doc::NdjsonBatch = "application/x-ndjson"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Every event stored or duplicate", body = BatchResponse,
+            headers(
+            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 207, description = "Some events were rejected; the others are stored",
+            body = BatchResponse, headers(
+            ("Idempotent-Replayed" = String, description = "`true` on a replayed answer"),
+        )),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 409, response = doc::Conflict),
+        (status = 413, response = doc::PayloadTooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::ValidationFailed),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn post_batch(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
@@ -143,6 +212,20 @@ fn request_hash(shape: Shape, body: &TextBody) -> u128 {
 }
 
 /// `GET /v1/events/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/events/{id}",
+    tag = "events",
+    summary = "Read one event",
+    params(("id" = String, Path, description = "The server's id of the event (not `event_id`)")),
+    responses(
+        (status = 200, description = "The event", body = doc::StoredEvent),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn get_event(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
@@ -159,6 +242,26 @@ pub async fn get_event(
 }
 
 /// `GET /v1/events`: search with filters and cursor pagination.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Search events",
+    description = "Newest first by `timestamp` (`order=asc` for oldest first). Filters are \
+        optional and combined with AND.\n\n\
+        Besides the parameters listed, any number of `payload.<path>=<value>` parameters \
+        filter on equality of a JSON path in the payload, e.g. `payload.user.id=42` or \
+        `payload.status=paid`: `<path>` is one or more dot-separated keys, none empty.\n\n\
+        Unknown or bad parameters answer 422, naming each one in `errors`.",
+    params(doc::EventQuery),
+    responses(
+        (status = 200, description = "One page of events", body = doc::EventPage),
+        (status = 401, response = doc::Unauthorized),
+        (status = 422, response = doc::ValidationFailed),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn list_events(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,

@@ -11,6 +11,7 @@ use pulsestream_store::AppendStatus;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 use crate::body::{BodyFormat, TextBody};
 use crate::error::{ApiError, ErrorItem};
@@ -186,7 +187,7 @@ impl Checked {
                             index,
                             client_event_id.unwrap_or_else(|| id.to_string()),
                             id,
-                            "accepted",
+                            Outcome::Accepted,
                         )
                     }
                     AppendStatus::Duplicate(id) => {
@@ -195,7 +196,7 @@ impl Checked {
                             index,
                             client_event_id.unwrap_or_default(),
                             id,
-                            "duplicate",
+                            Outcome::Duplicate,
                         )
                     }
                     AppendStatus::Conflict(existing) => {
@@ -241,25 +242,42 @@ impl Checked {
     }
 }
 
+/// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Outcome {
+    /// Stored now.
+    Accepted,
+    /// Already stored with the same content; `id` is the original one.
+    Duplicate,
+    /// Not stored; `errors` says why (`type: conflict` when another event has this `event_id`).
+    Rejected,
+}
+
+/// The answer to `POST /v1/events` for a stored or duplicate event.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SingleAnswer<'a> {
+    /// The server's id of the event.
+    id: String,
+    /// The client's `event_id`, or the server's id when the client sent none.
+    event_id: &'a str,
+    /// `accepted` (201) or `duplicate` (200).
+    status: Outcome,
+}
+
 fn single_response(
     client_event_id: Option<&str>,
     status: AppendStatus,
 ) -> Result<Response, ApiError> {
-    #[derive(Serialize)]
-    struct Answer<'a> {
-        id: String,
-        event_id: &'a str,
-        status: &'static str,
-    }
     match status {
         AppendStatus::Accepted(id) => {
             let event_id = client_event_id.map_or_else(|| id.to_string(), str::to_owned);
             let location =
                 HeaderValue::try_from(format!("/v1/events/{id}")).map_err(ApiError::internal)?;
-            let answer = Answer {
+            let answer = SingleAnswer {
                 id: id.to_string(),
                 event_id: &event_id,
-                status: "accepted",
+                status: Outcome::Accepted,
             };
             Ok((
                 StatusCode::CREATED,
@@ -272,10 +290,10 @@ fn single_response(
             let event_id = client_event_id.unwrap_or_default();
             Ok((
                 StatusCode::OK,
-                axum::Json(Answer {
+                axum::Json(SingleAnswer {
                     id: id.to_string(),
                     event_id,
-                    status: "duplicate",
+                    status: Outcome::Duplicate,
                 }),
             )
                 .into_response())
@@ -290,23 +308,35 @@ fn single_response(
     }
 }
 
-#[derive(Debug, Serialize)]
-struct BatchResponse {
+/// The answer to `POST /v1/events/batch`: counts, and one result per input event.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchResponse {
     accepted: usize,
     duplicates: usize,
     rejected: usize,
+    /// One entry per input event, in input order.
     results: Vec<BatchResult>,
 }
 
-#[derive(Debug, Serialize)]
-struct BatchResult {
+/// What became of one event of a batch.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BatchResult {
+    /// The event's place in the batch (its line, for NDJSON).
     index: usize,
+    /// The client's `event_id` (the server's id for an accepted event sent without one);
+    /// null when the event carried no readable `event_id`.
+    #[schema(required = true)]
     event_id: Option<String>,
+    /// The server's id; absent for a rejected event.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     id: Option<String>,
-    status: &'static str,
+    status: Outcome,
+    /// For a conflict: the id of the stored event that has this `event_id`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     existing_id: Option<String>,
+    /// Why a rejected event was rejected.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<ErrorItem>,
 }
@@ -316,7 +346,7 @@ impl BatchResult {
         index: usize,
         event_id: String,
         id: pulsestream_core::EventId,
-        status: &'static str,
+        status: Outcome,
     ) -> Self {
         Self {
             index,
@@ -338,7 +368,7 @@ impl BatchResult {
             index,
             event_id,
             id: None,
-            status: "rejected",
+            status: Outcome::Rejected,
             existing_id,
             errors,
         }

@@ -1,6 +1,7 @@
 //! The tenant API, `/v1/...`.
 
+pub mod destinations;
 pub mod events;
 pub(crate) mod idempotency;
-mod ingest;
+pub(crate) mod ingest;
 pub mod rate_limit;

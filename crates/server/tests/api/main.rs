@@ -2,11 +2,14 @@
 
 mod admin;
 mod batch;
+mod delivery;
 mod durability;
 mod harness;
 mod idempotency;
 mod ingest;
 mod inputs;
+mod openapi;
 mod operations;
 mod rate_limits;
+mod receiver;
 mod search;

@@ -9,6 +9,7 @@
 //! entry.
 //! Tenants are few and read on every request, so they are also cached in memory.
 
+mod delivery;
 mod keys;
 mod read;
 mod writer;
@@ -19,12 +20,13 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
-use pulsestream_core::{EventId, Tenant, TenantId};
+use pulsestream_core::{Destination, DestinationId, EventId, Tenant, TenantId};
+use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::{
-    AppendBatch, AppendOutcome, EventStore, IdempotencyRecord, SearchPage, SearchQuery, StoreError,
-    StoredEvent, TenantStore,
+    AppendBatch, AppendOutcome, Circuit, DeadLetter, Delivery, DeliveryQueue, DeliveryStats,
+    EventStore, IdempotencyRecord, SearchPage, SearchQuery, StoreError, StoredEvent, TenantStore,
 };
 
 pub use writer::{MAX_GROUP_EVENTS, describe_metrics};
@@ -62,6 +64,9 @@ pub(crate) struct Keyspaces {
     pub dedup: Keyspace,
     pub idempotency: Keyspace,
     pub meta: Keyspace,
+    pub outbox: Keyspace,
+    pub dead_letters: Keyspace,
+    pub delivery_stats: Keyspace,
 }
 
 /// PulseStream's zero-setup store. Cheap to clone.
@@ -71,6 +76,7 @@ pub struct EmbeddedStore {
     keyspaces: Keyspaces,
     writer: writer::WriterHandle,
     tenants: Arc<RwLock<TenantCache>>,
+    queue: delivery::Queue,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -125,15 +131,34 @@ impl EmbeddedStore {
             dedup: open_keyspace(&db, "dedup", config.index_memtable_bytes)?,
             idempotency: open_keyspace(&db, "idempotency", config.index_memtable_bytes)?,
             meta: open_keyspace(&db, "meta", config.index_memtable_bytes)?,
+            outbox: open_keyspace(&db, "outbox", config.index_memtable_bytes)?,
+            dead_letters: open_keyspace(&db, "dead_letters", config.index_memtable_bytes)?,
+            delivery_stats: open_keyspace(&db, "delivery_stats", config.index_memtable_bytes)?,
         };
         let tenants = Arc::new(RwLock::new(load_tenants(&keyspaces.meta)?));
-        let writer =
-            writer::WriterHandle::start(db.clone(), keyspaces.clone(), config.queue_capacity);
+        let destinations: delivery::DestinationCache =
+            Arc::new(RwLock::new(delivery::load_destinations(&keyspaces.meta)?));
+        let queue = delivery::Queue {
+            db: db.clone(),
+            outbox: keyspaces.outbox.clone(),
+            dead_letters: keyspaces.dead_letters.clone(),
+            stats: keyspaces.delivery_stats.clone(),
+            events: keyspaces.events.clone(),
+            destinations: destinations.clone(),
+            stats_lock: Arc::default(),
+        };
+        let writer = writer::WriterHandle::start(
+            db.clone(),
+            keyspaces.clone(),
+            destinations,
+            config.queue_capacity,
+        );
         Ok(Self {
             db,
             keyspaces,
             writer,
             tenants,
+            queue,
         })
     }
 
@@ -316,5 +341,194 @@ impl TenantStore for EmbeddedStore {
                 .map_err(StoreError::unavailable)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for EmbeddedStore {
+    async fn put_destination(&self, destination: &Destination) -> Result<(), StoreError> {
+        let destination = destination.clone();
+        self.blocking(move |store| {
+            let value = serde_json::to_vec(&destination).map_err(StoreError::unavailable)?;
+            store
+                .keyspaces
+                .meta
+                .insert(delivery::destination_key(destination.id), value)
+                .map_err(StoreError::unavailable)?;
+            store
+                .db
+                .persist(PersistMode::SyncAll)
+                .map_err(StoreError::unavailable)?;
+            let mut cache = store
+                .queue
+                .destinations
+                .write()
+                .expect("destination cache lock is never poisoned");
+            let list = cache.entry(destination.tenant).or_default();
+            match list
+                .iter_mut()
+                .find(|existing| existing.id == destination.id)
+            {
+                Some(existing) => *existing = destination,
+                None => list.push(destination),
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn destinations(&self, tenant: TenantId) -> Result<Vec<Destination>, StoreError> {
+        let cache = self
+            .queue
+            .destinations
+            .read()
+            .expect("destination cache lock is never poisoned");
+        Ok(cache.get(&tenant).cloned().unwrap_or_default())
+    }
+
+    async fn all_destinations(&self) -> Result<Vec<Destination>, StoreError> {
+        let cache = self
+            .queue
+            .destinations
+            .read()
+            .expect("destination cache lock is never poisoned");
+        Ok(cache.values().flatten().cloned().collect())
+    }
+
+    async fn delete_destination(
+        &self,
+        tenant: TenantId,
+        id: DestinationId,
+    ) -> Result<bool, StoreError> {
+        self.blocking(move |store| {
+            let existed = {
+                let mut cache = store
+                    .queue
+                    .destinations
+                    .write()
+                    .expect("destination cache lock is never poisoned");
+                let list = cache.entry(tenant).or_default();
+                let before = list.len();
+                list.retain(|destination| destination.id != id);
+                before != list.len()
+            };
+            if !existed {
+                return Ok(false);
+            }
+            store
+                .keyspaces
+                .meta
+                .remove(delivery::destination_key(id))
+                .map_err(StoreError::unavailable)?;
+            store
+                .db
+                .persist(PersistMode::SyncAll)
+                .map_err(StoreError::unavailable)?;
+            store.queue.remove_prefix(&store.keyspaces.outbox, id)?;
+            store
+                .queue
+                .remove_prefix(&store.keyspaces.dead_letters, id)?;
+            store
+                .keyspaces
+                .delivery_stats
+                .remove(id.as_bytes())
+                .map_err(StoreError::unavailable)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn claim_due(
+        &self,
+        destination: DestinationId,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.blocking(move |store| store.queue.claim_due(destination, now, limit))
+            .await
+    }
+
+    async fn record_delivered(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+    ) -> Result<(), StoreError> {
+        let deliveries = deliveries.to_vec();
+        self.blocking(move |store| store.queue.record_delivered(destination, &deliveries))
+            .await
+    }
+
+    async fn reschedule(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+        due: OffsetDateTime,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let (deliveries, error) = (deliveries.to_vec(), error.to_owned());
+        self.blocking(move |store| {
+            store
+                .queue
+                .reschedule(destination, &deliveries, due, &error)
+        })
+        .await
+    }
+
+    async fn dead_letter(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let (deliveries, error) = (deliveries.to_vec(), error.to_owned());
+        self.blocking(move |store| store.queue.dead_letter(destination, &deliveries, &error))
+            .await
+    }
+
+    async fn record_circuit(
+        &self,
+        destination: DestinationId,
+        circuit: Circuit,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let error = error.map(str::to_owned);
+        self.blocking(move |store| {
+            store
+                .queue
+                .record_circuit(destination, circuit, error.as_deref())
+        })
+        .await
+    }
+
+    async fn delivery_stats(
+        &self,
+        destination: DestinationId,
+    ) -> Result<DeliveryStats, StoreError> {
+        self.blocking(move |store| store.queue.stats(destination))
+            .await
+    }
+
+    async fn dead_letters(
+        &self,
+        destination: DestinationId,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.blocking(move |store| store.queue.dead_letters(destination, limit))
+            .await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        destination: DestinationId,
+        events: Option<&[EventId]>,
+    ) -> Result<usize, StoreError> {
+        let events = events.map(<[EventId]>::to_vec);
+        self.blocking(move |store| store.queue.replay(destination, events.as_deref()))
+            .await
+    }
+
+    async fn purge_dead_letters(&self, destination: DestinationId) -> Result<usize, StoreError> {
+        self.blocking(move |store| store.queue.purge_dead_letters(destination))
+            .await
     }
 }

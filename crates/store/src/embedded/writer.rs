@@ -18,12 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use fjall::{Database, OwnedWriteBatch as WriteBatch, PersistMode};
-use pulsestream_core::{EventId, NewEvent, format_timestamp};
+use pulsestream_core::{Destination, EventId, NewEvent, format_timestamp};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Keyspaces;
+use super::delivery::{self, DestinationCache};
 use super::keys;
 use crate::{AppendOutcome, AppendStatus, IdempotencyRecord, StoreError};
 
@@ -69,7 +70,12 @@ pub(crate) struct WriterHandle {
 struct WriterStopped;
 
 impl WriterHandle {
-    pub fn start(db: Database, keyspaces: Keyspaces, capacity: usize) -> Self {
+    pub fn start(
+        db: Database,
+        keyspaces: Keyspaces,
+        destinations: DestinationCache,
+        capacity: usize,
+    ) -> Self {
         let (sender, receiver) = mpsc::channel(capacity);
         let failed = Arc::new(AtomicBool::new(false));
         let seed = u64::from_le_bytes(
@@ -80,6 +86,7 @@ impl WriterHandle {
         let writer = Writer {
             db,
             keyspaces,
+            destinations,
             failed: failed.clone(),
             entropy: std::cell::Cell::new(seed),
         };
@@ -142,9 +149,20 @@ impl WriterHandle {
 struct Writer {
     db: Database,
     keyspaces: Keyspaces,
+    /// Events are enqueued for the tenant's destinations in the commit that stores them.
+    destinations: DestinationCache,
     failed: Arc<AtomicBool>,
     /// SplitMix64 state for the random half of event ids.
     entropy: std::cell::Cell<u64>,
+}
+
+/// What every event of one request shares.
+struct Context<'a> {
+    tenant: pulsestream_core::TenantId,
+    received_at: String,
+    received_micros: i64,
+    /// The tenant's enabled destinations when the group was committed.
+    destinations: &'a [Destination],
 }
 
 /// An event accepted earlier in the same group, for in-group duplicates.
@@ -204,7 +222,24 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
             let tenant = job.batch.tenant;
-            let received_at = format_timestamp(job.batch.received_at);
+            let destinations: Vec<Destination> = self
+                .destinations
+                .read()
+                .expect("destination cache lock is never poisoned")
+                .get(&tenant)
+                .map(|all| {
+                    all.iter()
+                        .filter(|destination| !destination.disabled)
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let context = Context {
+                tenant,
+                received_at: format_timestamp(job.batch.received_at),
+                received_micros: keys::micros_of(job.batch.received_at),
+                destinations: &destinations,
+            };
             let mut statuses = Vec::with_capacity(job.batch.events.len());
             for event in &job.batch.events {
                 let status = match &event.event_id {
@@ -220,15 +255,7 @@ impl Writer {
                             existing
                         } else {
                             let id = self.next_id(event, job.batch.received_at);
-                            self.insert(
-                                &mut batch,
-                                tenant,
-                                id,
-                                event,
-                                event_id,
-                                &received_at,
-                                dedup_key,
-                            )?;
+                            self.insert(&mut batch, &context, id, event, event_id, dedup_key)?;
                             pending.insert(dedup_key, Pending { id, event });
                             AppendStatus::Accepted(id)
                         }
@@ -238,15 +265,7 @@ impl Writer {
                         let id = self.next_id(event, job.batch.received_at);
                         let event_id = id.to_string();
                         let dedup_key = keys::hashed_key(tenant, &event_id);
-                        self.insert(
-                            &mut batch,
-                            tenant,
-                            id,
-                            event,
-                            &event_id,
-                            &received_at,
-                            dedup_key,
-                        )?;
+                        self.insert(&mut batch, &context, id, event, &event_id, dedup_key)?;
                         AppendStatus::Accepted(id)
                     }
                 };
@@ -325,18 +344,17 @@ impl Writer {
         )
     }
 
-    #[allow(clippy::too_many_arguments)] // Each is a different fact about the event; a struct would only rename them.
     fn insert(
         &self,
         batch: &mut WriteBatch,
-        tenant: pulsestream_core::TenantId,
+        context: &Context<'_>,
         id: EventId,
         event: &NewEvent,
         event_id: &str,
-        received_at: &str,
         dedup_key: [u8; 32],
     ) -> Result<(), StoreError> {
         let ks = &self.keyspaces;
+        let (tenant, received_at) = (context.tenant, context.received_at.as_str());
         let mut value = Vec::with_capacity(event.payload.len() + 320);
         value.extend_from_slice(&keys::event_value_header(event.timestamp.is_some()));
         let timestamp =
@@ -361,6 +379,18 @@ impl Writer {
             dedup_key,
             keys::encode_dedup(id, event.content_hash),
         );
+        // Save and enqueue atomically: the outbox entries ride in the same commit.
+        for destination in context
+            .destinations
+            .iter()
+            .filter(|destination| destination.wants(&event.event_type))
+        {
+            batch.insert(
+                &ks.outbox,
+                delivery::outbox_key(destination.id, context.received_micros, id),
+                delivery::outbox_value(0, ""),
+            );
+        }
         Ok(())
     }
 }

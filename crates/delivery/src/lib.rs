@@ -1,0 +1,328 @@
+//! PulseStream's outbound half: every stored event that matches a destination is delivered
+//! at least once, with retries, a circuit breaker per destination and dead letters.
+//!
+//! The [`Dispatcher`] keeps one worker task per enabled destination, so a slow or dead
+//! destination never delays another. A worker claims due entries from the store's queue,
+//! sends them through its [`Sink`], and records the outcome: delivered, rescheduled with
+//! exponential backoff and full jitter (never sooner than `Retry-After`), or moved to the
+//! dead letters after `max_attempts`. Pending work lives in the store, never in memory, so
+//! a destination that is down for hours costs no memory, and a restart resumes where the
+//! queue stands.
+
+mod breaker;
+mod sink;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pulsestream_core::{Destination, DestinationId, RetryPolicy};
+use pulsestream_store::{Circuit, Delivery, DeliveryQueue, StoreError};
+use rand::Rng;
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use breaker::Breaker;
+pub use sink::{NatsSink, SendOutcome, Sink, Sinks, WebhookSink, message_id, signature};
+
+/// Settings of the delivery workers.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Most events sent in one request (webhook) or one round (NATS).
+    pub batch_size: usize,
+    /// How often an idle worker looks for due entries.
+    pub poll_interval: Duration,
+    pub retry: RetryPolicy,
+    /// Consecutive failures that open a destination's circuit.
+    pub breaker_threshold: u32,
+    /// How long an open circuit waits before a probe.
+    pub breaker_cool_down: Duration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            poll_interval: Duration::from_millis(100),
+            retry: RetryPolicy::default(),
+            breaker_threshold: 5,
+            breaker_cool_down: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Declares the delivery metrics with their help text.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "pulsestream_deliveries_total",
+        "Delivery outcomes per destination: delivered, retried, dead_lettered"
+    );
+    metrics::describe_gauge!(
+        "pulsestream_delivery_pending_events",
+        "Events waiting for a destination"
+    );
+    metrics::describe_gauge!(
+        "pulsestream_delivery_in_flight_events",
+        "Events being sent to a destination right now"
+    );
+    metrics::describe_gauge!(
+        "pulsestream_delivery_circuit_open",
+        "1 while a destination's circuit is open or half-open, 0 when closed"
+    );
+}
+
+/// Runs one worker per enabled destination until cancelled.
+#[derive(Debug)]
+pub struct Dispatcher {
+    task: JoinHandle<()>,
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher.
+    pub fn spawn(
+        queue: Arc<dyn DeliveryQueue>,
+        sink: Arc<dyn Sink>,
+        config: DeliveryConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let task = tokio::spawn(dispatch(queue, sink, config, shutdown));
+        Self { task }
+    }
+
+    /// Waits for every worker to stop (after the shutdown token is cancelled).
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+async fn dispatch(
+    queue: Arc<dyn DeliveryQueue>,
+    sink: Arc<dyn Sink>,
+    config: DeliveryConfig,
+    shutdown: CancellationToken,
+) {
+    let mut workers: HashMap<DestinationId, JoinHandle<()>> = HashMap::new();
+    loop {
+        workers.retain(|_, worker| !worker.is_finished());
+        match queue.all_destinations().await {
+            Ok(destinations) => {
+                for destination in destinations
+                    .into_iter()
+                    .filter(|destination| !destination.disabled)
+                {
+                    workers.entry(destination.id).or_insert_with(|| {
+                        let worker = Worker {
+                            queue: queue.clone(),
+                            sink: sink.clone(),
+                            breaker: Breaker::new(
+                                config.breaker_threshold,
+                                config.breaker_cool_down,
+                            ),
+                            config: config.clone(),
+                            destination,
+                            shutdown: shutdown.clone(),
+                        };
+                        tokio::spawn(worker.run())
+                    });
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot list destinations"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(config.poll_interval.max(Duration::from_millis(200))) => {}
+        }
+    }
+    for (_, worker) in workers {
+        let _ = worker.await;
+    }
+}
+
+/// Delivers one destination's queue.
+struct Worker {
+    queue: Arc<dyn DeliveryQueue>,
+    sink: Arc<dyn Sink>,
+    breaker: Breaker,
+    config: DeliveryConfig,
+    destination: Destination,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let id = self.destination.id;
+        let label = id.to_string();
+        tracing::debug!(destination_id = %id, "delivery worker started");
+        let mut last_gauge = Instant::now() - Duration::from_secs(60);
+        while !self.shutdown.is_cancelled() {
+            if last_gauge.elapsed() > Duration::from_secs(5) {
+                last_gauge = Instant::now();
+                if let Ok(stats) = self.queue.delivery_stats(id).await {
+                    metrics::gauge!("pulsestream_delivery_pending_events", "destination" => label.clone()).set(stats.pending as f64);
+                }
+            }
+            match self.step(&label).await {
+                Ok(Step::Continue) => {}
+                Ok(Step::Idle(pause)) => {
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Ok(Step::Stop) => break,
+                Err(err) => {
+                    tracing::warn!(destination_id = %id, error = %err, "delivery step failed; retrying shortly");
+                    tokio::time::sleep(self.config.poll_interval * 10).await;
+                }
+            }
+        }
+        tracing::debug!(destination_id = %id, "delivery worker stopped");
+    }
+
+    /// One round: claim what is due, send it, record the outcome.
+    async fn step(&mut self, label: &str) -> Result<Step, StoreError> {
+        let id = self.destination.id;
+        let Some(current) = self
+            .queue
+            .destinations(self.destination.tenant)
+            .await?
+            .into_iter()
+            .find(|d| d.id == id)
+        else {
+            return Ok(Step::Stop);
+        };
+        if current.disabled {
+            return Ok(Step::Stop);
+        }
+        self.destination = current;
+        let now = Instant::now();
+        let wait = self.breaker.wait(now);
+        if !wait.is_zero() {
+            return Ok(Step::Idle(wait.min(self.config.poll_interval * 10)));
+        }
+        // A half-open circuit risks one event's attempt on the probe, not a whole batch.
+        let limit = if self.breaker.state(now) == Circuit::HalfOpen {
+            1
+        } else {
+            self.config.batch_size
+        };
+        let due = self
+            .queue
+            .claim_due(id, OffsetDateTime::now_utc(), limit)
+            .await?;
+        if due.is_empty() {
+            return Ok(Step::Idle(self.config.poll_interval));
+        }
+        metrics::gauge!("pulsestream_delivery_in_flight_events", "destination" => label.to_owned())
+            .set(due.len() as f64);
+        let outcome = self.sink.send(&self.destination, &due).await;
+        metrics::gauge!("pulsestream_delivery_in_flight_events", "destination" => label.to_owned())
+            .set(0.0);
+        match outcome {
+            SendOutcome::Delivered => {
+                self.queue.record_delivered(id, &due).await?;
+                metrics::counter!("pulsestream_deliveries_total", "destination" => label.to_owned(), "outcome" => "delivered")
+                    .increment(due.len() as u64);
+                if let Some(circuit) = self.breaker.on_success(Instant::now()) {
+                    self.circuit_changed(circuit, None, label).await?;
+                }
+                Ok(Step::Continue)
+            }
+            SendOutcome::Gone => {
+                tracing::warn!(destination_id = %id, "the receiver answered 410 Gone; disabling the destination");
+                let mut disabled = self.destination.clone();
+                disabled.disabled = true;
+                self.queue.put_destination(&disabled).await?;
+                self.queue
+                    .record_circuit(
+                        id,
+                        self.breaker.state(Instant::now()),
+                        Some("the receiver answered 410 Gone; destination disabled"),
+                    )
+                    .await?;
+                Ok(Step::Stop)
+            }
+            SendOutcome::Failed { error, retry_after } => {
+                self.record_failure(&due, &error, retry_after, label)
+                    .await?;
+                if let Some(circuit) = self.breaker.on_failure(Instant::now()) {
+                    self.circuit_changed(circuit, Some(&error), label).await?;
+                } else {
+                    self.queue
+                        .record_circuit(id, self.breaker.state(Instant::now()), Some(&error))
+                        .await?;
+                }
+                Ok(Step::Continue)
+            }
+        }
+    }
+
+    /// Reschedules what has attempts left and dead-letters the rest.
+    async fn record_failure(
+        &self,
+        due: &[Delivery],
+        error: &str,
+        retry_after: Option<Duration>,
+        label: &str,
+    ) -> Result<(), StoreError> {
+        let id = self.destination.id;
+        let max_attempts = self.destination.max_attempts.max(1);
+        let (exhausted, retry): (Vec<Delivery>, Vec<Delivery>) = due
+            .iter()
+            .cloned()
+            .partition(|delivery| delivery.attempts + 1 >= max_attempts);
+        if !exhausted.is_empty() {
+            self.queue.dead_letter(id, &exhausted, error).await?;
+            metrics::counter!("pulsestream_deliveries_total", "destination" => label.to_owned(), "outcome" => "dead_lettered")
+                .increment(exhausted.len() as u64);
+        }
+        let mut by_attempts: HashMap<u32, Vec<Delivery>> = HashMap::new();
+        for delivery in retry {
+            by_attempts
+                .entry(delivery.attempts)
+                .or_default()
+                .push(delivery);
+        }
+        let retry_after = retry_after.and_then(|after| time::Duration::try_from(after).ok());
+        for (attempts, deliveries) in by_attempts {
+            let jitter = rand::rng().random::<f64>();
+            let next = self.config.retry.next_attempt(
+                attempts + 1,
+                OffsetDateTime::now_utc(),
+                jitter,
+                retry_after,
+            );
+            self.queue.reschedule(id, &deliveries, next, error).await?;
+            metrics::counter!("pulsestream_deliveries_total", "destination" => label.to_owned(), "outcome" => "retried")
+                .increment(deliveries.len() as u64);
+        }
+        Ok(())
+    }
+
+    async fn circuit_changed(
+        &self,
+        circuit: Circuit,
+        error: Option<&str>,
+        label: &str,
+    ) -> Result<(), StoreError> {
+        let id = self.destination.id;
+        match circuit {
+            Circuit::Closed => {
+                tracing::info!(destination_id = %id, "circuit closed: the destination answers again")
+            }
+            _ => {
+                tracing::warn!(destination_id = %id, error = error.unwrap_or_default(), "circuit open: pausing deliveries")
+            }
+        }
+        metrics::gauge!("pulsestream_delivery_circuit_open", "destination" => label.to_owned())
+            .set(if circuit == Circuit::Closed { 0.0 } else { 1.0 });
+        self.queue.record_circuit(id, circuit, error).await
+    }
+}
+
+enum Step {
+    Continue,
+    Idle(Duration),
+    Stop,
+}

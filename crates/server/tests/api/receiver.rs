@@ -1,0 +1,135 @@
+//! A real webhook receiver for delivery tests: records every request and fails, stalls or
+//! answers 410 on demand.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::Value;
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    /// The status the receiver answered.
+    pub status: u16,
+}
+
+impl Received {
+    pub fn events(&self) -> Vec<Value> {
+        let body: Value = serde_json::from_slice(&self.body).expect("webhook bodies are JSON");
+        body["events"].as_array().expect("an events array").clone()
+    }
+}
+
+/// What the receiver does with the next requests.
+#[derive(Debug, Clone, Copy)]
+pub enum Behaviour {
+    Accept,
+    /// Fail the next `n` requests with this status, then accept.
+    FailNext(usize, u16),
+    AlwaysFail(u16),
+    /// Wait this long before answering 200.
+    Stall(Duration),
+}
+
+#[derive(Clone)]
+struct Shared {
+    behaviour: Arc<Mutex<Behaviour>>,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+/// A running receiver on 127.0.0.1.
+pub struct Receiver {
+    pub url: String,
+    shared: Shared,
+}
+
+impl Receiver {
+    pub async fn start(behaviour: Behaviour) -> Self {
+        Self::start_on(0, behaviour).await
+    }
+
+    /// Starts on a given port (0: any free one).
+    pub async fn start_on(port: u16, behaviour: Behaviour) -> Self {
+        let shared = Shared {
+            behaviour: Arc::new(Mutex::new(behaviour)),
+            received: Arc::default(),
+        };
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, shared }
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.shared.behaviour.lock().unwrap() = behaviour;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    /// Events in requests that were answered 2xx.
+    pub fn delivered_events(&self) -> Vec<Value> {
+        self.received()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .flat_map(Received::events)
+            .collect()
+    }
+}
+
+async fn receive(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let behaviour = *shared.behaviour.lock().unwrap();
+    let status = match behaviour {
+        Behaviour::Accept => StatusCode::OK,
+        Behaviour::FailNext(0, _) => StatusCode::OK,
+        Behaviour::FailNext(n, status) => {
+            *shared.behaviour.lock().unwrap() = Behaviour::FailNext(n - 1, status);
+            StatusCode::from_u16(status).unwrap()
+        }
+        Behaviour::AlwaysFail(status) => StatusCode::from_u16(status).unwrap(),
+        Behaviour::Stall(pause) => {
+            tokio::time::sleep(pause).await;
+            StatusCode::OK
+        }
+    };
+    shared.received.lock().unwrap().push(Received {
+        headers,
+        body: body.to_vec(),
+        status: status.as_u16(),
+    });
+    status
+}
+
+/// Polls `check` every 25 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting until {what}");
+}

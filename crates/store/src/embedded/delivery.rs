@@ -1,0 +1,400 @@
+//! The delivery queue of the embedded store.
+//!
+//! `outbox` holds one entry per (destination, event) to deliver, keyed by destination, due
+//! time and event id, so a worker's claim is one range scan of its own destination and a
+//! slow destination never gets in another's way. Entries are written by the writer thread
+//! in the same commit as their events. Outcomes (delivered, rescheduled, dead-lettered) are
+//! atomic fjall batches without fsync: losing one in a crash only means a redelivery, which
+//! at-least-once allows. Destinations are cached in memory, shared with the writer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use fjall::{Database, Keyspace};
+use pulsestream_core::{Destination, DestinationId, EventId, TenantId};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::keys;
+use crate::{Circuit, DeadLetter, Delivery, DeliveryStats, StoreError};
+
+/// Destinations by tenant, read by the writer on every commit.
+pub(crate) type DestinationCache = Arc<RwLock<HashMap<TenantId, Vec<Destination>>>>;
+
+const DESTINATION_PREFIX: &[u8] = b"destination/";
+/// Counting a queue stops here: past it, "at least this many" is all an operator needs.
+const COUNT_CAP: usize = 1_000_000;
+
+pub(crate) fn destination_key(id: DestinationId) -> Vec<u8> {
+    [DESTINATION_PREFIX, id.as_bytes().as_slice()].concat()
+}
+
+pub(crate) fn load_destinations(
+    meta: &Keyspace,
+) -> Result<HashMap<TenantId, Vec<Destination>>, StoreError> {
+    let mut by_tenant: HashMap<TenantId, Vec<Destination>> = HashMap::new();
+    for entry in meta.prefix(DESTINATION_PREFIX) {
+        let (_, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+        let destination: Destination = serde_json::from_slice(&value)
+            .map_err(|err| StoreError::Corrupt(format!("destination record: {err}")))?;
+        by_tenant
+            .entry(destination.tenant)
+            .or_default()
+            .push(destination);
+    }
+    for destinations in by_tenant.values_mut() {
+        destinations.sort_by_key(|destination| (destination.created_at, destination.id));
+    }
+    Ok(by_tenant)
+}
+
+/// `outbox` key: destination, due time, event.
+pub(crate) fn outbox_key(destination: DestinationId, due_micros: i64, event: EventId) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..16].copy_from_slice(destination.as_bytes());
+    key[16..24].copy_from_slice(&((due_micros as u64) ^ (1 << 63)).to_be_bytes());
+    key[24..].copy_from_slice(event.as_bytes());
+    key
+}
+
+fn decode_outbox_key(key: &[u8]) -> (i64, EventId) {
+    let due = (u64::from_be_bytes(key[16..24].try_into().expect("outbox keys are 40 bytes"))
+        ^ (1 << 63)) as i64;
+    (
+        due,
+        EventId::from_bytes(key[24..40].try_into().expect("outbox keys are 40 bytes")),
+    )
+}
+
+/// `outbox` value: attempts so far, then the last error.
+pub(crate) fn outbox_value(attempts: u32, error: &str) -> Vec<u8> {
+    [attempts.to_be_bytes().as_slice(), error.as_bytes()].concat()
+}
+
+fn decode_attempts(value: &[u8]) -> u32 {
+    value.get(..4).map_or(0, |bytes| {
+        u32::from_be_bytes(bytes.try_into().expect("sliced to 4 bytes"))
+    })
+}
+
+fn dead_letter_key(destination: DestinationId, event: EventId) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(destination.as_bytes());
+    key[16..].copy_from_slice(event.as_bytes());
+    key
+}
+
+#[derive(Serialize, Deserialize)]
+struct DeadLetterValue {
+    attempts: u32,
+    last_error: String,
+    failed_at: i64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct StatsValue {
+    delivered: u64,
+    circuit: String,
+    last_error: Option<String>,
+}
+
+/// The embedded store's delivery queue.
+#[derive(Clone)]
+pub(crate) struct Queue {
+    pub db: Database,
+    pub outbox: Keyspace,
+    pub dead_letters: Keyspace,
+    pub stats: Keyspace,
+    pub events: Keyspace,
+    pub destinations: DestinationCache,
+    /// Serialises read-modify-write of the stats entries.
+    pub stats_lock: Arc<std::sync::Mutex<()>>,
+}
+
+impl Queue {
+    pub fn tenant_of(&self, destination: DestinationId) -> Option<TenantId> {
+        let cache = self
+            .destinations
+            .read()
+            .expect("destination cache lock is never poisoned");
+        cache
+            .values()
+            .flatten()
+            .find(|candidate| candidate.id == destination)
+            .map(|found| found.tenant)
+    }
+
+    pub fn claim_due(
+        &self,
+        destination: DestinationId,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let Some(tenant) = self.tenant_of(destination) else {
+            return Ok(Vec::new());
+        };
+        let low = outbox_key(destination, i64::MIN, EventId::from_bytes([0; 16]));
+        let high = outbox_key(
+            destination,
+            keys::micros_of(now),
+            EventId::from_bytes([0xff; 16]),
+        );
+        let mut claimed = Vec::new();
+        for entry in self.outbox.range(low..=high).take(limit) {
+            let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+            let (due_micros, event) = decode_outbox_key(&key);
+            let json = match self
+                .events
+                .get(keys::event_key(tenant, event))
+                .map_err(StoreError::unavailable)?
+            {
+                Some(stored) => keys::decode_event_value(&stored)?.0.to_vec(),
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "queued event {event} is missing"
+                    )));
+                }
+            };
+            claimed.push(Delivery {
+                tenant,
+                event,
+                attempts: decode_attempts(&value),
+                due_micros,
+                json,
+            });
+        }
+        Ok(claimed)
+    }
+
+    pub fn record_delivered(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+    ) -> Result<(), StoreError> {
+        let _guard = self
+            .stats_lock
+            .lock()
+            .expect("stats lock is never poisoned");
+        let mut stats = self.read_stats(destination)?;
+        stats.delivered += deliveries.len() as u64;
+        let mut batch = self.db.batch();
+        for delivery in deliveries {
+            batch.remove(
+                &self.outbox,
+                outbox_key(destination, delivery.due_micros, delivery.event),
+            );
+        }
+        batch.insert(
+            &self.stats,
+            destination.as_bytes(),
+            serde_json::to_vec(&stats).map_err(StoreError::unavailable)?,
+        );
+        batch.commit().map_err(StoreError::unavailable)
+    }
+
+    pub fn reschedule(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+        due: OffsetDateTime,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let due_micros = keys::micros_of(due);
+        let mut batch = self.db.batch();
+        for delivery in deliveries {
+            batch.remove(
+                &self.outbox,
+                outbox_key(destination, delivery.due_micros, delivery.event),
+            );
+            batch.insert(
+                &self.outbox,
+                outbox_key(destination, due_micros, delivery.event),
+                outbox_value(delivery.attempts + 1, error),
+            );
+        }
+        batch.commit().map_err(StoreError::unavailable)
+    }
+
+    pub fn dead_letter(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let failed_at = OffsetDateTime::now_utc().unix_timestamp();
+        let mut batch = self.db.batch();
+        for delivery in deliveries {
+            batch.remove(
+                &self.outbox,
+                outbox_key(destination, delivery.due_micros, delivery.event),
+            );
+            let value = DeadLetterValue {
+                attempts: delivery.attempts + 1,
+                last_error: error.to_owned(),
+                failed_at,
+            };
+            batch.insert(
+                &self.dead_letters,
+                dead_letter_key(destination, delivery.event),
+                serde_json::to_vec(&value).map_err(StoreError::unavailable)?,
+            );
+        }
+        batch.commit().map_err(StoreError::unavailable)
+    }
+
+    pub fn record_circuit(
+        &self,
+        destination: DestinationId,
+        circuit: Circuit,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let _guard = self
+            .stats_lock
+            .lock()
+            .expect("stats lock is never poisoned");
+        let mut stats = self.read_stats(destination)?;
+        stats.circuit = circuit.as_str().to_owned();
+        if let Some(error) = error {
+            stats.last_error = Some(error.to_owned());
+        }
+        self.stats
+            .insert(
+                destination.as_bytes(),
+                serde_json::to_vec(&stats).map_err(StoreError::unavailable)?,
+            )
+            .map_err(StoreError::unavailable)
+    }
+
+    fn read_stats(&self, destination: DestinationId) -> Result<StatsValue, StoreError> {
+        match self
+            .stats
+            .get(destination.as_bytes())
+            .map_err(StoreError::unavailable)?
+        {
+            Some(value) => serde_json::from_slice(&value)
+                .map_err(|err| StoreError::Corrupt(format!("delivery stats: {err}"))),
+            None => Ok(StatsValue::default()),
+        }
+    }
+
+    pub fn stats(&self, destination: DestinationId) -> Result<DeliveryStats, StoreError> {
+        let stored = self.read_stats(destination)?;
+        let circuit = match stored.circuit.as_str() {
+            "open" => Circuit::Open,
+            "half_open" => Circuit::HalfOpen,
+            _ => Circuit::Closed,
+        };
+        Ok(DeliveryStats {
+            pending: self
+                .outbox
+                .prefix(destination.as_bytes())
+                .take(COUNT_CAP)
+                .count() as u64,
+            delivered: stored.delivered,
+            dead_lettered: self
+                .dead_letters
+                .prefix(destination.as_bytes())
+                .take(COUNT_CAP)
+                .count() as u64,
+            circuit,
+            last_error: stored.last_error,
+        })
+    }
+
+    pub fn dead_letters(
+        &self,
+        destination: DestinationId,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut letters = Vec::new();
+        for entry in self.dead_letters.prefix(destination.as_bytes()).take(limit) {
+            let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+            let event = EventId::from_bytes(
+                key[16..32]
+                    .try_into()
+                    .expect("dead letter keys are 32 bytes"),
+            );
+            let value: DeadLetterValue = serde_json::from_slice(&value)
+                .map_err(|err| StoreError::Corrupt(format!("dead letter: {err}")))?;
+            letters.push(DeadLetter {
+                event,
+                attempts: value.attempts,
+                last_error: value.last_error,
+                failed_at: OffsetDateTime::from_unix_timestamp(value.failed_at)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            });
+        }
+        Ok(letters)
+    }
+
+    pub fn replay(
+        &self,
+        destination: DestinationId,
+        events: Option<&[EventId]>,
+    ) -> Result<usize, StoreError> {
+        let chosen: Vec<EventId> = match events {
+            Some(events) => events
+                .iter()
+                .copied()
+                .filter(|event| {
+                    self.dead_letters
+                        .contains_key(dead_letter_key(destination, *event))
+                        .unwrap_or(false)
+                })
+                .collect(),
+            None => self
+                .dead_letters
+                .prefix(destination.as_bytes())
+                .map(|entry| {
+                    let key = entry.key().map_err(StoreError::unavailable)?;
+                    Ok(EventId::from_bytes(
+                        key[16..32]
+                            .try_into()
+                            .expect("dead letter keys are 32 bytes"),
+                    ))
+                })
+                .collect::<Result<_, StoreError>>()?,
+        };
+        let now = keys::micros_of(OffsetDateTime::now_utc());
+        let mut batch = self.db.batch();
+        for event in &chosen {
+            batch.remove(&self.dead_letters, dead_letter_key(destination, *event));
+            batch.insert(
+                &self.outbox,
+                outbox_key(destination, now, *event),
+                outbox_value(0, ""),
+            );
+        }
+        batch.commit().map_err(StoreError::unavailable)?;
+        Ok(chosen.len())
+    }
+
+    pub fn purge_dead_letters(&self, destination: DestinationId) -> Result<usize, StoreError> {
+        self.remove_prefix(&self.dead_letters.clone(), destination)
+    }
+
+    /// Removes every entry of a destination from a keyspace, in batches.
+    pub fn remove_prefix(
+        &self,
+        keyspace: &Keyspace,
+        destination: DestinationId,
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        loop {
+            let keys: Vec<_> = keyspace
+                .prefix(destination.as_bytes())
+                .take(10_000)
+                .map(|entry| entry.key().map_err(StoreError::unavailable))
+                .collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                return Ok(removed);
+            }
+            removed += keys.len();
+            let mut batch = self.db.batch();
+            for key in keys {
+                batch.remove(keyspace, key);
+            }
+            batch.commit().map_err(StoreError::unavailable)?;
+        }
+    }
+}

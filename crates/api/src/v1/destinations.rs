@@ -24,11 +24,13 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::auth::AuthTenant;
 use crate::error::{ApiError, ErrorItem};
+use crate::openapi as doc;
 
 const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 const MAX_MAX_ATTEMPTS: u32 = 100;
 
-#[derive(Debug, Deserialize)]
+/// A new destination: `kind` `webhook` with `url`, or `nats` with `subject`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDestination {
     kind: String,
@@ -40,6 +42,23 @@ pub struct CreateDestination {
 }
 
 /// `POST /v1/destinations`.
+#[utoipa::path(
+    post,
+    path = "/v1/destinations",
+    operation_id = "create_destination",
+    tag = "destinations",
+    summary = "Create a webhook or NATS destination",
+    request_body = CreateDestination,
+    responses(
+        (status = 201, description = "Created; the signing `secret` is shown only here", body = serde_json::Value),
+        (status = 400, response = doc::BadRequest),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::ValidationFailed),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn create(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
@@ -115,6 +134,19 @@ pub async fn create(
 }
 
 /// `GET /v1/destinations`.
+#[utoipa::path(
+    get,
+    path = "/v1/destinations",
+    operation_id = "list_destinations",
+    tag = "destinations",
+    summary = "List the tenant's destinations",
+    responses(
+        (status = 200, description = "`{\"destinations\": [...]}`", body = serde_json::Value),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn list(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
@@ -130,6 +162,21 @@ pub async fn list(
 }
 
 /// `GET /v1/destinations/{id}`: with pending, delivered and dead-lettered counts and the circuit.
+#[utoipa::path(
+    get,
+    path = "/v1/destinations/{id}",
+    operation_id = "get_destination",
+    tag = "destinations",
+    summary = "Read a destination with its counts and circuit",
+    params(("id" = String, Path, format = "uuid", description = "The destination's id")),
+    responses(
+        (status = 200, description = "The destination with `pending`, `delivered`, `dead_lettered`, `circuit` (closed, open, half_open) and `last_error`", body = serde_json::Value),
+        (status = 404, response = doc::NotFound),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn get(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
@@ -147,6 +194,21 @@ pub async fn get(
 }
 
 /// `DELETE /v1/destinations/{id}`: stops deliveries and drops the queue and dead letters.
+#[utoipa::path(
+    delete,
+    path = "/v1/destinations/{id}",
+    operation_id = "delete_destination",
+    tag = "destinations",
+    summary = "Delete a destination with its queue and dead letters",
+    params(("id" = String, Path, format = "uuid", description = "The destination's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, response = doc::NotFound),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn delete(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
@@ -165,6 +227,25 @@ pub struct DeadLetterQuery {
 }
 
 /// `GET /v1/destinations/{id}/dead-letters`.
+#[utoipa::path(
+    get,
+    path = "/v1/destinations/{id}/dead-letters",
+    operation_id = "list_dead_letters",
+    tag = "destinations",
+    summary = "List dead letters",
+    params(
+        ("id" = String, Path, format = "uuid", description = "The destination's id"),
+        ("limit" = Option<u32>, Query, description = "At most this many, 1 to 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "`{\"dead_letters\": [{\"id\", \"attempts\", \"last_error\", \"failed_at\"}]}`", body = serde_json::Value),
+        (status = 404, response = doc::NotFound),
+        (status = 422, response = doc::ValidationFailed),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn dead_letters(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
@@ -200,7 +281,8 @@ pub async fn dead_letters(
     Ok(Json(json!({ "dead_letters": letters })).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Which dead letters to replay: `ids`, or all when absent.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     ids: Option<Vec<String>>,
@@ -208,6 +290,23 @@ pub struct ReplayRequest {
 
 /// `POST /v1/destinations/{id}/dead-letters/replay`: all, or `{"ids": [...]}`, back into the
 /// queue with fresh attempts.
+#[utoipa::path(
+    post,
+    path = "/v1/destinations/{id}/dead-letters/replay",
+    operation_id = "replay_dead_letters",
+    tag = "destinations",
+    summary = "Put dead letters back in the queue with fresh attempts",
+    params(("id" = String, Path, format = "uuid", description = "The destination's id")),
+    request_body = Option<ReplayRequest>,
+    responses(
+        (status = 200, description = "`{\"replayed\": n}`", body = serde_json::Value),
+        (status = 404, response = doc::NotFound),
+        (status = 422, response = doc::ValidationFailed),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn replay(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
@@ -235,6 +334,21 @@ pub async fn replay(
 }
 
 /// `DELETE /v1/destinations/{id}/dead-letters`.
+#[utoipa::path(
+    delete,
+    path = "/v1/destinations/{id}/dead-letters",
+    operation_id = "purge_dead_letters",
+    tag = "destinations",
+    summary = "Delete every dead letter",
+    params(("id" = String, Path, format = "uuid", description = "The destination's id")),
+    responses(
+        (status = 200, description = "`{\"purged\": n}`", body = serde_json::Value),
+        (status = 404, response = doc::NotFound),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
 pub async fn purge(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,

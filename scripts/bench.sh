@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Reruns every figure of BENCHMARKS.md on this machine: the ceilings (a bare HTTP server that
+# parses the same JSON; the raw store) and PulseStream itself, in one run.
+#   scripts/bench.sh [seconds-per-run]
+# Bounded: each run lasts warmup + the given seconds (default 15), all on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-15}
+cargo build --release -q -p pulsestream-server -p pulsestream-loadgen
+cargo build --release -q -p pulsestream-store --example raw_append
+cargo build --release -q -p pulsestream-limits --example limiter_cost
+BENCH=target/release/pulsestream-bench
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+TOKEN=bench-admin-token-0123456789
+
+run() { echo "### $*"; "$BENCH" run --admin-token "$TOKEN" --warmup 3s --duration "${SECS}s" "$@"; echo; }
+
+echo "## ceiling: bare axum handler parsing the same JSON (no storage)"
+"$BENCH" ceiling --listen 127.0.0.1:18090 & CEILING=$!
+sleep 1
+run --url http://127.0.0.1:18090 --scenario batch --batch-size 1000 --concurrency 8
+run --url http://127.0.0.1:18090 --scenario single --concurrency 64
+kill $CEILING; wait $CEILING 2>/dev/null || true
+
+echo "## ceiling: raw store, same schema, group commit + fdatasync, no HTTP"
+target/release/examples/raw_append "$WORK/raw" 1000000 1000 8
+echo
+
+echo "## pulsestream on the embedded store (durable: fdatasync per group commit)"
+PULSESTREAM_ADMIN_TOKEN=$TOKEN RUST_LOG=warn target/release/pulsestream serve \
+  --listen 127.0.0.1:18080 --data-dir "$WORK/server" & SERVER=$!
+sleep 1
+run --url http://127.0.0.1:18080 --scenario batch --batch-size 1000 --concurrency 8
+run --url http://127.0.0.1:18080 --scenario single --concurrency 64
+run --url http://127.0.0.1:18080 --scenario single --concurrency 256
+run --url http://127.0.0.1:18080 --scenario batch --batch-size 100 --concurrency 16 --duplicates 0.1
+echo "peak RSS of the server (kB): $(grep VmHWM /proc/$SERVER/status | awk '{print $2}')"
+kill $SERVER; wait $SERVER 2>/dev/null || true
+
+echo "## rate limiter: cost of one decision"
+target/release/examples/limiter_cost

@@ -27,6 +27,6 @@ echo "### ingest while delivering: batches of 1000, 8 connections"
 stats() { curl -s $BASE/v1/destinations/$DEST -H "Authorization: Bearer $KEY"; }
 echo "### draining the queue"
 START=$(date +%s.%N); FIRST=$(stats | json '["delivered"]')
-while [ "$(stats | json '["pending"]')" != "0" ]; do sleep 0.5; done
+for _ in $(seq 1 600); do [ "$(stats | json '["pending"]')" = "0" ] && break; sleep 0.5; done
 END=$(date +%s.%N); LAST=$(stats | json '["delivered"]')
 python3 -c "print(f'delivered while loading: {$FIRST}; after the load stopped: {$LAST - $FIRST} more in {$END - $START:.1f} s = {($LAST - $FIRST) / ($END - $START):.0f} events/s; total {$LAST}')"

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pulsestream_core::{Destination, DestinationId, RetryPolicy};
-use pulsestream_store::{Circuit, Delivery, DeliveryQueue, StoreError};
+use pulsestream_store::{Circuit, Delivery, DeliveryQueue, QueuePosition, StoreError};
 use rand::Rng;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
@@ -113,6 +113,8 @@ async fn dispatch(
                 {
                     workers.entry(destination.id).or_insert_with(|| {
                         let worker = Worker {
+                            cursor: None,
+                            last_full_scan: Instant::now(),
                             queue: queue.clone(),
                             sink: sink.clone(),
                             breaker: Breaker::new(
@@ -139,8 +141,14 @@ async fn dispatch(
     }
 }
 
+/// How often a worker scans its whole queue instead of going on from its cursor.
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
+
 /// Delivers one destination's queue.
 struct Worker {
+    /// Where the previous claim ended.
+    cursor: Option<QueuePosition>,
+    last_full_scan: Instant,
     queue: Arc<dyn DeliveryQueue>,
     sink: Arc<dyn Sink>,
     breaker: Breaker,
@@ -207,13 +215,20 @@ impl Worker {
         } else {
             self.config.batch_size
         };
+        // Scan on from the previous claim; now and then from the start, to pick up what
+        // landed behind the cursor (a replay racing a claim, a clock step).
+        if self.last_full_scan.elapsed() >= FULL_SCAN_EVERY {
+            self.cursor = None;
+            self.last_full_scan = Instant::now();
+        }
         let due = self
             .queue
-            .claim_due(id, OffsetDateTime::now_utc(), limit)
+            .claim_due(id, OffsetDateTime::now_utc(), self.cursor, limit)
             .await?;
-        if due.is_empty() {
+        let Some(last) = due.last() else {
             return Ok(Step::Idle(self.config.poll_interval));
-        }
+        };
+        self.cursor = Some(last.position());
         metrics::gauge!("pulsestream_delivery_in_flight_events", "destination" => label.to_owned())
             .set(due.len() as f64);
         let outcome = self.sink.send(&self.destination, &due).await;

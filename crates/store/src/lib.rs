@@ -161,6 +161,23 @@ pub struct Delivery {
     pub json: Vec<u8>,
 }
 
+/// A place in a destination's queue: entries are ordered by due time, then event id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueuePosition {
+    pub due_micros: i64,
+    pub event: EventId,
+}
+
+impl Delivery {
+    /// Returns where this entry stands in its queue.
+    pub fn position(&self) -> QueuePosition {
+        QueuePosition {
+            due_micros: self.due_micros,
+            event: self.event,
+        }
+    }
+}
+
 /// An event that exhausted its attempts for a destination.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -222,10 +239,15 @@ pub trait DeliveryQueue: Send + Sync + Debug + 'static {
 
     /// Returns up to `limit` entries due at `now`, oldest first. Entries stay queued until
     /// an outcome is recorded, so a crash mid-delivery means a redelivery, never a loss.
+    ///
+    /// `after` is where the previous claim ended (`Delivery::position` of its last entry):
+    /// the scan starts past it, so delivered entries (tombstones in an LSM) are not walked
+    /// again and again. `None` scans the whole queue.
     async fn claim_due(
         &self,
         destination: DestinationId,
         now: OffsetDateTime,
+        after: Option<QueuePosition>,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError>;
 

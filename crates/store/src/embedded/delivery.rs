@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::keys;
-use crate::{Circuit, DeadLetter, Delivery, DeliveryStats, StoreError};
+use crate::{Circuit, DeadLetter, Delivery, DeliveryStats, QueuePosition, StoreError};
+use std::ops::Bound;
 
 /// Destinations by tenant, read by the writer on every commit.
 pub(crate) type DestinationCache = Arc<RwLock<HashMap<TenantId, Vec<Destination>>>>;
@@ -128,19 +129,29 @@ impl Queue {
         &self,
         destination: DestinationId,
         now: OffsetDateTime,
+        after: Option<QueuePosition>,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let Some(tenant) = self.tenant_of(destination) else {
             return Ok(Vec::new());
         };
-        let low = outbox_key(destination, i64::MIN, EventId::from_bytes([0; 16]));
+        let low = match after {
+            Some(position) => {
+                Bound::Excluded(outbox_key(destination, position.due_micros, position.event))
+            }
+            None => Bound::Included(outbox_key(
+                destination,
+                i64::MIN,
+                EventId::from_bytes([0; 16]),
+            )),
+        };
         let high = outbox_key(
             destination,
             keys::micros_of(now),
             EventId::from_bytes([0xff; 16]),
         );
         let mut claimed = Vec::new();
-        for entry in self.outbox.range(low..=high).take(limit) {
+        for entry in self.outbox.range((low, Bound::Included(high))).take(limit) {
             let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
             let (due_micros, event) = decode_outbox_key(&key);
             let json = match self

@@ -26,7 +26,8 @@ use tokio::sync::oneshot;
 
 use crate::{
     AppendBatch, AppendOutcome, Circuit, DeadLetter, Delivery, DeliveryQueue, DeliveryStats,
-    EventStore, IdempotencyRecord, SearchPage, SearchQuery, StoreError, StoredEvent, TenantStore,
+    EventStore, IdempotencyRecord, QueuePosition, SearchPage, SearchQuery, StoreError, StoredEvent,
+    TenantStore,
 };
 
 pub use writer::{MAX_GROUP_EVENTS, describe_metrics};
@@ -442,9 +443,10 @@ impl DeliveryQueue for EmbeddedStore {
         &self,
         destination: DestinationId,
         now: OffsetDateTime,
+        after: Option<QueuePosition>,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        self.blocking(move |store| store.queue.claim_due(destination, now, limit))
+        self.blocking(move |store| store.queue.claim_due(destination, now, after, limit))
             .await
     }
 

@@ -89,6 +89,7 @@ impl WriterHandle {
             destinations,
             failed: failed.clone(),
             entropy: std::cell::Cell::new(seed),
+            last_commit_micros: std::cell::Cell::new(i64::MIN),
         };
         let thread = std::thread::Builder::new()
             .name("pulsestream-writer".into())
@@ -154,13 +155,17 @@ struct Writer {
     failed: Arc<AtomicBool>,
     /// SplitMix64 state for the random half of event ids.
     entropy: std::cell::Cell<u64>,
+    /// The enqueue time of the previous group.
+    last_commit_micros: std::cell::Cell<i64>,
 }
 
 /// What every event of one request shares.
 struct Context<'a> {
     tenant: pulsestream_core::TenantId,
     received_at: String,
-    received_micros: i64,
+    /// Due time of the group's outbox entries: the commit's start, which only grows from
+    /// one group to the next, so delivery workers can scan their queue from where they left.
+    enqueue_micros: i64,
     /// The tenant's enabled destinations when the group was committed.
     destinations: &'a [Destination],
 }
@@ -219,6 +224,7 @@ impl Writer {
         let ks = &self.keyspaces;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut pending: HashMap<[u8; 32], Pending<'_>> = HashMap::new();
+        let commit_micros = self.next_commit_micros();
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
             let tenant = job.batch.tenant;
@@ -237,7 +243,7 @@ impl Writer {
             let context = Context {
                 tenant,
                 received_at: format_timestamp(job.batch.received_at),
-                received_micros: keys::micros_of(job.batch.received_at),
+                enqueue_micros: commit_micros,
                 destinations: &destinations,
             };
             let mut statuses = Vec::with_capacity(job.batch.events.len());
@@ -330,6 +336,15 @@ impl Writer {
         }
     }
 
+    /// Returns this group's enqueue time: now, or one microsecond past the previous group's
+    /// if the clock went back, so due times never decrease.
+    fn next_commit_micros(&self) -> i64 {
+        let now = keys::micros_of(OffsetDateTime::now_utc());
+        let next = now.max(self.last_commit_micros.get() + 1);
+        self.last_commit_micros.set(next);
+        next
+    }
+
     /// Returns a fresh id for the event: its timestamp (or the receipt time) and 64 random bits.
     fn next_id(&self, event: &NewEvent, received_at: OffsetDateTime) -> EventId {
         // SplitMix64: fast, and 64 bits make two events of one tenant in one microsecond
@@ -387,7 +402,7 @@ impl Writer {
         {
             batch.insert(
                 &ks.outbox,
-                delivery::outbox_key(destination.id, context.received_micros, id),
+                delivery::outbox_key(destination.id, context.enqueue_micros, id),
                 delivery::outbox_value(0, ""),
             );
         }

@@ -73,6 +73,8 @@ pub struct AppState {
     pub metrics: MetricsRender,
     pub tenant_labels: Arc<observe::TenantLabels>,
     in_flight: v1::idempotency::InFlightKeys,
+    /// Serialises changes to tenants (each rewrites the whole record).
+    tenant_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -96,6 +98,7 @@ impl AppState {
             metrics,
             tenant_labels: Arc::new(observe::TenantLabels::new(100)),
             in_flight: Default::default(),
+            tenant_writes: Default::default(),
         }
     }
 }

@@ -108,13 +108,13 @@ impl NewEvent {
         let timestamp = match wire.timestamp {
             None => None,
             Some(raw) => match serde_json::from_str::<Cow<'_, str>>(raw.get()) {
-                Ok(text) => match parse_timestamp(&text) {
+                Ok(text) => match parse_timestamp(&text).and_then(storable_timestamp) {
                     Some(ts) => Some(ts),
                     None => {
                         errors.push(FieldError::new(
                             "timestamp",
                             "datetime_parsing",
-                            "must be an RFC 3339 date-time, e.g. 2025-10-02T12:00:00Z",
+                            "must be an RFC 3339 date-time between years 0000 and 9999 in UTC, e.g. 2025-10-02T12:00:00Z",
                         ));
                         None
                     }
@@ -188,6 +188,17 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
+/// Returns the timestamp as stored: in UTC years 0000-9999 (RFC 3339 checks only the local
+/// date, so `0000-01-01T00:00:00+01:00` is year -1 in UTC) and truncated to microseconds, the
+/// precision events are ordered and compared at.
+fn storable_timestamp(ts: OffsetDateTime) -> Option<OffsetDateTime> {
+    let utc = OffsetDateTime::from_unix_timestamp(ts.unix_timestamp()).ok()?;
+    if !(0..=9999).contains(&utc.year()) {
+        return None;
+    }
+    utc.replace_nanosecond(ts.nanosecond() / 1_000 * 1_000).ok()
+}
+
 /// Parses an RFC 3339 date-time.
 pub fn parse_timestamp(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok()
@@ -259,6 +270,14 @@ fn check_payload<'a>(text: &'a str, errors: &mut Vec<FieldError>) -> Option<&'a 
         ));
         return None;
     }
+    if scan.lone_surrogate {
+        errors.push(FieldError::new(
+            "payload",
+            "string_unicode",
+            "holds a \\u escape of a lone UTF-16 surrogate, which is not a character",
+        ));
+        return None;
+    }
     let depth = scan.depth;
     if depth > MAX_PAYLOAD_DEPTH {
         errors.push(FieldError::new(
@@ -275,8 +294,10 @@ fn check_payload<'a>(text: &'a str, errors: &mut Vec<FieldError>) -> Option<&'a 
 struct Scan {
     /// The deepest nesting of `{`/`[`, ignoring brackets in strings.
     depth: usize,
-    /// A number whose exponent overflows f64, which no reader could load later.
+    /// A number that overflows f64, which no reader could load later.
     number_out_of_range: bool,
+    /// A `\u` escape of a lone UTF-16 surrogate, which is not a character.
+    lone_surrogate: bool,
 }
 
 /// Scans valid JSON text once. Iterative, so no input can exhaust the stack.
@@ -285,10 +306,32 @@ fn scan(text: &str) -> Scan {
     let mut in_string = false;
     let mut escaped = false;
     let mut number_out_of_range = false;
+    let mut lone_surrogate = false;
+    let mut low_surrogate_at = usize::MAX;
     let bytes = text.as_bytes();
+    let hex4 = |from: usize| -> Option<u32> {
+        let digits = text.get(from..from + 4)?;
+        u32::from_str_radix(digits, 16).ok()
+    };
     for (at, &byte) in bytes.iter().enumerate() {
         if in_string {
             match byte {
+                b'u' if escaped => {
+                    escaped = false;
+                    match hex4(at + 1) {
+                        Some(0xD800..=0xDBFF) => {
+                            let pair = bytes.get(at + 5..at + 7) == Some(b"\\u".as_slice())
+                                && matches!(hex4(at + 7), Some(0xDC00..=0xDFFF));
+                            if pair {
+                                low_surrogate_at = at + 6;
+                            } else {
+                                lone_surrogate = true;
+                            }
+                        }
+                        Some(0xDC00..=0xDFFF) if at != low_surrogate_at => lone_surrogate = true,
+                        _ => {}
+                    }
+                }
                 _ if escaped => escaped = false,
                 b'\\' => escaped = true,
                 b'"' => in_string = false,
@@ -303,6 +346,22 @@ fn scan(text: &str) -> Scan {
                 deepest = deepest.max(depth);
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
+            b'0'..=b'9' | b'-'
+                if at == 0
+                    || !matches!(
+                        bytes[at - 1],
+                        b'0'..=b'9' | b'.' | b'-' | b'+' | b'e' | b'E'
+                    ) =>
+            {
+                // The start of a number: a long one without exponent may still overflow f64.
+                let end = bytes[at..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'.' | b'-' | b'+' | b'e' | b'E'))
+                    .map_or(bytes.len(), |p| at + p);
+                if end - at > 300 && text[at..end].parse::<f64>().is_ok_and(f64::is_infinite) {
+                    number_out_of_range = true;
+                }
+            }
             b'e' | b'E' => {
                 // Outside strings, an e is an exponent: check the number it belongs to.
                 let start = bytes[..at]
@@ -323,6 +382,7 @@ fn scan(text: &str) -> Scan {
     Scan {
         depth: deepest,
         number_out_of_range,
+        lone_surrogate,
     }
 }
 
@@ -436,6 +496,58 @@ mod tests {
             Vec::<(String, &str)>::new()
         );
         assert!(errors_of(r#"{"event_type":"t","payload":{"n":1.5e300,"s":"1e999"}}"#).is_empty());
+    }
+
+    #[test]
+    fn long_integers_beyond_f64_are_refused() {
+        let huge = format!(
+            r#"{{"event_type":"t","payload":{{"n":1{}}}}}"#,
+            "0".repeat(400)
+        );
+        assert_eq!(
+            errors_of(&huge),
+            vec![("payload".into(), "number_out_of_range")]
+        );
+        let big = format!(
+            r#"{{"event_type":"t","payload":{{"n":-1{}}}}}"#,
+            "0".repeat(30)
+        );
+        assert!(errors_of(&big).is_empty());
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_but_pairs_pass() {
+        assert_eq!(
+            errors_of(r#"{"event_type":"t","payload":{"s":"\ud800"}}"#),
+            vec![("payload".into(), "string_unicode")]
+        );
+        assert_eq!(
+            errors_of(r#"{"event_type":"t","payload":{"s":"x\udc00"}}"#),
+            vec![("payload".into(), "string_unicode")]
+        );
+        assert!(
+            errors_of(r#"{"event_type":"t","payload":{"s":"\ud83d\ude00 ok \u00e9"}}"#).is_empty()
+        );
+        assert!(
+            errors_of(r#"{"event_type":"t","payload":{"s":"\\ud800"}}"#).is_empty(),
+            "an escaped backslash"
+        );
+    }
+
+    #[test]
+    fn timestamps_outside_utc_years_0_to_9999_are_refused_and_others_kept_to_the_microsecond() {
+        for ts in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"] {
+            let json = format!(r#"{{"event_type":"t","timestamp":"{ts}"}}"#);
+            assert_eq!(
+                errors_of(&json),
+                vec![("timestamp".into(), "datetime_parsing")],
+                "{ts}"
+            );
+        }
+        let event =
+            NewEvent::from_json(r#"{"event_type":"t","timestamp":"2025-10-02T12:00:00.1234567Z"}"#)
+                .unwrap();
+        assert_eq!(event.timestamp.unwrap().nanosecond(), 123_456_000);
     }
 
     #[test]

@@ -172,7 +172,7 @@ impl Sink for WebhookSink {
                 retry_after: None,
             },
             Err(err) => SendOutcome::Failed {
-                error: format!("request failed: {err}"),
+                error: format!("request failed: {}", err.without_url()),
                 retry_after: None,
             },
         }

@@ -260,6 +260,8 @@ pub async fn update(
     body: Result<Json<UpdateTenant>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(json_rejection)?;
+    // Read-modify-write of the whole tenant: one at a time, or a revoke could be undone.
+    let _serial = app.tenant_writes.lock().await;
     let mut tenant = find(&app, &id).await?;
     if let Some(name) = request.name {
         tenant.name = check_name(name)?;
@@ -301,6 +303,8 @@ pub async fn create_key(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    // Read-modify-write of the whole tenant: one at a time, or a revoke could be undone.
+    let _serial = app.tenant_writes.lock().await;
     let mut tenant = find(&app, &id).await?;
     let (api_key, key) = new_key();
     let key_id = key.id;
@@ -343,6 +347,8 @@ pub async fn revoke_key(
     State(app): State<AppState>,
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    // Read-modify-write of the whole tenant: one at a time, or a revoke could be undone.
+    let _serial = app.tenant_writes.lock().await;
     let mut tenant = find(&app, &id).await?;
     let before = tenant.keys.len();
     tenant.keys.retain(|key| key.id.to_string() != key_id);

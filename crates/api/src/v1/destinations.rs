@@ -87,6 +87,15 @@ pub async fn create(
                     "must be a NATS subject without spaces or wildcards",
                 ));
             }
+            // `$JS.API.…` and friends are control subjects: publishing there could delete or
+            // purge streams. `_INBOX.…` carries other clients' replies.
+            if subject.starts_with('$') || subject.starts_with("_INBOX") {
+                return Err(field_error(
+                    "subject",
+                    "value_error",
+                    "must not be a system subject (starting with $ or _INBOX)",
+                ));
+            }
             if !app.config.nats_enabled {
                 return Err(field_error(
                     "kind",

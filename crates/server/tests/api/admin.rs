@@ -186,3 +186,37 @@ async fn health_and_readiness_answer() {
         "application/problem+json"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_key_changes_lose_nothing() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+
+    let requests = (0..20).map(|_| {
+        app.client
+            .post(app.url(&format!("/admin/tenants/{}/keys", tenant.id)))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    });
+    let responses = futures::future::join_all(requests).await;
+
+    assert!(
+        responses
+            .iter()
+            .all(|response| response.as_ref().unwrap().status() == StatusCode::CREATED)
+    );
+    let view = body(
+        app.client
+            .get(app.url(&format!("/admin/tenants/{}", tenant.id)))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        view["keys"].as_array().unwrap().len(),
+        21,
+        "every issued key is kept"
+    );
+}

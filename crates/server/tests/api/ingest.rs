@@ -94,6 +94,23 @@ async fn a_retry_with_reordered_keys_and_another_offset_is_a_duplicate() {
 }
 
 #[tokio::test]
+async fn a_retry_with_nanosecond_timestamp_and_reordered_payload_is_a_duplicate() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let first = br#"{"event_id":"ns","event_type":"t","timestamp":"2025-10-02T12:00:00.1234567Z","payload":{"x":1,"y":2}}"#;
+    let retry = br#"{"event_id":"ns","event_type":"t","timestamp":"2025-10-02T12:00:00.1234567Z","payload":{"y":2,"x":1}}"#;
+
+    app.post_raw(&tenant, "/v1/events", "application/json", first.to_vec())
+        .await;
+    let response = app
+        .post_raw(&tenant, "/v1/events", "application/json", retry.to_vec())
+        .await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body(response).await["status"], "duplicate");
+}
+
+#[tokio::test]
 async fn the_same_event_id_with_other_content_is_a_conflict() {
     let app = TestApp::spawn().await;
     let tenant = app.create_tenant().await;

@@ -195,6 +195,55 @@ async fn broken_bodies_get_clear_4xx_answers() {
 }
 
 #[tokio::test]
+async fn payloads_and_timestamps_no_reader_could_load_are_refused_and_writes_go_on() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let huge_integer = format!(
+        r#"{{"event_id":"n","event_type":"t","payload":{{"n":1{}}}}}"#,
+        "0".repeat(400)
+    );
+    let cases = [
+        r#"{"event_id":"s","event_type":"t","payload":{"s":"\ud800"}}"#.to_owned(),
+        huge_integer,
+        r#"{"event_id":"y0","event_type":"t","timestamp":"0000-01-01T00:00:00+01:00"}"#.to_owned(),
+        r#"{"event_id":"y9","event_type":"t","timestamp":"9999-12-31T23:59:59-01:00"}"#.to_owned(),
+    ];
+
+    for sent in &cases {
+        // Twice: a retry of an event that slipped through once used to stop the writer.
+        for _ in 0..2 {
+            let response = app
+                .post_raw(
+                    &tenant,
+                    "/v1/events",
+                    "application/json",
+                    sent.clone().into_bytes(),
+                )
+                .await;
+            assert_eq!(
+                response.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{sent}"
+            );
+        }
+    }
+
+    let after = app
+        .post_event(&tenant, &json!({"event_type": "after"}))
+        .await;
+    assert_eq!(after.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn absurd_nesting_is_refused_and_the_server_stays_up() {
     let app = TestApp::spawn().await;
     let tenant = app.create_tenant().await;

@@ -198,7 +198,15 @@ impl Writer {
             }
             metrics::gauge!("pulsestream_write_queue_requests").set(receiver.len() as f64);
             let started = std::time::Instant::now();
-            let result = self.commit_group(&jobs);
+            // A panic here would end the thread while `/readyz` still said ready: turn it into
+            // a failed commit, which stops writes visibly.
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_group(&jobs)))
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Corrupt(
+                            "the writer panicked during a commit".into(),
+                        ))
+                    });
             metrics::histogram!("pulsestream_commit_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!("pulsestream_commit_batch_events").record(events as f64);
@@ -226,8 +234,19 @@ impl Writer {
         let mut pending: HashMap<[u8; 32], Pending<'_>> = HashMap::new();
         let commit_micros = self.next_commit_micros();
         let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut group_records: HashMap<[u8; 32], IdempotencyRecord> = HashMap::new();
         for job in jobs {
             let tenant = job.batch.tenant;
+            // A request whose key already finished (its twin timed out or disconnected
+            // before the answer, and the client retried) gets the recorded outcome and stores
+            // nothing: the in-memory claim alone cannot see requests still queued here.
+            if let Some(claim) = &job.batch.idempotency
+                && let Some(statuses) =
+                    self.recorded(&group_records, tenant, claim, job.batch.received_at)?
+            {
+                outcomes.push(AppendOutcome { statuses });
+                continue;
+            }
             let destinations: Vec<Destination> = self
                 .destinations
                 .read()
@@ -252,7 +271,7 @@ impl Writer {
                     Some(event_id) => {
                         let dedup_key = keys::hashed_key(tenant, event_id);
                         if let Some(earlier) = pending.get(&dedup_key) {
-                            if same_content(earlier.event, event)? {
+                            if same_content(earlier.event, event) {
                                 AppendStatus::Duplicate(earlier.id)
                             } else {
                                 AppendStatus::Conflict(earlier.id)
@@ -283,17 +302,43 @@ impl Writer {
                     created_at: job.batch.received_at,
                     statuses: statuses.clone(),
                 };
-                batch.insert(
-                    &ks.idempotency,
-                    keys::hashed_key(tenant, &claim.key),
-                    keys::encode_idempotency(&record),
-                );
+                let key = keys::hashed_key(tenant, &claim.key);
+                batch.insert(&ks.idempotency, key, keys::encode_idempotency(&record));
+                group_records.insert(key, record);
             }
             outcomes.push(AppendOutcome { statuses });
         }
         // Commit before answering: a 2xx promises that this group survives a crash.
         batch.commit().map_err(StoreError::unavailable)?;
         Ok(outcomes)
+    }
+
+    /// Returns the statuses recorded under the request's `Idempotency-Key` (in this group or
+    /// committed within 24 hours) when they were recorded for the same request body.
+    fn recorded(
+        &self,
+        group_records: &HashMap<[u8; 32], IdempotencyRecord>,
+        tenant: pulsestream_core::TenantId,
+        claim: &crate::IdempotencyClaim,
+        now: OffsetDateTime,
+    ) -> Result<Option<Vec<AppendStatus>>, StoreError> {
+        let key = keys::hashed_key(tenant, &claim.key);
+        let record = match group_records.get(&key) {
+            Some(record) => Some(record.clone()),
+            None => match self
+                .keyspaces
+                .idempotency
+                .get(key)
+                .map_err(StoreError::unavailable)?
+            {
+                Some(value) => Some(keys::decode_idempotency(&value)?),
+                None => None,
+            },
+        };
+        Ok(record
+            .filter(|record| record.request_hash == claim.request_hash)
+            .filter(|record| record.created_at + time::Duration::hours(24) > now)
+            .map(|record| record.statuses))
     }
 
     /// Looks the event up by its dedup key: a duplicate or a conflict if one is stored.
@@ -323,13 +368,21 @@ impl Writer {
             )));
         };
         let (json, timestamp_given) = keys::decode_event_value(&stored)?;
-        let stored = StoredContent::parse(json, timestamp_given)?;
+        let stored = match StoredContent::parse(json, timestamp_given) {
+            Ok(stored) => stored,
+            Err(err) => {
+                // One unreadable event must not stop every tenant's writes: refuse the
+                // newcomer as a conflict and say so in the log.
+                tracing::error!(error = %err, event = %id, "stored event cannot be compared");
+                return Ok(Some(AppendStatus::Conflict(id)));
+            }
+        };
         if stored.event_id != event.event_id.as_deref().unwrap_or_default() {
             // Two event ids with one 128-bit hash: treat the newcomer as a conflict rather
             // than overwrite; astronomically unlikely, but never silently wrong.
             return Ok(Some(AppendStatus::Conflict(id)));
         }
-        if hash == event.content_hash || stored.same_as(event)? {
+        if hash == event.content_hash || stored.same_as(event) {
             Ok(Some(AppendStatus::Duplicate(id)))
         } else {
             Ok(Some(AppendStatus::Conflict(id)))
@@ -448,7 +501,7 @@ struct StoredContent {
     event_type: String,
     source: Option<String>,
     timestamp: String,
-    payload: Value,
+    payload: Box<serde_json::value::RawValue>,
     #[serde(skip)]
     timestamp_given: bool,
 }
@@ -463,31 +516,40 @@ impl StoredContent {
 
     /// Compares by meaning: key order and spacing of the payload do not matter, nor the
     /// offset a timestamp was written in.
-    fn same_as(&self, event: &NewEvent) -> Result<bool, StoreError> {
+    fn same_as(&self, event: &NewEvent) -> bool {
         let timestamp = pulsestream_core::parse_timestamp(&self.timestamp);
         let same_timestamp = match (self.timestamp_given, event.timestamp) {
             (true, Some(ts)) => timestamp == Some(ts),
             (false, None) => true,
             _ => false,
         };
-        Ok(self.event_type == event.event_type
+        self.event_type == event.event_type
             && self.source == event.source
             && same_timestamp
-            && self.payload == parse_payload(&event.payload)?)
+            && same_payload(self.payload.get(), &event.payload)
     }
 }
 
-fn parse_payload(payload: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(payload)
-        .map_err(|err| StoreError::Corrupt(format!("validated payload: {err}")))
+/// Compares two payloads' JSON by meaning. Never fails: a payload no reader can load as a
+/// value (validation should have refused it) is compared by its bytes, so one odd event can
+/// never stop the writer.
+fn same_payload(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (
+        serde_json::from_str::<Value>(a),
+        serde_json::from_str::<Value>(b),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
-fn same_content(a: &NewEvent, b: &NewEvent) -> Result<bool, StoreError> {
-    if a.content_hash == b.content_hash {
-        return Ok(true);
-    }
-    Ok(a.event_type == b.event_type
-        && a.source == b.source
-        && a.timestamp == b.timestamp
-        && parse_payload(&a.payload)? == parse_payload(&b.payload)?)
+fn same_content(a: &NewEvent, b: &NewEvent) -> bool {
+    a.content_hash == b.content_hash
+        || (a.event_type == b.event_type
+            && a.source == b.source
+            && a.timestamp == b.timestamp
+            && same_payload(&a.payload, &b.payload))
 }

@@ -400,6 +400,26 @@ async fn destinations_belong_to_their_tenant_and_private_urls_are_refused() {
         StatusCode::UNPROCESSABLE_ENTITY,
         "no NATS configured"
     );
+    for subject in ["$JS.API.STREAM.DELETE.ORDERS", "_INBOX.abc"] {
+        let system = app
+            .client
+            .post(app.url("/v1/destinations"))
+            .bearer_auth(&owner.api_key)
+            .json(&json!({"kind": "nats", "subject": subject}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            system.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{subject}"
+        );
+        assert_eq!(
+            body(system).await["errors"][0]["loc"][1],
+            "subject",
+            "{subject}"
+        );
+    }
 
     let app = delivering_app().await;
     let owner = app.create_tenant().await;

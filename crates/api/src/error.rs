@@ -140,6 +140,16 @@ impl ApiError {
         err
     }
 
+    /// 408: the request (its body upload included) took too long.
+    pub fn request_timeout(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "Request timeout",
+            detail,
+        )
+    }
+
     /// 503: a dependency is unavailable or the server sheds load; the request had no effect.
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
         let mut err = Self::new(

@@ -22,7 +22,6 @@ use axum::routing::{delete, get, post};
 use pulsestream_limits::RateLimiter;
 use pulsestream_store::{DeliveryQueue, EventStore, TenantStore};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 
 use crate::error::ApiError;
 
@@ -155,10 +154,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            observe::time_limit(timeout, request, next)
+        }))
         .layer(axum::middleware::from_fn(observe::observe))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

@@ -109,6 +109,20 @@ pub async fn observe(request: Request, next: Next) -> Response {
     response
 }
 
+/// Middleware: answers 408 (problem+json) when a request, body upload included, takes
+/// longer than `limit`, so a slow client cannot hold a connection and a task forever.
+pub async fn time_limit(limit: std::time::Duration, request: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => crate::error::ApiError::request_timeout(format!(
+            "the request took longer than {} s, body upload included",
+            limit.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
 /// Counts events by outcome for a tenant.
 pub fn count_events(labels: &TenantLabels, tenant: TenantId, outcome: &'static str, count: usize) {
     if count > 0 {

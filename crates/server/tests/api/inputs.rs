@@ -325,3 +325,36 @@ async fn requests_without_valid_credentials_get_401() {
         "application/problem+json"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_408_as_a_problem() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(|config| config.request_timeout_secs = 1).await;
+    let tenant = app.create_tenant().await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"event_type\":",
+        tenant.api_key
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buffer).await.unwrap();
+            answer.extend_from_slice(&buffer[..n]);
+            if n == 0 || String::from_utf8_lossy(&answer).contains("request_timeout") {
+                break;
+            }
+        }
+    })
+    .await;
+
+    assert!(read.is_ok(), "the server answered a stalled upload");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert_eq!(app.count_events(&tenant, "").await, 0);
+}

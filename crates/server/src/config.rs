@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use pulsestream_store::postgres::PostgresConfig;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -46,9 +47,17 @@ pub struct ServeConfig {
         default_value = "./pulsestream-data"
     )]
     pub data_dir: PathBuf,
-    /// `postgres://...` selects PostgreSQL instead of the embedded store (not available yet).
+    /// `postgres://user@host:5432/db` selects PostgreSQL instead of the embedded store: every
+    /// node started with the same URL shares events, tenants and delivery queues.
     #[arg(long, env = "PULSESTREAM_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
+    /// Connections this node keeps to PostgreSQL.
+    #[arg(long, env = "PULSESTREAM_DATABASE_POOL_SIZE", default_value_t = 32)]
+    pub database_pool_size: usize,
+    /// Longest a PostgreSQL operation may take (connection wait included) before the request
+    /// gets 503.
+    #[arg(long, env = "PULSESTREAM_DATABASE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub database_timeout_ms: u64,
     /// Redis (`redis://host:6379`) for rate limits shared by several nodes. Unset: limits
     /// are counted in this process.
     #[arg(long, env = "PULSESTREAM_REDIS_URL", hide_env_values = true)]
@@ -114,6 +123,8 @@ impl ServeConfig {
             listen,
             data_dir,
             database_url: None,
+            database_pool_size: 32,
+            database_timeout_ms: 5_000,
             redis_url: None,
             redis_key_prefix: "pulsestream".into(),
             redis_timeout_ms: 50,
@@ -135,11 +146,13 @@ impl ServeConfig {
     /// # Errors
     /// Names the setting that cannot be used and why.
     pub fn validate(&self) -> anyhow::Result<()> {
-        // Refuse rather than ignore: a user who asks for a shared store must not get a node
-        // that silently keeps everything to itself.
         anyhow::ensure!(
-            self.database_url.is_none(),
-            "--database-url / PULSESTREAM_DATABASE_URL is not supported by this version of pulsestream yet; unset it to use the embedded store"
+            self.database_pool_size >= 2,
+            "database_pool_size must be at least 2"
+        );
+        anyhow::ensure!(
+            self.database_timeout_ms >= 100,
+            "database_timeout_ms must be at least 100"
         );
         anyhow::ensure!(
             self.delivery_retry_base_ms >= 1,
@@ -166,6 +179,15 @@ impl ServeConfig {
             "write_queue_capacity must be at least 1"
         );
         Ok(())
+    }
+
+    /// The PostgreSQL store's settings, when a database URL is configured.
+    pub fn postgres(&self) -> Option<PostgresConfig> {
+        let url = self.database_url.as_ref()?;
+        let mut config = PostgresConfig::new(url.0.clone());
+        config.pool_size = self.database_pool_size;
+        config.operation_timeout = Duration::from_millis(self.database_timeout_ms);
+        Some(config)
     }
 
     /// The request timeout as a duration.

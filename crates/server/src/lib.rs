@@ -19,7 +19,8 @@ use pulsestream_core::RetryPolicy;
 use pulsestream_delivery::{DeliveryConfig, Dispatcher, NatsSink, Sinks, WebhookSink};
 use pulsestream_limits::{RateLimiter, RedisSettings};
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
-use pulsestream_store::{EventStore, TenantStore};
+use pulsestream_store::postgres::PostgresStore;
+use pulsestream_store::{DeliveryQueue, Store, TenantStore};
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +35,7 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 pub struct Server {
     listener: TcpListener,
     state: AppState,
-    store: Arc<EmbeddedStore>,
+    store: Arc<dyn Store>,
     sinks: Arc<Sinks>,
     delivery: DeliveryConfig,
 }
@@ -46,13 +47,7 @@ impl Server {
     /// Invalid settings, or a store that cannot be opened.
     pub async fn bind(config: &ServeConfig, listener: TcpListener) -> anyhow::Result<Self> {
         config.validate()?;
-        let mut store_config = EmbeddedConfig::new(&config.data_dir);
-        store_config.queue_capacity = config.write_queue_capacity;
-        let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_config))
-            .await?
-            .with_context(|| format!("failed to open the embedded store in {}", dir.display()))?;
-        let store = Arc::new(store);
+        let store = open_store(config).await?;
         let admin_token_hash = admin_token_hash(config, store.as_ref()).await?;
         let api_config = ApiConfig {
             body_limit_bytes: config.body_limit_bytes,
@@ -112,7 +107,7 @@ impl Server {
         let router = pulsestream_api::router(self.state);
         let workers = shutdown.child_token();
         let dispatcher = Dispatcher::spawn(
-            self.store.clone(),
+            self.store.clone() as Arc<dyn DeliveryQueue>,
             self.sinks,
             self.delivery,
             workers.clone(),
@@ -132,6 +127,41 @@ impl Server {
         tracing::info!("store closed");
         Ok(())
     }
+}
+
+/// Opens PostgreSQL when a database URL is configured (applying pending migrations),
+/// otherwise the embedded store in the data dir.
+async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(postgres) = config.postgres() {
+        let store = PostgresStore::connect(&postgres)
+            .await
+            .context("failed to open the PostgreSQL store at PULSESTREAM_DATABASE_URL")?;
+        tracing::info!(
+            pool_size = postgres.pool_size,
+            schema_version = pulsestream_store::postgres::latest_version(),
+            "events are stored in PostgreSQL"
+        );
+        return Ok(Arc::new(store));
+    }
+    let mut store_config = EmbeddedConfig::new(&config.data_dir);
+    store_config.queue_capacity = config.write_queue_capacity;
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_config))
+        .await?
+        .with_context(|| format!("failed to open the embedded store in {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Applies the PostgreSQL migrations this build knows and returns the versions applied.
+///
+/// # Errors
+/// No database URL, the database cannot be reached, or a migration fails.
+pub async fn migrate(config: &ServeConfig) -> anyhow::Result<Vec<i32>> {
+    let postgres = config
+        .postgres()
+        .context("migrate needs --database-url / PULSESTREAM_DATABASE_URL")?;
+    let store = PostgresStore::connect_lazy(&postgres)?;
+    Ok(store.migrate().await?)
 }
 
 /// Builds the sinks: webhooks always, NATS when configured.
@@ -166,7 +196,7 @@ fn rate_limiter(config: &ServeConfig) -> anyhow::Result<RateLimiter> {
 
 /// Returns the SHA-256 of the admin token: the configured one, else the stored one, else a
 /// new one written to `<data-dir>/admin-token` for the operator.
-async fn admin_token_hash(config: &ServeConfig, store: &EmbeddedStore) -> anyhow::Result<String> {
+async fn admin_token_hash(config: &ServeConfig, store: &dyn TenantStore) -> anyhow::Result<String> {
     if let Some(token) = &config.admin_token {
         anyhow::ensure!(
             token.0.len() >= 16,

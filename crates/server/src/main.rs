@@ -1,5 +1,5 @@
-//! `pulsestream`: `serve` runs the server; `tenant` manages tenants through a running
-//! server's admin API.
+//! `pulsestream`: `serve` runs the server; `migrate` prepares a PostgreSQL database;
+//! `tenant` manages tenants through a running server's admin API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Runs the server.
     Serve(ServeConfig),
+    /// Applies pending PostgreSQL schema migrations and exits (`serve` also applies them at
+    /// start; safe to run from several nodes at once).
+    Migrate(ServeConfig),
     /// Manages tenants through a running server's admin API.
     Tenant {
         #[command(flatten)]
@@ -85,6 +88,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(config) => serve(config).await,
+            Command::Migrate(config) => {
+                telemetry::init(config.log_format);
+                let applied = pulsestream_server::migrate(&config).await?;
+                if applied.is_empty() {
+                    println!("the database schema is up to date");
+                } else {
+                    println!("applied migrations {applied:?}");
+                }
+                Ok(())
+            }
             Command::Tenant { admin, command } => tenant(admin, command).await,
         }
     });

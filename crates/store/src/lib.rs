@@ -7,6 +7,8 @@
 //! [`embedded`]; a PostgreSQL one can stand behind the same traits.
 
 pub mod embedded;
+pub mod postgres;
+mod record;
 mod search;
 
 use std::fmt::Debug;
@@ -147,6 +149,11 @@ pub trait TenantStore: Send + Sync + Debug + 'static {
     /// Stores the hash of the admin token.
     async fn set_admin_token_hash(&self, hash: &str) -> Result<(), StoreError>;
 }
+
+/// Everything a server needs from its store: events, tenants and delivery queues.
+pub trait Store: EventStore + TenantStore + DeliveryQueue {}
+
+impl<T: EventStore + TenantStore + DeliveryQueue> Store for T {}
 
 /// One event waiting for one destination, as claimed by a delivery worker.
 #[derive(Debug, Clone)]

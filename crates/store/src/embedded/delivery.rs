@@ -147,7 +147,7 @@ impl Queue {
         };
         let high = outbox_key(
             destination,
-            keys::micros_of(now),
+            crate::record::micros_of(now),
             EventId::from_bytes([0xff; 16]),
         );
         let mut claimed = Vec::new();
@@ -210,7 +210,7 @@ impl Queue {
         due: OffsetDateTime,
         error: &str,
     ) -> Result<(), StoreError> {
-        let due_micros = keys::micros_of(due);
+        let due_micros = crate::record::micros_of(due);
         let mut batch = self.db.batch();
         for delivery in deliveries {
             batch.remove(
@@ -366,7 +366,7 @@ impl Queue {
                 })
                 .collect::<Result<_, StoreError>>()?,
         };
-        let now = keys::micros_of(OffsetDateTime::now_utc());
+        let now = crate::record::micros_of(OffsetDateTime::now_utc());
         let mut batch = self.db.batch();
         for event in &chosen {
             batch.remove(&self.dead_letters, dead_letter_key(destination, *event));

@@ -237,7 +237,7 @@ impl EventStore for EmbeddedStore {
                 .get(key)
                 .map_err(StoreError::unavailable)?
             {
-                Some(value) => keys::decode_idempotency(&value).map(Some),
+                Some(value) => crate::record::decode_idempotency(&value).map(Some),
                 None => Ok(None),
             }
         })

@@ -119,21 +119,23 @@ fn within(query: &SearchQuery, id: EventId) -> bool {
     let micros = id.timestamp_micros();
     query
         .since
-        .is_none_or(|since| micros >= keys::micros_of(since))
+        .is_none_or(|since| micros >= crate::record::micros_of(since))
         && query
             .until
-            .is_none_or(|until| micros < keys::micros_of(until))
+            .is_none_or(|until| micros < crate::record::micros_of(until))
 }
 
 /// Scans the keys `prefix` + id in the query's order, from its cursor or time bound on.
 fn id_range(keyspace: &fjall::Keyspace, prefix: &[u8], query: &SearchQuery) -> Candidates {
     let key = |id: EventId| -> Vec<u8> { [prefix, id.as_bytes().as_slice()].concat() };
     let mut low = key(EventId::from_parts(
-        query.since.map_or(i64::MIN, keys::micros_of),
+        query.since.map_or(i64::MIN, crate::record::micros_of),
         0,
     ));
     let mut high = match query.until {
-        Some(until) => Bound::Excluded(key(EventId::from_parts(keys::micros_of(until), 0))),
+        Some(until) => {
+            Bound::Excluded(key(EventId::from_parts(crate::record::micros_of(until), 0)))
+        }
         None => Bound::Included(key(EventId::from_parts(i64::MAX, u64::MAX))),
     };
     if let Some(Cursor(after)) = query.cursor {

@@ -12,20 +12,19 @@
 //! journal.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use fjall::{Database, OwnedWriteBatch as WriteBatch, PersistMode};
 use pulsestream_core::{Destination, EventId, NewEvent, format_timestamp};
-use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Keyspaces;
 use super::delivery::{self, DestinationCache};
 use super::keys;
+use crate::record::{self, IdGen, StoredContent, same_content, write_event_json};
 use crate::{AppendOutcome, AppendStatus, IdempotencyRecord, StoreError};
 
 /// The most events one group commit takes; more wait for the next one.
@@ -78,17 +77,12 @@ impl WriterHandle {
     ) -> Self {
         let (sender, receiver) = mpsc::channel(capacity);
         let failed = Arc::new(AtomicBool::new(false));
-        let seed = u64::from_le_bytes(
-            uuid::Uuid::new_v4().as_bytes()[..8]
-                .try_into()
-                .expect("a UUID has 16 bytes"),
-        );
         let writer = Writer {
             db,
             keyspaces,
             destinations,
             failed: failed.clone(),
-            entropy: std::cell::Cell::new(seed),
+            ids: std::cell::RefCell::new(IdGen::new()),
             last_commit_micros: std::cell::Cell::new(i64::MIN),
         };
         let thread = std::thread::Builder::new()
@@ -153,8 +147,8 @@ struct Writer {
     /// Events are enqueued for the tenant's destinations in the commit that stores them.
     destinations: DestinationCache,
     failed: Arc<AtomicBool>,
-    /// SplitMix64 state for the random half of event ids.
-    entropy: std::cell::Cell<u64>,
+    /// The random half of event ids.
+    ids: std::cell::RefCell<IdGen>,
     /// The enqueue time of the previous group.
     last_commit_micros: std::cell::Cell<i64>,
 }
@@ -303,7 +297,7 @@ impl Writer {
                     statuses: statuses.clone(),
                 };
                 let key = keys::hashed_key(tenant, &claim.key);
-                batch.insert(&ks.idempotency, key, keys::encode_idempotency(&record));
+                batch.insert(&ks.idempotency, key, record::encode_idempotency(&record));
                 group_records.insert(key, record);
             }
             outcomes.push(AppendOutcome { statuses });
@@ -331,7 +325,7 @@ impl Writer {
                 .get(key)
                 .map_err(StoreError::unavailable)?
             {
-                Some(value) => Some(keys::decode_idempotency(&value)?),
+                Some(value) => Some(record::decode_idempotency(&value)?),
                 None => None,
             },
         };
@@ -392,7 +386,7 @@ impl Writer {
     /// Returns this group's enqueue time: now, or one microsecond past the previous group's
     /// if the clock went back, so due times never decrease.
     fn next_commit_micros(&self) -> i64 {
-        let now = keys::micros_of(OffsetDateTime::now_utc());
+        let now = record::micros_of(OffsetDateTime::now_utc());
         let next = now.max(self.last_commit_micros.get() + 1);
         self.last_commit_micros.set(next);
         next
@@ -400,16 +394,7 @@ impl Writer {
 
     /// Returns a fresh id for the event: its timestamp (or the receipt time) and 64 random bits.
     fn next_id(&self, event: &NewEvent, received_at: OffsetDateTime) -> EventId {
-        // SplitMix64: fast, and 64 bits make two events of one tenant in one microsecond
-        // collide with negligible odds.
-        let mut z = self.entropy.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        self.entropy.set(z);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        EventId::from_parts(
-            keys::micros_of(event.timestamp.unwrap_or(received_at)),
-            z ^ (z >> 31),
-        )
+        self.ids.borrow_mut().next(event, received_at)
     }
 
     fn insert(
@@ -461,95 +446,4 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// Writes the event's JSON exactly as the API returns it.
-fn write_event_json(
-    json: &mut Vec<u8>,
-    id: EventId,
-    event: &NewEvent,
-    event_id: &str,
-    timestamp: &str,
-    received_at: &str,
-) -> Result<(), StoreError> {
-    let encode = |json: &mut Vec<u8>, text: &str| {
-        serde_json::to_writer(json, text).map_err(StoreError::unavailable)
-    };
-    write!(json, "{{\"id\":\"{id}\",\"event_id\":").map_err(StoreError::unavailable)?;
-    encode(json, event_id)?;
-    json.extend_from_slice(b",\"event_type\":");
-    encode(json, &event.event_type)?;
-    json.extend_from_slice(b",\"source\":");
-    match &event.source {
-        Some(source) => encode(json, source)?,
-        None => json.extend_from_slice(b"null"),
-    }
-    write!(
-        json,
-        ",\"timestamp\":\"{timestamp}\",\"received_at\":\"{received_at}\",\"payload\":"
-    )
-    .map_err(StoreError::unavailable)?;
-    json.extend_from_slice(event.payload.as_bytes());
-    json.push(b'}');
-    Ok(())
-}
-
-/// What the client sent of a stored event, for comparing with a retry.
-#[derive(serde::Deserialize)]
-struct StoredContent {
-    event_id: String,
-    event_type: String,
-    source: Option<String>,
-    timestamp: String,
-    payload: Box<serde_json::value::RawValue>,
-    #[serde(skip)]
-    timestamp_given: bool,
-}
-
-impl StoredContent {
-    fn parse(json: &[u8], timestamp_given: bool) -> Result<Self, StoreError> {
-        let mut content: Self = serde_json::from_slice(json)
-            .map_err(|err| StoreError::Corrupt(format!("stored event: {err}")))?;
-        content.timestamp_given = timestamp_given;
-        Ok(content)
-    }
-
-    /// Compares by meaning: key order and spacing of the payload do not matter, nor the
-    /// offset a timestamp was written in.
-    fn same_as(&self, event: &NewEvent) -> bool {
-        let timestamp = pulsestream_core::parse_timestamp(&self.timestamp);
-        let same_timestamp = match (self.timestamp_given, event.timestamp) {
-            (true, Some(ts)) => timestamp == Some(ts),
-            (false, None) => true,
-            _ => false,
-        };
-        self.event_type == event.event_type
-            && self.source == event.source
-            && same_timestamp
-            && same_payload(self.payload.get(), &event.payload)
-    }
-}
-
-/// Compares two payloads' JSON by meaning. Never fails: a payload no reader can load as a
-/// value (validation should have refused it) is compared by its bytes, so one odd event can
-/// never stop the writer.
-fn same_payload(a: &str, b: &str) -> bool {
-    if a == b {
-        return true;
-    }
-    match (
-        serde_json::from_str::<Value>(a),
-        serde_json::from_str::<Value>(b),
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
-fn same_content(a: &NewEvent, b: &NewEvent) -> bool {
-    a.content_hash == b.content_hash
-        || (a.event_type == b.event_type
-            && a.source == b.source
-            && a.timestamp == b.timestamp
-            && same_payload(&a.payload, &b.payload))
 }

@@ -1,0 +1,540 @@
+//! The PostgreSQL store: several stateless `pulsestream serve` nodes on one database.
+//!
+//! The same traits as the embedded store, the same answers. What the embedded store gets
+//! from its single writer, PostgreSQL gets from constraints and locks: the unique
+//! constraint on `(tenant_id, event_id)` decides which of two concurrent copies of an event
+//! is stored (the other waits for it, then reads it as a duplicate); an advisory lock per
+//! `Idempotency-Key` serialises requests that share a key; each request's events, outbox
+//! rows and idempotency record are one transaction, committed with `synchronous_commit` on
+//! before the request is answered. Delivery workers on every node share each destination's
+//! queue through `FOR UPDATE SKIP LOCKED` and leases ([`queue`]).
+//!
+//! When the database is down or slow, calls fail fast: every operation has a deadline, the
+//! pool waits a bounded time for a connection, and after a few outage errors in a row a
+//! breaker refuses calls for a second without touching the network, so the API answers 503
+//! with `Retry-After` at once and `/readyz` says not ready. The first call after the pause
+//! tries the database again; recovery needs nobody.
+
+mod append;
+mod migrate;
+mod queue;
+mod search;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use pulsestream_core::{EventId, Tenant, TenantId};
+use tokio_postgres::NoTls;
+
+use crate::record::IdGen;
+use crate::{
+    AppendBatch, AppendOutcome, EventStore, IdempotencyRecord, SearchPage, SearchQuery, StoreError,
+    StoredEvent, TenantStore,
+};
+
+pub use migrate::latest_version;
+
+/// Settings of the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:5432/db`; `?options=-csearch_path%3Dname` picks a schema.
+    pub url: String,
+    /// Connections in this node's pool.
+    pub pool_size: usize,
+    /// Longest any store operation may take, waiting for a connection included.
+    pub operation_timeout: Duration,
+    /// How long a delivery worker holds claimed queue rows before another node may take
+    /// them (it records an outcome long before, unless it died).
+    pub lease: Duration,
+    /// How long a node trusts its cached copy of a tenant (API keys, rate limit) before it
+    /// reads the database again: the delay for a change made through another node.
+    pub tenant_cache_ttl: Duration,
+}
+
+impl PostgresConfig {
+    /// Default settings for the database at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 32,
+            operation_timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(60),
+            tenant_cache_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// PulseStream's store on PostgreSQL. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    config: PostgresConfig,
+    breaker: Breaker,
+    tenants: Mutex<TenantCache>,
+    ids: Mutex<IdGen>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("pool_size", &self.inner.config.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+enum Outage {
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the database failed repeatedly; calls are paused for a moment")]
+    BreakerOpen,
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations and returns the store.
+    ///
+    /// # Errors
+    /// The URL is invalid, the database cannot be reached, or a migration fails.
+    pub async fn connect(config: &PostgresConfig) -> Result<Self, StoreError> {
+        let store = Self::connect_lazy(config)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Builds the pool without touching the database.
+    ///
+    /// # Errors
+    /// The URL is not a PostgreSQL connection string.
+    pub fn connect_lazy(config: &PostgresConfig) -> Result<Self, StoreError> {
+        let mut pg: tokio_postgres::Config = config.url.parse().map_err(pg_error)?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(2));
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("pulsestream");
+        }
+        // No statement may outlive the operation deadline on the server either.
+        let timeout_ms = config.operation_timeout.as_millis();
+        let options = match pg.get_options() {
+            Some(options) => format!("{options} -c statement_timeout={timeout_ms}"),
+            None => format!("-c statement_timeout={timeout_ms}"),
+        };
+        pg.options(&options);
+        pg.keepalives_idle(Duration::from_secs(10));
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let bounded = Some(config.operation_timeout.min(Duration::from_secs(2)));
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(2))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(bounded)
+            .create_timeout(bounded)
+            .recycle_timeout(bounded)
+            .build()
+            .map_err(StoreError::unavailable)?;
+        Ok(Self {
+            inner: std::sync::Arc::new(Inner {
+                pool,
+                config: config.clone(),
+                breaker: Breaker::default(),
+                tenants: Mutex::new(TenantCache::default()),
+                ids: Mutex::new(IdGen::new()),
+            }),
+        })
+    }
+
+    /// Applies the migrations the database lacks (safe from several nodes at once).
+    /// Returns the versions applied now.
+    ///
+    /// # Errors
+    /// The database cannot be reached or a migration fails.
+    pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        let mut client = self.client().await?;
+        migrate::run(&mut client).await
+    }
+
+    /// Takes a pooled connection (bounded wait).
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.inner.pool.get().await.map_err(StoreError::unavailable)
+    }
+
+    /// Runs one store operation under the breaker and the operation deadline.
+    async fn guarded<T, F>(&self, operation: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let breaker = &self.inner.breaker;
+        if !breaker.allows(Instant::now()) {
+            return Err(StoreError::unavailable(Outage::BreakerOpen));
+        }
+        let deadline = self.inner.config.operation_timeout;
+        let result = match tokio::time::timeout(deadline, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::unavailable(Outage::Timeout(deadline))),
+        };
+        match &result {
+            Err(err) if is_outage(err) => breaker.failure(Instant::now()),
+            _ => breaker.success(),
+        }
+        result
+    }
+
+    fn next_id(&self, event: &pulsestream_core::NewEvent, at: time::OffsetDateTime) -> EventId {
+        self.inner
+            .ids
+            .lock()
+            .expect("id generator lock is never poisoned")
+            .next(event, at)
+    }
+}
+
+/// Turns a driver error into the store's: the database failed, not the client.
+fn pg_error(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::unavailable(err)
+}
+
+/// Returns whether an error means the database is unreachable or too slow (as opposed to a
+/// problem with one statement), which is what the breaker counts.
+fn is_outage(err: &StoreError) -> bool {
+    let StoreError::Unavailable(source) = err else {
+        return false;
+    };
+    if source.downcast_ref::<Outage>().is_some()
+        || source
+            .downcast_ref::<deadpool_postgres::PoolError>()
+            .is_some()
+    {
+        return true;
+    }
+    match source.downcast_ref::<tokio_postgres::Error>() {
+        Some(err) => match err.code() {
+            // Connection exceptions, shutdown, cannot connect now, statement timeout.
+            Some(code) => {
+                code.code().starts_with("08")
+                    || code.code().starts_with("57P")
+                    || code.code() == "57014"
+            }
+            // No SQLSTATE: the socket failed or the connection is closed.
+            None => true,
+        },
+        None => false,
+    }
+}
+
+/// Returns whether the transaction lost a race the database detected (a deadlock between
+/// two requests inserting overlapping events, a serialization failure) and may be retried.
+fn is_retryable(err: &StoreError) -> bool {
+    let StoreError::Unavailable(source) = err else {
+        return false;
+    };
+    source
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|code| matches!(code.code(), "40P01" | "40001"))
+}
+
+/// Consecutive outages that open the breaker, and how long it stays open.
+const BREAKER_THRESHOLD: u32 = 3;
+const BREAKER_PAUSE: Duration = Duration::from_secs(1);
+
+/// Fails calls fast while the database is known to be down.
+#[derive(Default)]
+struct Breaker {
+    failures: AtomicU32,
+    open_until: Mutex<Option<Instant>>,
+}
+
+impl Breaker {
+    fn allows(&self, now: Instant) -> bool {
+        let open_until = self
+            .open_until
+            .lock()
+            .expect("breaker lock is never poisoned");
+        open_until.is_none_or(|until| now >= until)
+    }
+
+    fn failure(&self, now: Instant) {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= BREAKER_THRESHOLD {
+            let mut open_until = self
+                .open_until
+                .lock()
+                .expect("breaker lock is never poisoned");
+            if open_until.is_none_or(|until| now >= until) {
+                tracing::warn!(
+                    failures,
+                    "PostgreSQL is failing; pausing calls for a second"
+                );
+                metrics::counter!("pulsestream_database_breaker_opened_total").increment(1);
+            }
+            *open_until = Some(now + BREAKER_PAUSE);
+        }
+    }
+
+    fn success(&self) {
+        if self.failures.swap(0, Ordering::AcqRel) >= BREAKER_THRESHOLD {
+            tracing::info!("PostgreSQL answers again");
+        }
+        *self
+            .open_until
+            .lock()
+            .expect("breaker lock is never poisoned") = None;
+    }
+}
+
+/// Tenants by API key hash, each read from the database at most once per TTL per node.
+#[derive(Default)]
+struct TenantCache {
+    by_key_hash: HashMap<String, (Option<Tenant>, Instant)>,
+}
+
+/// Cached key lookups beyond which the cache starts over (unknown keys are cached too).
+const TENANT_CACHE_ENTRIES: usize = 10_000;
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append_batch(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        let mut attempt = 0;
+        loop {
+            let result = self.guarded(append::append(self, &batch)).await;
+            match result {
+                Err(err) if is_retryable(&err) && attempt < 3 => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "append lost a race in the database; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn event(
+        &self,
+        tenant: TenantId,
+        id: EventId,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        self.guarded(async {
+            let client = self.client().await?;
+            let statement = client
+                .prepare_cached("SELECT body FROM events WHERE tenant_id = $1 AND id = $2")
+                .await
+                .map_err(pg_error)?;
+            let row = client
+                .query_opt(&statement, &[&tenant.0, &id.0])
+                .await
+                .map_err(pg_error)?;
+            Ok(row.map(|row| StoredEvent {
+                id,
+                json: row.get::<_, String>(0).into_bytes(),
+            }))
+        })
+        .await
+    }
+
+    async fn search(&self, tenant: TenantId, query: SearchQuery) -> Result<SearchPage, StoreError> {
+        self.guarded(search::search(self, tenant, &query)).await
+    }
+
+    async fn idempotency_record(
+        &self,
+        tenant: TenantId,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.guarded(async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT record FROM idempotency WHERE tenant_id = $1 AND key = $2",
+                    &[&tenant.0, &key],
+                )
+                .await
+                .map_err(pg_error)?;
+            row.map(|row| crate::record::decode_idempotency(row.get::<_, &[u8]>(0)))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        self.guarded(async {
+            let client = self.client().await?;
+            client.simple_query("SELECT 1").await.map_err(pg_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        // Every acknowledged write is already committed; closing only drops connections.
+        self.inner.pool.close();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl TenantStore for PostgresStore {
+    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        let record = serde_json::to_value(tenant).map_err(StoreError::unavailable)?;
+        self.guarded(async {
+            let mut client = self.client().await?;
+            let transaction = client.transaction().await.map_err(pg_error)?;
+            transaction
+                .execute(
+                    "INSERT INTO tenants (id, created_at, record) VALUES ($1, $2, $3)
+                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                    &[&tenant.id.0, &tenant.created_at, &record],
+                )
+                .await
+                .map_err(pg_error)?;
+            transaction
+                .execute(
+                    "DELETE FROM tenant_keys WHERE tenant_id = $1",
+                    &[&tenant.id.0],
+                )
+                .await
+                .map_err(pg_error)?;
+            let hashes: Vec<&str> = tenant.keys.iter().map(|key| key.hash.as_str()).collect();
+            transaction
+                .execute(
+                    "INSERT INTO tenant_keys (key_hash, tenant_id) SELECT unnest($1::text[]), $2",
+                    &[&hashes, &tenant.id.0],
+                )
+                .await
+                .map_err(pg_error)?;
+            transaction.commit().await.map_err(pg_error)
+        })
+        .await?;
+        // A change made here is seen here at once; other nodes see it within the TTL.
+        self.inner
+            .tenants
+            .lock()
+            .expect("tenant cache lock is never poisoned")
+            .by_key_hash
+            .clear();
+        Ok(())
+    }
+
+    async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.guarded(async {
+            let client = self.client().await?;
+            let rows = client
+                .query("SELECT record FROM tenants ORDER BY created_at, id", &[])
+                .await
+                .map_err(pg_error)?;
+            rows.iter()
+                .map(|row| decode_json(row.get(0), "tenant"))
+                .collect()
+        })
+        .await
+    }
+
+    async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
+        self.guarded(async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt("SELECT record FROM tenants WHERE id = $1", &[&id.0])
+                .await
+                .map_err(pg_error)?;
+            row.map(|row| decode_json(row.get(0), "tenant")).transpose()
+        })
+        .await
+    }
+
+    async fn tenant_by_key_hash(&self, hash: &str) -> Result<Option<Tenant>, StoreError> {
+        let ttl = self.inner.config.tenant_cache_ttl;
+        if let Some((tenant, at)) = self
+            .inner
+            .tenants
+            .lock()
+            .expect("tenant cache lock is never poisoned")
+            .by_key_hash
+            .get(hash)
+            && at.elapsed() < ttl
+        {
+            return Ok(tenant.clone());
+        }
+        let tenant = self
+            .guarded(async {
+                let client = self.client().await?;
+                let statement = client
+                    .prepare_cached(
+                        "SELECT t.record FROM tenant_keys k JOIN tenants t ON t.id = k.tenant_id
+                         WHERE k.key_hash = $1",
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let row = client
+                    .query_opt(&statement, &[&hash])
+                    .await
+                    .map_err(pg_error)?;
+                row.map(|row| decode_json::<Tenant>(row.get(0), "tenant"))
+                    .transpose()
+            })
+            .await?;
+        let mut cache = self
+            .inner
+            .tenants
+            .lock()
+            .expect("tenant cache lock is never poisoned");
+        if cache.by_key_hash.len() >= TENANT_CACHE_ENTRIES {
+            cache.by_key_hash.clear();
+        }
+        cache
+            .by_key_hash
+            .insert(hash.to_owned(), (tenant.clone(), Instant::now()));
+        Ok(tenant)
+    }
+
+    async fn admin_token_hash(&self) -> Result<Option<String>, StoreError> {
+        self.guarded(async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT value FROM settings WHERE name = 'admin_token_sha256'",
+                    &[],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(row.map(|row| row.get(0)))
+        })
+        .await
+    }
+
+    async fn set_admin_token_hash(&self, hash: &str) -> Result<(), StoreError> {
+        self.guarded(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO settings (name, value) VALUES ('admin_token_sha256', $1)
+                     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                    &[&hash],
+                )
+                .await
+                .map_err(pg_error)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Decodes a JSON record column.
+fn decode_json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    what: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_value(value)
+        .map_err(|err| StoreError::Corrupt(format!("{what} record: {err}")))
+}

@@ -278,6 +278,14 @@ fn check_payload<'a>(text: &'a str, errors: &mut Vec<FieldError>) -> Option<&'a 
         ));
         return None;
     }
+    if scan.nul {
+        errors.push(FieldError::new(
+            "payload",
+            "string_invalid",
+            "holds a NUL character (\\u0000), which cannot be stored",
+        ));
+        return None;
+    }
     let depth = scan.depth;
     if depth > MAX_PAYLOAD_DEPTH {
         errors.push(FieldError::new(
@@ -298,6 +306,9 @@ struct Scan {
     number_out_of_range: bool,
     /// A `\u` escape of a lone UTF-16 surrogate, which is not a character.
     lone_surrogate: bool,
+    /// A `\u0000` escape: no store can keep it in text (PostgreSQL refuses it), so no store
+    /// takes it, and both answer alike.
+    nul: bool,
 }
 
 /// Scans valid JSON text once. Iterative, so no input can exhaust the stack.
@@ -307,6 +318,7 @@ fn scan(text: &str) -> Scan {
     let mut escaped = false;
     let mut number_out_of_range = false;
     let mut lone_surrogate = false;
+    let mut nul = false;
     let mut low_surrogate_at = usize::MAX;
     let bytes = text.as_bytes();
     let hex4 = |from: usize| -> Option<u32> {
@@ -319,6 +331,7 @@ fn scan(text: &str) -> Scan {
                 b'u' if escaped => {
                     escaped = false;
                     match hex4(at + 1) {
+                        Some(0) => nul = true,
                         Some(0xD800..=0xDBFF) => {
                             let pair = bytes.get(at + 5..at + 7) == Some(b"\\u".as_slice())
                                 && matches!(hex4(at + 7), Some(0xDC00..=0xDFFF));
@@ -383,6 +396,7 @@ fn scan(text: &str) -> Scan {
         depth: deepest,
         number_out_of_range,
         lone_surrogate,
+        nul,
     }
 }
 

@@ -43,6 +43,7 @@ pub fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         pulsestream_api::observe::describe_metrics();
         pulsestream_store::embedded::describe_metrics();
+        pulsestream_store::postgres::describe_metrics();
         pulsestream_limits::describe_metrics();
         pulsestream_delivery::describe_metrics();
         metrics::describe_gauge!("pulsestream_build_info", "Always 1; the version is a label");

@@ -1,12 +1,11 @@
 //! Acknowledged events survive restarts: graceful ones, and a SIGKILL right after the answer.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{ADMIN_TOKEN, TestApp, TestTenant, body, event};
+use crate::harness::{ADMIN_TOKEN, ServerProcess, TestApp, TestStore, TestTenant, body, event};
 
 #[tokio::test]
 async fn events_and_tenants_survive_a_restart_and_duplicates_are_still_caught() {
@@ -24,65 +23,11 @@ async fn events_and_tenants_survive_a_restart_and_duplicates_are_still_caught() 
     assert_eq!(body(again).await["id"], stored["id"]);
 }
 
-struct Process {
-    child: Child,
-    base: String,
-}
-
-impl Process {
-    fn start(dir: &std::path::Path) -> Self {
-        let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_pulsestream"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(dir)
-            .env("PULSESTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pulsestream");
-        Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    async fn wait_ready(&self, client: &reqwest::Client) {
-        for _ in 0..200 {
-            if let Ok(response) = client.get(format!("{}/readyz", self.base)).send().await
-                && response.status() == StatusCode::OK
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the server did not become ready");
-    }
-
-    fn kill(mut self) {
-        // SIGKILL: no shutdown code runs, nothing is flushed on the way out.
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reap");
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
-    let dir = tempfile::tempdir().unwrap();
+    let store = TestStore::new().await;
     let client = reqwest::Client::new();
-    let server = Process::start(dir.path());
+    let server = ServerProcess::start(&store, &[]);
     server.wait_ready(&client).await;
     let created: Value = client
         .post(format!("{}/admin/tenants", server.base))
@@ -143,7 +88,7 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
         acknowledged.len()
     );
 
-    let server = Process::start(dir.path());
+    let server = ServerProcess::start(&store, &[]);
     server.wait_ready(&client).await;
     let app = TestApp::attach(&server.base, client.clone());
     let stored = app.count_events(&tenant, "event_type=crash.test").await;

@@ -1,5 +1,6 @@
-//! `TestApp`: the real server on 127.0.0.1:0 with a temporary data dir, and helpers named
-//! after what a client does.
+//! `TestApp`: the real server on 127.0.0.1:0 with a fresh store (a temporary data dir, and a
+//! fresh PostgreSQL schema when the suite runs on PostgreSQL), and helpers named after what a
+//! client does.
 
 use std::time::Duration;
 
@@ -13,6 +14,168 @@ use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// The store a suite runs on: each test binary's root sets `BACKEND`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code, reason = "each test binary constructs one of them")]
+pub enum Backend {
+    Embedded,
+    Postgres,
+}
+
+/// The PostgreSQL server the suite uses (a fresh schema per test is made in it).
+pub fn test_database_url() -> String {
+    std::env::var("PULSESTREAM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// One test's store: a temporary data dir, plus a fresh PostgreSQL schema (dropped at the
+/// end) when the suite runs on PostgreSQL. Several servers given the same `TestStore` share
+/// it, as the nodes of a cluster do.
+pub struct TestStore {
+    pub dir: TempDir,
+    /// The URL servers are given: the test database with `search_path` set to the schema.
+    pub database_url: Option<String>,
+    schema: Option<String>,
+}
+
+impl TestStore {
+    pub async fn new() -> Self {
+        Self::for_backend(crate::BACKEND).await
+    }
+
+    pub async fn for_backend(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if backend == Backend::Embedded {
+            return Self {
+                dir,
+                database_url: None,
+                schema: None,
+            };
+        }
+        let base = test_database_url();
+        let schema = format!("pstest_{}", uuid::Uuid::new_v4().simple());
+        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|err| {
+                panic!("PostgreSQL at {base} (PULSESTREAM_TEST_DATABASE_URL) is needed: {err}")
+            });
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .expect("create a schema for the test");
+        let separator = if base.contains('?') { '&' } else { '?' };
+        Self {
+            dir,
+            database_url: Some(format!("{base}{separator}options=-csearch_path%3D{schema}")),
+            schema: Some(schema),
+        }
+    }
+
+    /// Points a server's settings at this store.
+    pub fn apply(&self, config: &mut ServeConfig) {
+        config.data_dir = self.dir.path().to_path_buf();
+        config.database_url = self.database_url.clone().map(Secret);
+    }
+
+    /// The command-line flags that point a `pulsestream serve` process at this store.
+    pub fn serve_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--data-dir".to_owned(),
+            self.dir.path().display().to_string(),
+        ];
+        if let Some(url) = &self.database_url {
+            args.extend(["--database-url".to_owned(), url.clone()]);
+        }
+        args
+    }
+}
+
+/// The real `pulsestream` binary in a child process, killed with SIGKILL at the end.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub base: String,
+}
+
+impl ServerProcess {
+    /// Starts `pulsestream serve` on a free port, on `store`, with extra flags.
+    pub fn start(store: &TestStore, flags: &[&str]) -> Self {
+        let port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pulsestream"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(store.serve_args())
+            .args(flags)
+            .env("PULSESTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pulsestream");
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn wait_ready(&self, client: &reqwest::Client) {
+        for _ in 0..200 {
+            if let Ok(response) = client.get(format!("{}/readyz", self.base)).send().await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
+    /// SIGKILL: no shutdown code runs, nothing is flushed on the way out.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let Some(schema) = self.schema.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// A client of a running server, with helpers named after what a user does.
 #[derive(Clone)]
 pub struct ApiClient {
@@ -23,8 +186,8 @@ pub struct ApiClient {
 /// The real server, in-process, on a temporary data dir. Dereferences to its client.
 pub struct TestApp {
     api: ApiClient,
-    /// Kept so the data dir lives as long as the server.
-    _dir: TempDir,
+    /// Kept so the data dir (and schema) live as long as the server.
+    _store: TestStore,
     config: ServeConfig,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -43,8 +206,9 @@ impl TestApp {
     }
 
     pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+        let store = TestStore::new().await;
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), store.dir.path().into());
+        store.apply(&mut config);
         config.admin_token = Some(Secret(ADMIN_TOKEN.into()));
         adjust(&mut config);
         let (base, shutdown, task) = start(&config).await;
@@ -54,7 +218,7 @@ impl TestApp {
             .unwrap();
         Self {
             api: ApiClient { base, client },
-            _dir: dir,
+            _store: store,
             config,
             shutdown,
             task: Some(task),

@@ -171,6 +171,12 @@ async fn broken_bodies_get_clear_4xx_answers() {
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
+            "NUL in the payload (PostgreSQL cannot store it; neither store takes it)",
+            "application/json",
+            b"{\"event_type\": \"a\", \"payload\": {\"k\": \"a\\u0000b\"}}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
             "number beyond f64",
             "application/json",
             b"{\"event_type\": \"a\", \"payload\": {\"n\": 1e999}}".to_vec(),

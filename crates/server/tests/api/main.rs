@@ -1,4 +1,8 @@
 //! HTTP integration tests: the real server on a random port, a fresh embedded store per test.
+//! `tests/api_postgres` runs the same modules on PostgreSQL.
+
+/// The store every test of this binary runs on.
+const BACKEND: harness::Backend = harness::Backend::Embedded;
 
 mod admin;
 mod batch;

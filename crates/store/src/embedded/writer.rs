@@ -52,7 +52,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         "pulsestream_commit_failures_total",
-        "Group commits that failed; after one the store stops acknowledging writes"
+        "Commits that failed (on the embedded store, the store then stops acknowledging writes)"
     );
 }
 

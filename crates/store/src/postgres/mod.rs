@@ -38,6 +38,14 @@ use crate::{
 
 pub use migrate::latest_version;
 
+/// Declares the PostgreSQL store's own metrics (commits share the embedded writer's names).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "pulsestream_database_breaker_opened_total",
+        "Times PostgreSQL failed often enough that calls were paused (answered 503 at once)"
+    );
+}
+
 /// Settings of the PostgreSQL store.
 #[derive(Debug, Clone)]
 pub struct PostgresConfig {
@@ -308,17 +316,29 @@ const TENANT_CACHE_ENTRIES: usize = 10_000;
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn append_batch(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        let started = Instant::now();
         let mut attempt = 0;
-        loop {
+        let result = loop {
             let result = self.guarded(append::append(self, &batch)).await;
             match result {
                 Err(err) if is_retryable(&err) && attempt < 3 => {
                     attempt += 1;
                     tracing::debug!(attempt, "append lost a race in the database; retrying");
                 }
-                other => return other,
+                other => break other,
             }
+        };
+        // The same metrics as the embedded writer's group commits (one request per commit).
+        match &result {
+            Ok(_) => {
+                metrics::histogram!("pulsestream_commit_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!("pulsestream_commit_batch_events")
+                    .record(batch.events.len() as f64);
+            }
+            Err(_) => metrics::counter!("pulsestream_commit_failures_total").increment(1),
         }
+        result
     }
 
     async fn event(

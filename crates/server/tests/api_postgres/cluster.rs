@@ -1,0 +1,217 @@
+//! Two `pulsestream serve` processes on one PostgreSQL schema and one Redis: what a client
+//! sees must not depend on which node answers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{ADMIN_TOKEN, ServerProcess, TestApp, TestStore, TestTenant, body, event};
+use crate::receiver::{Behaviour, Receiver, wait_until};
+
+/// Two nodes sharing one store and one Redis key prefix.
+struct Cluster {
+    nodes: Vec<ServerProcess>,
+    client: reqwest::Client,
+    _store: TestStore,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        let store = TestStore::new().await;
+        let prefix = format!("pstest-{}", uuid::Uuid::new_v4().simple());
+        let flags = [
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--redis-key-prefix",
+            prefix.as_str(),
+            "--allow-private-destinations",
+            "true",
+            "--delivery-retry-base-ms",
+            "20",
+        ];
+        let nodes: Vec<ServerProcess> = (0..2)
+            .map(|_| ServerProcess::start(&store, &flags))
+            .collect();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        for node in &nodes {
+            node.wait_ready(&client).await;
+        }
+        Self {
+            nodes,
+            client,
+            _store: store,
+        }
+    }
+
+    fn node(&self, n: usize) -> crate::harness::ApiClient {
+        TestApp::attach(&self.nodes[n % self.nodes.len()].base, self.client.clone())
+    }
+
+    async fn create_tenant(&self, limit: Value) -> TestTenant {
+        let created: Value = self
+            .client
+            .post(format!("{}/admin/tenants", self.nodes[0].base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&limit)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        TestTenant {
+            id: created["id"].as_str().unwrap().into(),
+            api_key: created["api_key"].as_str().unwrap().into(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_copies_of_an_event_sent_to_both_nodes_are_stored_once() {
+    let cluster = Cluster::start().await;
+    let tenant = cluster
+        .create_tenant(
+            json!({"name": "both", "rate_limit_per_minute": 10_000_000, "burst": 1_000_000}),
+        )
+        .await;
+    for round in 0..20 {
+        let sent = event(
+            &format!("twin-{round}"),
+            "cluster.test",
+            json!({"round": round}),
+        );
+        let answers = futures::future::join_all((0..8).map(|n| {
+            let (node, tenant, sent) = (cluster.node(n), tenant.clone(), sent.clone());
+            async move {
+                let response = node.post_event(&tenant, &sent).await;
+                (response.status(), body(response).await)
+            }
+        }))
+        .await;
+        let created = answers
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::CREATED)
+            .count();
+        let duplicates = answers
+            .iter()
+            .filter(|(status, answer)| *status == StatusCode::OK && answer["status"] == "duplicate")
+            .count();
+        assert_eq!((created, duplicates), (1, 7), "round {round}: {answers:?}");
+        let ids: Vec<&Value> = answers.iter().map(|(_, answer)| &answer["id"]).collect();
+        assert!(
+            ids.iter().all(|id| *id == ids[0]),
+            "one id for all: {ids:?}"
+        );
+    }
+    for n in 0..2 {
+        assert_eq!(
+            cluster
+                .node(n)
+                .count_events(&tenant, "event_type=cluster.test")
+                .await,
+            20,
+            "node {n} sees every event once"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_nodes_draw_from_one_rate_limit_through_redis() {
+    let cluster = Cluster::start().await;
+    let tenant = cluster
+        .create_tenant(json!({"name": "limited", "rate_limit_per_minute": 100}))
+        .await;
+    let mut by_status: HashMap<u16, usize> = HashMap::new();
+    for i in 0..150 {
+        let response = cluster
+            .node(i)
+            .post_event(
+                &tenant,
+                &event(&format!("limited-{i}"), "limit.test", json!({})),
+            )
+            .await;
+        *by_status.entry(response.status().as_u16()).or_default() += 1;
+    }
+    let admitted = by_status.get(&201).copied().unwrap_or_default();
+    let refused = by_status.get(&429).copied().unwrap_or_default();
+    // 100 at once, plus what refills (100/min) while the test runs.
+    assert!(
+        (100..=105).contains(&admitted),
+        "one budget for both nodes: {by_status:?}"
+    );
+    assert_eq!(admitted + refused, 150, "{by_status:?}");
+    assert_eq!(
+        cluster
+            .node(1)
+            .count_events(&tenant, "event_type=limit.test")
+            .await,
+        admitted,
+        "refused events are not stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_nodes_deliver_from_one_queue_and_no_event_twice() {
+    let cluster = Cluster::start().await;
+    let tenant = cluster
+        .create_tenant(
+            json!({"name": "deliver", "rate_limit_per_minute": 10_000_000, "burst": 1_000_000}),
+        )
+        .await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let created = cluster
+        .client
+        .post(format!("{}/v1/destinations", cluster.nodes[0].base))
+        .bearer_auth(&tenant.api_key)
+        .json(&json!({"kind": "webhook", "url": receiver.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let destination: Value = created.json().await.unwrap();
+
+    // 600 events through both nodes while both nodes' workers deliver.
+    for round in 0..12 {
+        let events: Vec<Value> = (0..50)
+            .map(|i| event(&format!("d-{round}-{i}"), "delivery.test", json!({"i": i})))
+            .collect();
+        let response = cluster.node(round).post_batch(&tenant, &events).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    wait_until(
+        "every event is delivered",
+        Duration::from_secs(30),
+        || async { receiver.delivered_events().len() >= 600 },
+    )
+    .await;
+    // Give a duplicate time to show up, if one were coming.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered = receiver.delivered_events();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for delivered in &delivered {
+        *seen
+            .entry(delivered["event_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), 600);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    let id = destination["id"].as_str().unwrap();
+    let stats = body(
+        cluster
+            .client
+            .get(format!("{}/v1/destinations/{id}", cluster.nodes[1].base))
+            .bearer_auth(&tenant.api_key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(stats["pending"], 0, "{stats}");
+    assert_eq!(stats["delivered"], 600, "{stats}");
+}

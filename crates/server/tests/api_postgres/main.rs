@@ -1,0 +1,37 @@
+//! The HTTP integration suite of `tests/api`, run against the real PostgreSQL: each test gets
+//! a fresh schema in `PULSESTREAM_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`), and fails when PostgreSQL cannot be reached.
+//! The modules are the same files as the embedded suite's, plus what only a shared database
+//! has: several nodes on one database, and the database failing under load.
+
+/// The store every test of this binary runs on.
+const BACKEND: harness::Backend = harness::Backend::Postgres;
+
+#[path = "../api/admin.rs"]
+mod admin;
+#[path = "../api/batch.rs"]
+mod batch;
+mod cluster;
+mod database_faults;
+#[path = "../api/delivery.rs"]
+mod delivery;
+#[path = "../api/durability.rs"]
+mod durability;
+#[path = "../api/harness.rs"]
+mod harness;
+#[path = "../api/idempotency.rs"]
+mod idempotency;
+#[path = "../api/ingest.rs"]
+mod ingest;
+#[path = "../api/inputs.rs"]
+mod inputs;
+#[path = "../api/openapi.rs"]
+mod openapi;
+#[path = "../api/operations.rs"]
+mod operations;
+#[path = "../api/rate_limits.rs"]
+mod rate_limits;
+#[path = "../api/receiver.rs"]
+mod receiver;
+#[path = "../api/search.rs"]
+mod search;

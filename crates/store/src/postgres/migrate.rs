@@ -42,7 +42,8 @@ async fn apply(client: &mut Object) -> Result<Vec<i32>, StoreError> {
     // index can name its operator class.
     client
         .batch_execute(
-            "CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
+            "SET client_min_messages TO warning;
+             CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
              CREATE TABLE IF NOT EXISTS schema_migrations (
                  version    integer PRIMARY KEY,
                  name       text NOT NULL,

@@ -1,12 +1,16 @@
-//! The storage ceiling for BENCHMARKS.md: appends batches straight into the embedded store,
-//! with the same schema, group commit and fdatasync as the server, but no HTTP.
+//! The storage ceiling for BENCHMARKS.md: appends batches straight into a store, with the same
+//! schema and durability as the server, but no HTTP.
 //!
 //! `cargo run --release -p pulsestream-store --example raw_append -- DIR EVENTS BATCH CONCURRENCY`
+//! (DIR may be a `postgres://` URL: then the PostgreSQL store, one transaction per batch.)
 
 use std::time::Instant;
 
 use pulsestream_core::{NewEvent, TenantId};
+use std::sync::Arc;
+
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use pulsestream_store::postgres::{PostgresConfig, PostgresStore};
 use pulsestream_store::{AppendBatch, EventStore};
 
 #[tokio::main]
@@ -29,7 +33,13 @@ async fn main() {
     {
         config.index_memtable_bytes = mb * 1024 * 1024;
     }
-    let store = EmbeddedStore::open(&config).expect("open store");
+    let store: Arc<dyn EventStore> = if dir.starts_with("postgres://") {
+        let mut config = PostgresConfig::new(&dir);
+        config.pool_size = concurrency.max(2);
+        Arc::new(PostgresStore::connect(&config).await.expect("connect"))
+    } else {
+        Arc::new(EmbeddedStore::open(&config).expect("open store"))
+    };
     let tenant = TenantId::random();
     let batches = total / batch_size;
     let started = Instant::now();

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{ADMIN_TOKEN, TestApp, TestTenant, body, event};
 
-fn test_redis_url() -> String {
+pub fn test_redis_url() -> String {
     std::env::var("PULSESTREAM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 

@@ -21,9 +21,10 @@ impl Cluster {
     async fn start() -> Self {
         let store = TestStore::new().await;
         let prefix = format!("pstest-{}", uuid::Uuid::new_v4().simple());
+        let redis = crate::rate_limits::test_redis_url();
         let flags = [
             "--redis-url",
-            "redis://127.0.0.1:6379",
+            redis.as_str(),
             "--redis-key-prefix",
             prefix.as_str(),
             "--allow-private-destinations",

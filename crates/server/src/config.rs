@@ -186,6 +186,7 @@ impl ServeConfig {
         let url = self.database_url.as_ref()?;
         let mut config = PostgresConfig::new(url.0.clone());
         config.pool_size = self.database_pool_size;
+        config.queue_capacity = self.write_queue_capacity;
         config.operation_timeout = Duration::from_millis(self.database_timeout_ms);
         Some(config)
     }

@@ -38,12 +38,9 @@ pub(crate) async fn run(client: &mut Object) -> Result<Vec<i32>, StoreError> {
 }
 
 async fn apply(client: &mut Object) -> Result<Vec<i32>, StoreError> {
-    // pg_trgm serves full-text (`q`) searches; it lives in `public` so that every schema's
-    // index can name its operator class.
     client
         .batch_execute(
             "SET client_min_messages TO warning;
-             CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
              CREATE TABLE IF NOT EXISTS schema_migrations (
                  version    integer PRIMARY KEY,
                  name       text NOT NULL,

@@ -21,13 +21,14 @@ mod queue;
 mod search;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use pulsestream_core::{EventId, Tenant, TenantId};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
 use crate::record::IdGen;
@@ -53,6 +54,10 @@ pub struct PostgresConfig {
     pub url: String,
     /// Connections in this node's pool.
     pub pool_size: usize,
+    /// Transactions committing appends at once; each takes every request waiting for it.
+    pub committers: usize,
+    /// Requests waiting for a committer beyond which new ones get 503.
+    pub queue_capacity: usize,
     /// Longest any store operation may take, waiting for a connection included.
     pub operation_timeout: Duration,
     /// How long a delivery worker holds claimed queue rows before another node may take
@@ -69,6 +74,8 @@ impl PostgresConfig {
         Self {
             url: url.into(),
             pool_size: 32,
+            committers: 4,
+            queue_capacity: 1024,
             operation_timeout: Duration::from_secs(5),
             lease: Duration::from_secs(60),
             tenant_cache_ttl: Duration::from_secs(1),
@@ -79,7 +86,20 @@ impl PostgresConfig {
 /// PulseStream's store on PostgreSQL. Cheap to clone.
 #[derive(Clone)]
 pub struct PostgresStore {
-    inner: std::sync::Arc<Inner>,
+    db: Db,
+    writes: Arc<Writes>,
+}
+
+/// The pool and what guards it; shared with the committer tasks.
+#[derive(Clone)]
+pub(crate) struct Db {
+    inner: Arc<Inner>,
+}
+
+/// The queue of appends and the committer tasks that drain it.
+struct Writes {
+    sender: Mutex<Option<mpsc::Sender<append::Job>>>,
+    committers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 struct Inner {
@@ -93,7 +113,7 @@ struct Inner {
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStore")
-            .field("pool_size", &self.inner.config.pool_size)
+            .field("pool_size", &self.db.inner.config.pool_size)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +127,11 @@ enum Outage {
     BreakerOpen,
 }
 
+/// The store was closed (the server is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the store is closed")]
+struct Closed;
+
 impl PostgresStore {
     /// Connects, applies pending migrations and returns the store.
     ///
@@ -118,7 +143,8 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// Builds the pool without touching the database.
+    /// Builds the pool and starts the committer tasks without touching the database. Must be
+    /// called inside a Tokio runtime.
     ///
     /// # Errors
     /// The URL is not a PostgreSQL connection string.
@@ -154,13 +180,25 @@ impl PostgresStore {
             .recycle_timeout(bounded)
             .build()
             .map_err(StoreError::unavailable)?;
-        Ok(Self {
-            inner: std::sync::Arc::new(Inner {
+        let db = Db {
+            inner: Arc::new(Inner {
                 pool,
                 config: config.clone(),
                 breaker: Breaker::default(),
                 tenants: Mutex::new(TenantCache::default()),
                 ids: Mutex::new(IdGen::new()),
+            }),
+        };
+        let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let committers = (0..config.committers.max(1))
+            .map(|_| tokio::spawn(append::run_committer(db.clone(), receiver.clone())))
+            .collect();
+        Ok(Self {
+            db,
+            writes: Arc::new(Writes {
+                sender: Mutex::new(Some(sender)),
+                committers: Mutex::new(committers),
             }),
         })
     }
@@ -171,10 +209,12 @@ impl PostgresStore {
     /// # Errors
     /// The database cannot be reached or a migration fails.
     pub async fn migrate(&self) -> Result<Vec<i32>, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.db.client().await?;
         migrate::run(&mut client).await
     }
+}
 
+impl Db {
     /// Takes a pooled connection (bounded wait).
     async fn client(&self) -> Result<Object, StoreError> {
         self.inner.pool.get().await.map_err(StoreError::unavailable)
@@ -316,29 +356,25 @@ const TENANT_CACHE_ENTRIES: usize = 10_000;
 #[async_trait]
 impl EventStore for PostgresStore {
     async fn append_batch(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
-        let started = Instant::now();
-        let mut attempt = 0;
-        let result = loop {
-            let result = self.guarded(append::append(self, &batch)).await;
-            match result {
-                Err(err) if is_retryable(&err) && attempt < 3 => {
-                    attempt += 1;
-                    tracing::debug!(attempt, "append lost a race in the database; retrying");
-                }
-                other => break other,
-            }
-        };
-        // The same metrics as the embedded writer's group commits (one request per commit).
-        match &result {
-            Ok(_) => {
-                metrics::histogram!("pulsestream_commit_duration_seconds")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::histogram!("pulsestream_commit_batch_events")
-                    .record(batch.events.len() as f64);
-            }
-            Err(_) => metrics::counter!("pulsestream_commit_failures_total").increment(1),
+        // While the database is known to be down, refuse at once rather than queue.
+        if !self.db.inner.breaker.allows(Instant::now()) {
+            return Err(StoreError::unavailable(Outage::BreakerOpen));
         }
-        result
+        let sender = self
+            .writes
+            .sender
+            .lock()
+            .expect("append queue lock is never poisoned")
+            .clone()
+            .ok_or_else(|| StoreError::unavailable(Closed))?;
+        let (reply, outcome) = oneshot::channel();
+        sender
+            .try_send(append::Job { batch, reply })
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => StoreError::unavailable(Closed),
+            })?;
+        outcome.await.map_err(StoreError::unavailable)?
     }
 
     async fn event(
@@ -346,26 +382,29 @@ impl EventStore for PostgresStore {
         tenant: TenantId,
         id: EventId,
     ) -> Result<Option<StoredEvent>, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached("SELECT body FROM events WHERE tenant_id = $1 AND id = $2")
-                .await
-                .map_err(pg_error)?;
-            let row = client
-                .query_opt(&statement, &[&tenant.0, &id.0])
-                .await
-                .map_err(pg_error)?;
-            Ok(row.map(|row| StoredEvent {
-                id,
-                json: row.get::<_, String>(0).into_bytes(),
-            }))
-        })
-        .await
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let statement = client
+                    .prepare_cached("SELECT body FROM events WHERE tenant_id = $1 AND id = $2")
+                    .await
+                    .map_err(pg_error)?;
+                let row = client
+                    .query_opt(&statement, &[&tenant.0, &id.0])
+                    .await
+                    .map_err(pg_error)?;
+                Ok(row.map(|row| StoredEvent {
+                    id,
+                    json: row.get::<_, String>(0).into_bytes(),
+                }))
+            })
+            .await
     }
 
     async fn search(&self, tenant: TenantId, query: SearchQuery) -> Result<SearchPage, StoreError> {
-        self.guarded(search::search(self, tenant, &query)).await
+        self.db
+            .guarded(search::search(&self.db, tenant, &query))
+            .await
     }
 
     async fn idempotency_record(
@@ -373,33 +412,50 @@ impl EventStore for PostgresStore {
         tenant: TenantId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT record FROM idempotency WHERE tenant_id = $1 AND key = $2",
-                    &[&tenant.0, &key],
-                )
-                .await
-                .map_err(pg_error)?;
-            row.map(|row| crate::record::decode_idempotency(row.get::<_, &[u8]>(0)))
-                .transpose()
-        })
-        .await
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let row = client
+                    .query_opt(
+                        "SELECT record FROM idempotency WHERE tenant_id = $1 AND key = $2",
+                        &[&tenant.0, &key],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                row.map(|row| crate::record::decode_idempotency(row.get::<_, &[u8]>(0)))
+                    .transpose()
+            })
+            .await
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            client.simple_query("SELECT 1").await.map_err(pg_error)?;
-            Ok(())
-        })
-        .await
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                client.simple_query("SELECT 1").await.map_err(pg_error)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        // Every acknowledged write is already committed; closing only drops connections.
-        self.inner.pool.close();
+        // Stop taking appends, let the committers finish what is queued, then disconnect.
+        self.writes
+            .sender
+            .lock()
+            .expect("append queue lock is never poisoned")
+            .take();
+        let committers = std::mem::take(
+            &mut *self
+                .writes
+                .committers
+                .lock()
+                .expect("committer list lock is never poisoned"),
+        );
+        for committer in committers {
+            let _ = committer.await;
+        }
+        self.db.inner.pool.close();
         Ok(())
     }
 }
@@ -408,37 +464,39 @@ impl EventStore for PostgresStore {
 impl TenantStore for PostgresStore {
     async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
         let record = serde_json::to_value(tenant).map_err(StoreError::unavailable)?;
-        self.guarded(async {
-            let mut client = self.client().await?;
-            let transaction = client.transaction().await.map_err(pg_error)?;
-            transaction
-                .execute(
-                    "INSERT INTO tenants (id, created_at, record) VALUES ($1, $2, $3)
+        self.db
+            .guarded(async {
+                let mut client = self.db.client().await?;
+                let transaction = client.transaction().await.map_err(pg_error)?;
+                transaction
+                    .execute(
+                        "INSERT INTO tenants (id, created_at, record) VALUES ($1, $2, $3)
                      ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-                    &[&tenant.id.0, &tenant.created_at, &record],
-                )
-                .await
-                .map_err(pg_error)?;
-            transaction
-                .execute(
-                    "DELETE FROM tenant_keys WHERE tenant_id = $1",
-                    &[&tenant.id.0],
-                )
-                .await
-                .map_err(pg_error)?;
-            let hashes: Vec<&str> = tenant.keys.iter().map(|key| key.hash.as_str()).collect();
-            transaction
+                        &[&tenant.id.0, &tenant.created_at, &record],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                transaction
+                    .execute(
+                        "DELETE FROM tenant_keys WHERE tenant_id = $1",
+                        &[&tenant.id.0],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let hashes: Vec<&str> = tenant.keys.iter().map(|key| key.hash.as_str()).collect();
+                transaction
                 .execute(
                     "INSERT INTO tenant_keys (key_hash, tenant_id) SELECT unnest($1::text[]), $2",
                     &[&hashes, &tenant.id.0],
                 )
                 .await
                 .map_err(pg_error)?;
-            transaction.commit().await.map_err(pg_error)
-        })
-        .await?;
+                transaction.commit().await.map_err(pg_error)
+            })
+            .await?;
         // A change made here is seen here at once; other nodes see it within the TTL.
-        self.inner
+        self.db
+            .inner
             .tenants
             .lock()
             .expect("tenant cache lock is never poisoned")
@@ -448,34 +506,37 @@ impl TenantStore for PostgresStore {
     }
 
     async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            let rows = client
-                .query("SELECT record FROM tenants ORDER BY created_at, id", &[])
-                .await
-                .map_err(pg_error)?;
-            rows.iter()
-                .map(|row| decode_json(row.get(0), "tenant"))
-                .collect()
-        })
-        .await
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let rows = client
+                    .query("SELECT record FROM tenants ORDER BY created_at, id", &[])
+                    .await
+                    .map_err(pg_error)?;
+                rows.iter()
+                    .map(|row| decode_json(row.get(0), "tenant"))
+                    .collect()
+            })
+            .await
     }
 
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt("SELECT record FROM tenants WHERE id = $1", &[&id.0])
-                .await
-                .map_err(pg_error)?;
-            row.map(|row| decode_json(row.get(0), "tenant")).transpose()
-        })
-        .await
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let row = client
+                    .query_opt("SELECT record FROM tenants WHERE id = $1", &[&id.0])
+                    .await
+                    .map_err(pg_error)?;
+                row.map(|row| decode_json(row.get(0), "tenant")).transpose()
+            })
+            .await
     }
 
     async fn tenant_by_key_hash(&self, hash: &str) -> Result<Option<Tenant>, StoreError> {
-        let ttl = self.inner.config.tenant_cache_ttl;
+        let ttl = self.db.inner.config.tenant_cache_ttl;
         if let Some((tenant, at)) = self
+            .db
             .inner
             .tenants
             .lock()
@@ -487,8 +548,9 @@ impl TenantStore for PostgresStore {
             return Ok(tenant.clone());
         }
         let tenant = self
+            .db
             .guarded(async {
-                let client = self.client().await?;
+                let client = self.db.client().await?;
                 let statement = client
                     .prepare_cached(
                         "SELECT t.record FROM tenant_keys k JOIN tenants t ON t.id = k.tenant_id
@@ -505,6 +567,7 @@ impl TenantStore for PostgresStore {
             })
             .await?;
         let mut cache = self
+            .db
             .inner
             .tenants
             .lock()
@@ -519,34 +582,36 @@ impl TenantStore for PostgresStore {
     }
 
     async fn admin_token_hash(&self) -> Result<Option<String>, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT value FROM settings WHERE name = 'admin_token_sha256'",
-                    &[],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(row.map(|row| row.get(0)))
-        })
-        .await
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let row = client
+                    .query_opt(
+                        "SELECT value FROM settings WHERE name = 'admin_token_sha256'",
+                        &[],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok(row.map(|row| row.get(0)))
+            })
+            .await
     }
 
     async fn set_admin_token_hash(&self, hash: &str) -> Result<(), StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    "INSERT INTO settings (name, value) VALUES ('admin_token_sha256', $1)
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                client
+                    .execute(
+                        "INSERT INTO settings (name, value) VALUES ('admin_token_sha256', $1)
                      ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-                    &[&hash],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(())
-        })
-        .await
+                        &[&hash],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok(())
+            })
+            .await
     }
 }
 

@@ -33,62 +33,65 @@ fn claimed_rows(deliveries: &[Delivery]) -> (Vec<Uuid>, Vec<i64>) {
 impl DeliveryQueue for PostgresStore {
     async fn put_destination(&self, destination: &Destination) -> Result<(), StoreError> {
         let record = serde_json::to_value(destination).map_err(StoreError::unavailable)?;
-        self.guarded(async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    "INSERT INTO destinations (id, tenant_id, created_at, record)
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                client
+                    .execute(
+                        "INSERT INTO destinations (id, tenant_id, created_at, record)
                      VALUES ($1, $2, $3, $4)
                      ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-                    &[
-                        &destination.id.0,
-                        &destination.tenant.0,
-                        &destination.created_at,
-                        &record,
-                    ],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(())
-        })
-        .await
+                        &[
+                            &destination.id.0,
+                            &destination.tenant.0,
+                            &destination.created_at,
+                            &record,
+                        ],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn destinations(&self, tenant: TenantId) -> Result<Vec<Destination>, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            let statement = client
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let statement = client
                 .prepare_cached(
                     "SELECT record FROM destinations WHERE tenant_id = $1 ORDER BY created_at, id",
                 )
                 .await
                 .map_err(pg_error)?;
-            let rows = client
-                .query(&statement, &[&tenant.0])
-                .await
-                .map_err(pg_error)?;
-            rows.into_iter()
-                .map(|row| decode_json(row.get(0), "destination"))
-                .collect()
-        })
-        .await
+                let rows = client
+                    .query(&statement, &[&tenant.0])
+                    .await
+                    .map_err(pg_error)?;
+                rows.into_iter()
+                    .map(|row| decode_json(row.get(0), "destination"))
+                    .collect()
+            })
+            .await
     }
 
     async fn all_destinations(&self) -> Result<Vec<Destination>, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT record FROM destinations ORDER BY created_at, id",
-                    &[],
-                )
-                .await
-                .map_err(pg_error)?;
-            rows.into_iter()
-                .map(|row| decode_json(row.get(0), "destination"))
-                .collect()
-        })
-        .await
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let rows = client
+                    .query(
+                        "SELECT record FROM destinations ORDER BY created_at, id",
+                        &[],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                rows.into_iter()
+                    .map(|row| decode_json(row.get(0), "destination"))
+                    .collect()
+            })
+            .await
     }
 
     async fn delete_destination(
@@ -96,19 +99,20 @@ impl DeliveryQueue for PostgresStore {
         tenant: TenantId,
         id: DestinationId,
     ) -> Result<bool, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            // The queue and dead letters go with it (ON DELETE CASCADE).
-            let deleted = client
-                .execute(
-                    "DELETE FROM destinations WHERE id = $1 AND tenant_id = $2",
-                    &[&id.0, &tenant.0],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(deleted > 0)
-        })
-        .await
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                // The queue and dead letters go with it (ON DELETE CASCADE).
+                let deleted = client
+                    .execute(
+                        "DELETE FROM destinations WHERE id = $1 AND tenant_id = $2",
+                        &[&id.0, &tenant.0],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok(deleted > 0)
+            })
+            .await
     }
 
     async fn claim_due(
@@ -120,13 +124,14 @@ impl DeliveryQueue for PostgresStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let now = micros_of(now);
-        let lease_end = now.saturating_add(self.inner.config.lease.as_micros() as i64);
+        let lease_end = now.saturating_add(self.db.inner.config.lease.as_micros() as i64);
         let limit = limit as i64;
-        self.guarded(async {
-            let client = self.client().await?;
-            let statement = client
-                .prepare_cached(
-                    "WITH due AS (
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let statement = client
+                    .prepare_cached(
+                        "WITH due AS (
                          SELECT event FROM outbox
                          WHERE destination_id = $1 AND due <= $2 AND leased_until < $2
                          ORDER BY due, event
@@ -136,49 +141,49 @@ impl DeliveryQueue for PostgresStore {
                      FROM due
                      WHERE o.destination_id = $1 AND o.event = due.event
                      RETURNING o.event, o.tenant_id, o.attempts, o.due",
-                )
-                .await
-                .map_err(pg_error)?;
-            let rows = client
-                .query(&statement, &[&destination.0, &now, &limit, &lease_end])
-                .await
-                .map_err(pg_error)?;
-            if rows.is_empty() {
-                return Ok(Vec::new());
-            }
-            let tenant: Uuid = rows[0].get(1);
-            let events: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
-            let bodies = client
-                .query(
-                    "SELECT id, body FROM events WHERE tenant_id = $1 AND id = ANY($2)",
-                    &[&tenant, &events],
-                )
-                .await
-                .map_err(pg_error)?;
-            let mut bodies: std::collections::HashMap<Uuid, String> = bodies
-                .into_iter()
-                .map(|row| (row.get(0), row.get(1)))
-                .collect();
-            let mut claimed = rows
-                .iter()
-                .map(|row| {
-                    let event: Uuid = row.get(0);
-                    let json = bodies.remove(&event).ok_or_else(|| {
-                        StoreError::Corrupt(format!("queued event {event} is missing"))
-                    })?;
-                    Ok(Delivery {
-                        tenant: TenantId(row.get(1)),
-                        event: EventId(event),
-                        attempts: row.get::<_, i32>(2).max(0) as u32,
-                        due_micros: row.get(3),
-                        json: json.into_bytes(),
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let rows = client
+                    .query(&statement, &[&destination.0, &now, &limit, &lease_end])
+                    .await
+                    .map_err(pg_error)?;
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let tenant: Uuid = rows[0].get(1);
+                let events: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
+                let bodies = client
+                    .query(
+                        "SELECT id, body FROM events WHERE tenant_id = $1 AND id = ANY($2)",
+                        &[&tenant, &events],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let mut bodies: std::collections::HashMap<Uuid, String> = bodies
+                    .into_iter()
+                    .map(|row| (row.get(0), row.get(1)))
+                    .collect();
+                let mut claimed = rows
+                    .iter()
+                    .map(|row| {
+                        let event: Uuid = row.get(0);
+                        let json = bodies.remove(&event).ok_or_else(|| {
+                            StoreError::Corrupt(format!("queued event {event} is missing"))
+                        })?;
+                        Ok(Delivery {
+                            tenant: TenantId(row.get(1)),
+                            event: EventId(event),
+                            attempts: row.get::<_, i32>(2).max(0) as u32,
+                            due_micros: row.get(3),
+                            json: json.into_bytes(),
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-            claimed.sort_by_key(Delivery::position);
-            Ok(claimed)
-        })
-        .await
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                claimed.sort_by_key(Delivery::position);
+                Ok(claimed)
+            })
+            .await
     }
 
     async fn record_delivered(
@@ -187,10 +192,11 @@ impl DeliveryQueue for PostgresStore {
         deliveries: &[Delivery],
     ) -> Result<(), StoreError> {
         let (events, dues) = claimed_rows(deliveries);
-        self.guarded(async {
-            let mut client = self.client().await?;
-            let transaction = client.transaction().await.map_err(pg_error)?;
-            let removed = transaction
+        self.db
+            .guarded(async {
+                let mut client = self.db.client().await?;
+                let transaction = client.transaction().await.map_err(pg_error)?;
+                let removed = transaction
                 .execute(
                     "DELETE FROM outbox o USING unnest($2::uuid[], $3::bigint[]) AS u(event, due)
                      WHERE o.destination_id = $1 AND o.event = u.event AND o.due = u.due",
@@ -198,16 +204,16 @@ impl DeliveryQueue for PostgresStore {
                 )
                 .await
                 .map_err(pg_error)?;
-            transaction
-                .execute(
-                    "UPDATE destinations SET delivered = delivered + $2 WHERE id = $1",
-                    &[&destination.0, &(removed as i64)],
-                )
-                .await
-                .map_err(pg_error)?;
-            transaction.commit().await.map_err(pg_error)
-        })
-        .await
+                transaction
+                    .execute(
+                        "UPDATE destinations SET delivered = delivered + $2 WHERE id = $1",
+                        &[&destination.0, &(removed as i64)],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                transaction.commit().await.map_err(pg_error)
+            })
+            .await
     }
 
     async fn reschedule(
@@ -219,21 +225,22 @@ impl DeliveryQueue for PostgresStore {
     ) -> Result<(), StoreError> {
         let (events, dues) = claimed_rows(deliveries);
         let next = micros_of(due);
-        self.guarded(async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    "UPDATE outbox o
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                client
+                    .execute(
+                        "UPDATE outbox o
                      SET due = $4, attempts = o.attempts + 1, last_error = $5, leased_until = 0
                      FROM unnest($2::uuid[], $3::bigint[]) AS u(event, due)
                      WHERE o.destination_id = $1 AND o.event = u.event AND o.due = u.due",
-                    &[&destination.0, &events, &dues, &next, &error],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(())
-        })
-        .await
+                        &[&destination.0, &events, &dues, &next, &error],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn dead_letter(
@@ -243,8 +250,8 @@ impl DeliveryQueue for PostgresStore {
         error: &str,
     ) -> Result<(), StoreError> {
         let (events, dues) = claimed_rows(deliveries);
-        self.guarded(async {
-            let client = self.client().await?;
+        self.db.guarded(async {
+            let client = self.db.client().await?;
             client
                 .execute(
                     "WITH gone AS (
@@ -272,9 +279,10 @@ impl DeliveryQueue for PostgresStore {
         circuit: Circuit,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            client
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                client
                 .execute(
                     "UPDATE destinations SET circuit = $2, last_error = COALESCE($3, last_error)
                      WHERE id = $1",
@@ -282,46 +290,47 @@ impl DeliveryQueue for PostgresStore {
                 )
                 .await
                 .map_err(pg_error)?;
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await
     }
 
     async fn delivery_stats(
         &self,
         destination: DestinationId,
     ) -> Result<DeliveryStats, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            let row = client
-                .query_opt(
-                    "SELECT delivered, circuit, last_error,
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let row = client
+                    .query_opt(
+                        "SELECT delivered, circuit, last_error,
                          (SELECT count(*) FROM (SELECT 1 FROM outbox
                               WHERE destination_id = $1 LIMIT $2) AS pending),
                          (SELECT count(*) FROM (SELECT 1 FROM dead_letters
                               WHERE destination_id = $1 LIMIT $2) AS dead)
                      FROM destinations WHERE id = $1",
-                    &[&destination.0, &COUNT_CAP],
-                )
-                .await
-                .map_err(pg_error)?;
-            let Some(row) = row else {
-                return Ok(DeliveryStats::default());
-            };
-            let circuit = match row.get::<_, &str>(1) {
-                "open" => Circuit::Open,
-                "half_open" => Circuit::HalfOpen,
-                _ => Circuit::Closed,
-            };
-            Ok(DeliveryStats {
-                pending: row.get::<_, i64>(3) as u64,
-                delivered: row.get::<_, i64>(0) as u64,
-                dead_lettered: row.get::<_, i64>(4) as u64,
-                circuit,
-                last_error: row.get(2),
+                        &[&destination.0, &COUNT_CAP],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let Some(row) = row else {
+                    return Ok(DeliveryStats::default());
+                };
+                let circuit = match row.get::<_, &str>(1) {
+                    "open" => Circuit::Open,
+                    "half_open" => Circuit::HalfOpen,
+                    _ => Circuit::Closed,
+                };
+                Ok(DeliveryStats {
+                    pending: row.get::<_, i64>(3) as u64,
+                    delivered: row.get::<_, i64>(0) as u64,
+                    dead_lettered: row.get::<_, i64>(4) as u64,
+                    circuit,
+                    last_error: row.get(2),
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn dead_letters(
@@ -329,27 +338,28 @@ impl DeliveryQueue for PostgresStore {
         destination: DestinationId,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT event, attempts, last_error, failed_at FROM dead_letters
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let rows = client
+                    .query(
+                        "SELECT event, attempts, last_error, failed_at FROM dead_letters
                      WHERE destination_id = $1 ORDER BY event LIMIT $2",
-                    &[&destination.0, &(limit as i64)],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(rows
-                .into_iter()
-                .map(|row| DeadLetter {
-                    event: EventId(row.get(0)),
-                    attempts: row.get::<_, i32>(1).max(0) as u32,
-                    last_error: row.get(2),
-                    failed_at: row.get(3),
-                })
-                .collect())
-        })
-        .await
+                        &[&destination.0, &(limit as i64)],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|row| DeadLetter {
+                        event: EventId(row.get(0)),
+                        attempts: row.get::<_, i32>(1).max(0) as u32,
+                        last_error: row.get(2),
+                        failed_at: row.get(3),
+                    })
+                    .collect())
+            })
+            .await
     }
 
     async fn replay_dead_letters(
@@ -360,11 +370,12 @@ impl DeliveryQueue for PostgresStore {
         let chosen: Option<Vec<Uuid>> =
             events.map(|events| events.iter().map(|event| event.0).collect());
         let now = micros_of(OffsetDateTime::now_utc());
-        self.guarded(async {
-            let client = self.client().await?;
-            let row = client
-                .query_one(
-                    "WITH moved AS (
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let row = client
+                    .query_one(
+                        "WITH moved AS (
                          DELETE FROM dead_letters
                          WHERE destination_id = $1 AND ($2::uuid[] IS NULL OR event = ANY($2))
                          RETURNING event, tenant_id),
@@ -374,27 +385,28 @@ impl DeliveryQueue for PostgresStore {
                          ON CONFLICT (destination_id, event) DO NOTHING
                          RETURNING 1)
                      SELECT count(*) FROM moved",
-                    &[&destination.0, &chosen, &now],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(row.get::<_, i64>(0) as usize)
-        })
-        .await
+                        &[&destination.0, &chosen, &now],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok(row.get::<_, i64>(0) as usize)
+            })
+            .await
     }
 
     async fn purge_dead_letters(&self, destination: DestinationId) -> Result<usize, StoreError> {
-        self.guarded(async {
-            let client = self.client().await?;
-            let purged = client
-                .execute(
-                    "DELETE FROM dead_letters WHERE destination_id = $1",
-                    &[&destination.0],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(purged as usize)
-        })
-        .await
+        self.db
+            .guarded(async {
+                let client = self.db.client().await?;
+                let purged = client
+                    .execute(
+                        "DELETE FROM dead_letters WHERE destination_id = $1",
+                        &[&destination.0],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                Ok(purged as usize)
+            })
+            .await
     }
 }

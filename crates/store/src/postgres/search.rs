@@ -3,7 +3,8 @@
 //! Every filter that an index can serve becomes a condition with bound parameters: time
 //! bounds and the cursor as a range of ids (ids start with the timestamp), `event_id`,
 //! `event_type` and `source` by equality, payload paths as JSONB containment (GIN), full
-//! text as `ILIKE` over the payload's text (trigram GIN). Each condition admits a superset
+//! text as `ILIKE` over the payload's text (no index: evaluated in the database on the rows the
+//! others select, which spares shipping them). Each condition admits a superset
 //! of what the filter means, and each candidate then goes through the same
 //! [`event_matches`] as in the embedded store, so both stores answer alike.
 
@@ -11,7 +12,7 @@ use pulsestream_core::{EventId, TenantId};
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
 
-use super::{PostgresStore, pg_error};
+use super::{Db, pg_error};
 use crate::event_matches;
 use crate::record::micros_of;
 use crate::{Cursor, Order, PayloadFilter, SearchPage, SearchQuery, StoreError, StoredEvent};
@@ -19,7 +20,7 @@ use crate::{Cursor, Order, PayloadFilter, SearchPage, SearchQuery, StoreError, S
 type Param = Box<dyn ToSql + Sync + Send>;
 
 pub(super) async fn search(
-    store: &PostgresStore,
+    store: &Db,
     tenant: TenantId,
     query: &SearchQuery,
 ) -> Result<SearchPage, StoreError> {

@@ -39,7 +39,9 @@ CREATE TABLE events (
 CREATE INDEX events_type ON events (tenant_id, event_type, id);
 CREATE INDEX events_source ON events (tenant_id, source, id);
 CREATE INDEX events_payload ON events USING gin (payload jsonb_path_ops);
-CREATE INDEX events_text ON events USING gin ((payload::text) public.gin_trgm_ops);
+-- No index serves full text (`q`): a trigram index halved the insert rate (19,000 against
+-- 39,000 events/s in 1,000-event batches on the benchmark machine). `q` is evaluated on the
+-- rows the other conditions select, as on the embedded store.
 
 -- The outcome of a request sent with an Idempotency-Key, committed with its events.
 CREATE TABLE idempotency (

@@ -3,6 +3,7 @@
 //! This crate performs no I/O. It turns wire input into validated [`NewEvent`]s (or
 //! per-field [`FieldError`]s) and defines the identifiers every other crate speaks in.
 
+pub mod address;
 mod destination;
 mod event;
 mod ids;

@@ -170,7 +170,8 @@ async fn sinks(config: &ServeConfig) -> anyhow::Result<Sinks> {
     // servers) is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let timeout = Duration::from_millis(config.webhook_timeout_ms);
-    let webhook = WebhookSink::new(timeout).context("failed to build the webhook HTTP client")?;
+    let webhook = WebhookSink::new(timeout, config.allow_private_destinations)
+        .context("failed to build the webhook HTTP client")?;
     let nats = match &config.nats_url {
         Some(url) => Some(
             NatsSink::connect(&url.0, timeout)

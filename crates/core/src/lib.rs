@@ -7,6 +7,7 @@ pub mod address;
 mod destination;
 mod event;
 mod ids;
+pub mod secret;
 mod tenant;
 
 pub use destination::{Destination, DestinationKind, RetryPolicy, glob_matches};

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
+use pulsestream_core::secret::SecretCipher;
 use pulsestream_core::{Destination, DestinationKind};
 use pulsestream_store::Delivery;
 use sha2::Sha256;
@@ -66,15 +67,21 @@ impl Sink for Sinks {
 pub struct WebhookSink {
     client: reqwest::Client,
     allow_private: bool,
+    secrets: Arc<SecretCipher>,
 }
 
 impl WebhookSink {
     /// A sink whose requests time out after `timeout`. Unless `allow_private`, it connects
     /// only to public addresses (see `public_dns`), whatever the URL's name resolves to now.
+    /// `secrets` opens the sealed signing secrets of destinations.
     ///
     /// # Errors
     /// The HTTP client cannot be built (no TLS backend).
-    pub fn new(timeout: Duration, allow_private: bool) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        timeout: Duration,
+        allow_private: bool,
+        secrets: Arc<SecretCipher>,
+    ) -> Result<Self, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -89,6 +96,7 @@ impl WebhookSink {
         Ok(Self {
             client: builder.build()?,
             allow_private,
+            secrets,
         })
     }
 }
@@ -163,7 +171,19 @@ impl Sink for WebhookSink {
         let body = batch_body(deliveries);
         let id = message_id(destination, deliveries);
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let Some(signature) = signature(&destination.secret, &id, timestamp, &body) else {
+        let secret = match self
+            .secrets
+            .open(&destination.secret, destination.id.as_bytes())
+        {
+            Ok(secret) => secret,
+            Err(err) => {
+                return SendOutcome::Failed {
+                    error: format!("the destination's secret cannot be read: {err}"),
+                    retry_after: None,
+                };
+            }
+        };
+        let Some(signature) = signature(&secret, &id, timestamp, &body) else {
             return SendOutcome::Failed {
                 error: "the destination's secret is malformed".into(),
                 retry_after: None,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::post;
+use pulsestream_core::secret::{SecretCipher, SecretKey};
 use pulsestream_core::{Destination, DestinationId, DestinationKind, EventId, TenantId};
 use pulsestream_delivery::{SendOutcome, Sink, WebhookSink};
 use pulsestream_store::Delivery;
@@ -69,7 +70,8 @@ fn one_delivery(tenant: TenantId) -> Vec<Delivery> {
 fn sink(allow_private: bool) -> WebhookSink {
     // The server installs the provider at start; the sink's client needs one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    WebhookSink::new(Duration::from_secs(5), allow_private).unwrap()
+    let secrets = SecretCipher::new(&SecretKey::generate().unwrap());
+    WebhookSink::new(Duration::from_secs(5), allow_private, Arc::new(secrets)).unwrap()
 }
 
 async fn send(sink: &WebhookSink, url: String) -> SendOutcome {

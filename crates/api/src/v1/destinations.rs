@@ -1,7 +1,8 @@
 //! `/v1/destinations`: where a tenant's events are delivered, with counts, circuit state and
 //! dead letters.
 //!
-//! The signing secret is shown once, in the answer that creates the destination. Webhook
+//! The signing secret is shown once, in the answer that creates the destination, and stored
+//! only sealed with the server's secret key (`pulsestream_core::secret`). Webhook
 //! URLs that resolve to loopback, private or link-local addresses are refused unless the
 //! server allows private destinations (for local development and tests), so a tenant cannot
 //! point PulseStream at the network it runs in. The webhook client checks every address it
@@ -128,19 +129,27 @@ pub async fn create(
             &format!("must be from 1 to {MAX_MAX_ATTEMPTS}"),
         ));
     }
+    let id = DestinationId::random();
+    let secret = new_secret();
+    // Only the sealed form is stored; the plaintext exists in this answer and nowhere else.
+    let sealed = app
+        .config
+        .secrets
+        .seal(&secret, id.as_bytes())
+        .map_err(ApiError::internal)?;
     let destination = Destination {
-        id: DestinationId::random(),
+        id,
         tenant: tenant.id,
         kind,
         event_types: request.event_types,
         max_attempts,
-        secret: new_secret(),
+        secret: sealed,
         disabled: false,
         created_at: OffsetDateTime::now_utc(),
     };
     app.deliveries.put_destination(&destination).await?;
     let mut view = view(&destination);
-    view["secret"] = destination.secret.clone().into();
+    view["secret"] = secret.into();
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 

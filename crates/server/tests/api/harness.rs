@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// The secret key of servers on PostgreSQL, where every node needs the same one.
+pub const SECRET_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
 /// The store a suite runs on: each test binary's root sets `BACKEND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code, reason = "each test binary constructs one of them")]
@@ -76,6 +79,10 @@ impl TestStore {
     pub fn apply(&self, config: &mut ServeConfig) {
         config.data_dir = self.dir.path().to_path_buf();
         config.database_url = self.database_url.clone().map(Secret);
+        config.secret_key = self
+            .database_url
+            .as_ref()
+            .map(|_| Secret(SECRET_KEY.into()));
     }
 
     /// The command-line flags that point a `pulsestream serve` process at this store.
@@ -86,6 +93,7 @@ impl TestStore {
         ];
         if let Some(url) = &self.database_url {
             args.extend(["--database-url".to_owned(), url.clone()]);
+            args.extend(["--secret-key".to_owned(), SECRET_KEY.to_owned()]);
         }
         args
     }
@@ -223,6 +231,11 @@ impl TestApp {
             shutdown,
             task: Some(task),
         }
+    }
+
+    /// The store this server runs on (to inspect what it wrote, once stopped).
+    pub fn store(&self) -> &TestStore {
+        &self._store
     }
 
     /// Drives a server this test did not start (a child process).

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -42,6 +43,8 @@ pub struct Server {
     store: Arc<dyn Store>,
     sinks: Arc<Sinks>,
     delivery: DeliveryConfig,
+    /// Set when a certificate and key are configured: the listener speaks HTTPS only.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
@@ -51,6 +54,11 @@ impl Server {
     /// Invalid settings, or a store that cannot be opened.
     pub async fn bind(config: &ServeConfig, listener: TcpListener) -> anyhow::Result<Self> {
         config.validate()?;
+        // Bad TLS files are refused before anything else is opened.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
         let store = open_store(config).await?;
         let admin_token_hash = admin_token_hash(config, store.as_ref()).await?;
         let secrets = Arc::new(SecretCipher::new(&secret_key(config)?));
@@ -87,6 +95,7 @@ impl Server {
             store,
             sinks,
             delivery,
+            tls,
         })
     }
 
@@ -105,11 +114,7 @@ impl Server {
     /// The listener fails, or the store cannot be closed cleanly.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        tracing::info!(%addr, "pulsestream is listening");
-        let listener = self.listener.tap_io(|tcp| {
-            // Answers are small and latency matters more than packet count.
-            let _ = tcp.set_nodelay(true);
-        });
+        tracing::info!(%addr, tls = self.tls.is_some(), "pulsestream is listening");
         let router = pulsestream_api::router(self.state);
         let workers = shutdown.child_token();
         let dispatcher = Dispatcher::spawn(
@@ -118,10 +123,19 @@ impl Server {
             self.delivery,
             workers.clone(),
         );
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("the HTTP server failed")?;
+        match self.tls {
+            Some(tls) => tls::serve(self.listener, router, tls, shutdown).await,
+            None => {
+                let listener = self.listener.tap_io(|tcp| {
+                    // Answers are small and latency matters more than packet count.
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+                    .context("the HTTP server failed")?;
+            }
+        }
         tracing::info!("in-flight requests finished; stopping delivery workers");
         workers.cancel();
         dispatcher.join().await;

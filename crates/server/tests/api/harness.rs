@@ -395,7 +395,12 @@ async fn start(
 ) -> (String, CancellationToken, JoinHandle<anyhow::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Server::bind(config, listener).await.expect("server binds");
-    let base = format!("http://{}", server.local_addr().unwrap());
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = format!("{scheme}://{}", server.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
     (base, shutdown, task)

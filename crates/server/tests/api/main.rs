@@ -17,3 +17,4 @@ mod operations;
 mod rate_limits;
 mod receiver;
 mod search;
+mod tls;

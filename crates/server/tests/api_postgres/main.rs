@@ -35,3 +35,5 @@ mod rate_limits;
 mod receiver;
 #[path = "../api/search.rs"]
 mod search;
+#[path = "../api/tls.rs"]
+mod tls;

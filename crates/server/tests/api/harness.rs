@@ -108,16 +108,33 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `pulsestream serve` on a free port, on `store`, with extra flags.
     pub fn start(store: &TestStore, flags: &[&str]) -> Self {
+        Self::spawn(store, flags, None)
+    }
+
+    /// Like [`ServerProcess::start`], with every log line (stderr) written to `log` at
+    /// `RUST_LOG=debug`, for tests that read what the server logs.
+    #[allow(dead_code, reason = "only the log tests read logs")]
+    pub fn start_logging_to(store: &TestStore, flags: &[&str], log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self::spawn(store, flags, Some(file))
+    }
+
+    fn spawn(store: &TestStore, flags: &[&str], log: Option<std::fs::File>) -> Self {
         let port = free_port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pulsestream"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pulsestream"));
+        command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(store.serve_args())
             .args(flags)
             .env("PULSESTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start pulsestream");
+            .stdout(std::process::Stdio::null());
+        match log {
+            Some(file) => command
+                .env("RUST_LOG", "debug,fjall=info,lsm_tree=info")
+                .stderr(file),
+            None => command.stderr(std::process::Stdio::null()),
+        };
+        let child = command.spawn().expect("start pulsestream");
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),

@@ -19,6 +19,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::HeaderName;
 use axum::routing::{delete, get, post};
+use pulsestream_core::secret::SecretCipher;
 use pulsestream_limits::RateLimiter;
 use pulsestream_store::{DeliveryQueue, EventStore, TenantStore};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -36,17 +37,8 @@ pub struct ApiConfig {
     pub allow_private_destinations: bool,
     /// NATS is configured, so `nats` destinations can be created.
     pub nats_enabled: bool,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            body_limit_bytes: 10 * 1024 * 1024,
-            request_timeout: Duration::from_secs(30),
-            allow_private_destinations: false,
-            nats_enabled: false,
-        }
-    }
+    /// Seals webhook signing secrets before they are stored.
+    pub secrets: Arc<SecretCipher>,
 }
 
 /// Renders the process's metrics in Prometheus text format.

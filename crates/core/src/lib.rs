@@ -3,9 +3,11 @@
 //! This crate performs no I/O. It turns wire input into validated [`NewEvent`]s (or
 //! per-field [`FieldError`]s) and defines the identifiers every other crate speaks in.
 
+pub mod address;
 mod destination;
 mod event;
 mod ids;
+pub mod secret;
 mod tenant;
 
 pub use destination::{Destination, DestinationKind, RetryPolicy, glob_matches};

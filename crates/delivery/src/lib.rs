@@ -10,6 +10,7 @@
 //! queue stands.
 
 mod breaker;
+mod public_dns;
 mod sink;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use breaker::Breaker;
+pub use public_dns::{AddressRefused, PublicOnlyResolver};
 pub use sink::{NatsSink, SendOutcome, Sink, Sinks, WebhookSink, message_id, signature};
 
 /// Settings of the delivery workers.

@@ -5,16 +5,20 @@
 //! duplicate window drops redeliveries. Both must tolerate duplicates: a worker that dies
 //! after sending but before recording sends again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
+use pulsestream_core::secret::SecretCipher;
 use pulsestream_core::{Destination, DestinationKind};
 use pulsestream_store::Delivery;
 use sha2::Sha256;
 use xxhash_rust::xxh3::Xxh3;
+
+use crate::public_dns::{PublicOnlyResolver, refusal_in, refused_literal};
 
 /// How a send went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,21 +66,38 @@ impl Sink for Sinks {
 #[derive(Debug, Clone)]
 pub struct WebhookSink {
     client: reqwest::Client,
+    allow_private: bool,
+    secrets: Arc<SecretCipher>,
 }
 
 impl WebhookSink {
-    /// A sink whose requests time out after `timeout`.
+    /// A sink whose requests time out after `timeout`. Unless `allow_private`, it connects
+    /// only to public addresses (see `public_dns`), whatever the URL's name resolves to now.
+    /// `secrets` opens the sealed signing secrets of destinations.
     ///
     /// # Errors
     /// The HTTP client cannot be built (no TLS backend).
-    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+    pub fn new(
+        timeout: Duration,
+        allow_private: bool,
+        secrets: Arc<SecretCipher>,
+    ) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
+            // A redirect would lead to a URL nobody checked; a proxy would resolve names
+            // where the resolver below cannot see them.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("pulsestream/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client })
+            .no_proxy()
+            .user_agent(concat!("pulsestream/", env!("CARGO_PKG_VERSION")));
+        if !allow_private {
+            builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
+        }
+        Ok(Self {
+            client: builder.build()?,
+            allow_private,
+            secrets,
+        })
     }
 }
 
@@ -130,10 +151,39 @@ impl Sink for WebhookSink {
                 retry_after: None,
             };
         };
+        let url = match reqwest::Url::parse(url) {
+            Ok(url) => url,
+            Err(_) => {
+                return SendOutcome::Failed {
+                    error: "the destination's URL is malformed".into(),
+                    retry_after: None,
+                };
+            }
+        };
+        if !self.allow_private
+            && let Some(refused) = refused_literal(&url)
+        {
+            return SendOutcome::Failed {
+                error: refused.to_string(),
+                retry_after: None,
+            };
+        }
         let body = batch_body(deliveries);
         let id = message_id(destination, deliveries);
         let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let Some(signature) = signature(&destination.secret, &id, timestamp, &body) else {
+        let secret = match self
+            .secrets
+            .open(&destination.secret, destination.id.as_bytes())
+        {
+            Ok(secret) => secret,
+            Err(err) => {
+                return SendOutcome::Failed {
+                    error: format!("the destination's secret cannot be read: {err}"),
+                    retry_after: None,
+                };
+            }
+        };
+        let Some(signature) = signature(&secret, &id, timestamp, &body) else {
             return SendOutcome::Failed {
                 error: "the destination's secret is malformed".into(),
                 retry_after: None,
@@ -163,19 +213,25 @@ impl Sink for WebhookSink {
                     retry_after,
                 }
             }
-            Err(err) if err.is_timeout() => SendOutcome::Failed {
-                error: "the receiver did not answer in time".into(),
-                retry_after: None,
-            },
-            Err(err) if err.is_connect() => SendOutcome::Failed {
-                error: "could not connect to the receiver".into(),
-                retry_after: None,
-            },
-            Err(err) => SendOutcome::Failed {
-                error: format!("request failed: {}", err.without_url()),
-                retry_after: None,
-            },
+            Err(err) => failure(err),
         }
+    }
+}
+
+/// Describes a request that got no answer, without the URL (it may carry credentials).
+fn failure(err: reqwest::Error) -> SendOutcome {
+    let error = if let Some(refused) = refusal_in(&err) {
+        refused.to_string()
+    } else if err.is_timeout() {
+        "the receiver did not answer in time".into()
+    } else if err.is_connect() {
+        "could not connect to the receiver".into()
+    } else {
+        format!("request failed: {}", err.without_url())
+    };
+    SendOutcome::Failed {
+        error,
+        retry_after: None,
     }
 }
 

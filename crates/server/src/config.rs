@@ -102,6 +102,17 @@ pub struct ServeConfig {
     /// `<data-dir>/admin-token`.
     #[arg(long, env = "PULSESTREAM_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
+    /// The key that seals webhook signing secrets at rest (AES-256-GCM): 32 bytes as 64 hex
+    /// digits or base64. Unset on the embedded store: generated at first start and written to
+    /// `<data-dir>/secret-key`. Required with a database URL, since every node must share it.
+    #[arg(long, env = "PULSESTREAM_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<Secret>,
+    /// PEM certificate chain: with `--tls-key`, the listener speaks HTTPS only.
+    #[arg(long, env = "PULSESTREAM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "PULSESTREAM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// The largest request body in bytes, after decompression.
     #[arg(long, env = "PULSESTREAM_BODY_LIMIT_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub body_limit_bytes: usize,
@@ -134,6 +145,9 @@ impl ServeConfig {
             delivery_breaker_cool_down_ms: 30_000,
             webhook_timeout_ms: 10_000,
             admin_token: None,
+            secret_key: None,
+            tls_cert: None,
+            tls_key: None,
             body_limit_bytes: 10 * 1024 * 1024,
             request_timeout_secs: 30,
             write_queue_capacity: 1024,
@@ -178,6 +192,16 @@ impl ServeConfig {
             self.write_queue_capacity >= 1,
             "write_queue_capacity must be at least 1"
         );
+        anyhow::ensure!(
+            self.database_url.is_none() || self.secret_key.is_some(),
+            "PULSESTREAM_SECRET_KEY (--secret-key) is required with PULSESTREAM_DATABASE_URL: \
+             every node must seal and open webhook secrets with the same key \
+             (32 bytes as 64 hex digits, e.g. from `openssl rand -hex 32`)"
+        );
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "tls_cert and tls_key must be given together"
+        );
         Ok(())
     }
 
@@ -194,5 +218,22 @@ impl ServeConfig {
     /// The request timeout as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_without_a_secret_key_is_refused_with_the_setting_named() {
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), "data".into());
+        config.database_url = Some(Secret("postgres://localhost/db".into()));
+
+        let refused = config.validate().unwrap_err().to_string();
+        config.secret_key = Some(Secret("00".repeat(32)));
+
+        assert!(refused.contains("PULSESTREAM_SECRET_KEY"), "{refused}");
+        assert!(config.validate().is_ok());
     }
 }

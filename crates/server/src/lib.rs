@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,6 +17,7 @@ use axum::serve::ListenerExt;
 use pulsestream_api::auth::secret_hash;
 use pulsestream_api::{ApiConfig, AppState, MetricsRender};
 use pulsestream_core::RetryPolicy;
+use pulsestream_core::secret::{SecretCipher, SecretKey};
 use pulsestream_delivery::{DeliveryConfig, Dispatcher, NatsSink, Sinks, WebhookSink};
 use pulsestream_limits::{RateLimiter, RedisSettings};
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
@@ -30,6 +32,9 @@ pub use config::ServeConfig;
 /// The file in the data directory that holds a generated admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
+/// The file in the data directory that holds a generated secret key (embedded store only).
+pub const SECRET_KEY_FILE: &str = "secret-key";
+
 /// A bound, ready-to-run server.
 #[derive(Debug)]
 pub struct Server {
@@ -38,6 +43,8 @@ pub struct Server {
     store: Arc<dyn Store>,
     sinks: Arc<Sinks>,
     delivery: DeliveryConfig,
+    /// Set when a certificate and key are configured: the listener speaks HTTPS only.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
@@ -47,16 +54,23 @@ impl Server {
     /// Invalid settings, or a store that cannot be opened.
     pub async fn bind(config: &ServeConfig, listener: TcpListener) -> anyhow::Result<Self> {
         config.validate()?;
+        // Bad TLS files are refused before anything else is opened.
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
         let store = open_store(config).await?;
         let admin_token_hash = admin_token_hash(config, store.as_ref()).await?;
+        let secrets = Arc::new(SecretCipher::new(&secret_key(config)?));
         let api_config = ApiConfig {
             body_limit_bytes: config.body_limit_bytes,
             request_timeout: config.request_timeout(),
             allow_private_destinations: config.allow_private_destinations,
             nats_enabled: config.nats_url.is_some(),
+            secrets: secrets.clone(),
         };
         let metrics = telemetry::metrics();
-        let sinks = Arc::new(sinks(config).await?);
+        let sinks = Arc::new(sinks(config, secrets).await?);
         let limiter = Arc::new(rate_limiter(config)?);
         let state = AppState::new(
             store.clone(),
@@ -81,6 +95,7 @@ impl Server {
             store,
             sinks,
             delivery,
+            tls,
         })
     }
 
@@ -99,11 +114,7 @@ impl Server {
     /// The listener fails, or the store cannot be closed cleanly.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
-        tracing::info!(%addr, "pulsestream is listening");
-        let listener = self.listener.tap_io(|tcp| {
-            // Answers are small and latency matters more than packet count.
-            let _ = tcp.set_nodelay(true);
-        });
+        tracing::info!(%addr, tls = self.tls.is_some(), "pulsestream is listening");
         let router = pulsestream_api::router(self.state);
         let workers = shutdown.child_token();
         let dispatcher = Dispatcher::spawn(
@@ -112,10 +123,19 @@ impl Server {
             self.delivery,
             workers.clone(),
         );
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("the HTTP server failed")?;
+        match self.tls {
+            Some(tls) => tls::serve(self.listener, router, tls, shutdown).await,
+            None => {
+                let listener = self.listener.tap_io(|tcp| {
+                    // Answers are small and latency matters more than packet count.
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await
+                    .context("the HTTP server failed")?;
+            }
+        }
         tracing::info!("in-flight requests finished; stopping delivery workers");
         workers.cancel();
         dispatcher.join().await;
@@ -165,12 +185,13 @@ pub async fn migrate(config: &ServeConfig) -> anyhow::Result<Vec<i32>> {
 }
 
 /// Builds the sinks: webhooks always, NATS when configured.
-async fn sinks(config: &ServeConfig) -> anyhow::Result<Sinks> {
+async fn sinks(config: &ServeConfig, secrets: Arc<SecretCipher>) -> anyhow::Result<Sinks> {
     // Webhook and NATS TLS use rustls with ring; installing twice (tests start several
     // servers) is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let timeout = Duration::from_millis(config.webhook_timeout_ms);
-    let webhook = WebhookSink::new(timeout).context("failed to build the webhook HTTP client")?;
+    let webhook = WebhookSink::new(timeout, config.allow_private_destinations, secrets)
+        .context("failed to build the webhook HTTP client")?;
     let nats = match &config.nats_url {
         Some(url) => Some(
             NatsSink::connect(&url.0, timeout)
@@ -218,6 +239,38 @@ async fn admin_token_hash(config: &ServeConfig, store: &dyn TenantStore) -> anyh
     store.set_admin_token_hash(&hash).await?;
     tracing::info!(path = %path.display(), "generated an admin token; read it from this file");
     Ok(hash)
+}
+
+/// Returns the key that seals webhook secrets: the configured one, else the one generated
+/// at first start in `<data-dir>/secret-key`, else a new one written there. (`validate` has
+/// already refused PostgreSQL without a configured key: a key per node would make each node
+/// unable to open what the others sealed.)
+fn secret_key(config: &ServeConfig) -> anyhow::Result<SecretKey> {
+    if let Some(key) = &config.secret_key {
+        return SecretKey::parse(&key.0).context("PULSESTREAM_SECRET_KEY is not usable");
+    }
+    let path = config.data_dir.join(SECRET_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let key = SecretKey::parse(&text)
+                .with_context(|| format!("{} does not hold a secret key", path.display()))?;
+            tracing::info!(path = %path.display(), "using the secret key generated at first start");
+            Ok(key)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let key = SecretKey::generate().context("failed to generate a secret key")?;
+            write_private(&path, &key.to_hex())
+                .with_context(|| format!("failed to write the secret key to {}", path.display()))?;
+            tracing::info!(
+                path = %path.display(),
+                "generated the key that seals webhook secrets; back it up with the data directory"
+            );
+            Ok(key)
+        }
+        Err(err) => {
+            Err(err).with_context(|| format!("failed to read the secret key at {}", path.display()))
+        }
+    }
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {

@@ -1,10 +1,12 @@
 //! `/v1/destinations`: where a tenant's events are delivered, with counts, circuit state and
 //! dead letters.
 //!
-//! The signing secret is shown once, in the answer that creates the destination. Webhook
+//! The signing secret is shown once, in the answer that creates the destination, and stored
+//! only sealed with the server's secret key (`pulsestream_core::secret`). Webhook
 //! URLs that resolve to loopback, private or link-local addresses are refused unless the
 //! server allows private destinations (for local development and tests), so a tenant cannot
-//! point PulseStream at the network it runs in.
+//! point PulseStream at the network it runs in. The webhook client checks every address it
+//! connects to again with the same `is_public`, since DNS can change after creation.
 
 use std::net::IpAddr;
 
@@ -13,6 +15,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use pulsestream_core::address::is_public;
 use pulsestream_core::{
     Destination, DestinationId, DestinationKind, EventId, TenantId, format_timestamp,
 };
@@ -126,19 +129,27 @@ pub async fn create(
             &format!("must be from 1 to {MAX_MAX_ATTEMPTS}"),
         ));
     }
+    let id = DestinationId::random();
+    let secret = new_secret();
+    // Only the sealed form is stored; the plaintext exists in this answer and nowhere else.
+    let sealed = app
+        .config
+        .secrets
+        .seal(&secret, id.as_bytes())
+        .map_err(ApiError::internal)?;
     let destination = Destination {
-        id: DestinationId::random(),
+        id,
         tenant: tenant.id,
         kind,
         event_types: request.event_types,
         max_attempts,
-        secret: new_secret(),
+        secret: sealed,
         disabled: false,
         created_at: OffsetDateTime::now_utc(),
     };
     app.deliveries.put_destination(&destination).await?;
     let mut view = view(&destination);
-    view["secret"] = destination.secret.clone().into();
+    view["secret"] = secret.into();
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -453,58 +464,4 @@ async fn check_webhook_url(url: &str, allow_private: bool) -> Result<(), ApiErro
         ));
     }
     Ok(())
-}
-
-fn is_public(address: IpAddr) -> bool {
-    match address {
-        IpAddr::V4(v4) => {
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]) // carrier-grade NAT
-                || v4.octets()[0] == 0)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80) // link-local
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn internal_addresses_are_not_public() {
-        for address in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(!is_public(address.parse().unwrap()), "{address}");
-        }
-        for address in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"] {
-            assert!(is_public(address.parse().unwrap()), "{address}");
-        }
-    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, TestTenant, body, event};
+use crate::harness::{TestApp, TestStore, TestTenant, body, event};
 use crate::receiver::{Behaviour, Receiver, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -113,6 +113,92 @@ async fn matching_events_reach_the_webhook_signed_and_only_once() {
         view.get("secret").is_none(),
         "the secret is shown only once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_are_stored_sealed_and_still_sign_after_a_restart() {
+    let mut app = delivering_app().await;
+    let tenant = app.create_tenant().await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let created = create_destination(
+        &app,
+        &tenant,
+        json!({"kind": "webhook", "url": receiver.url}),
+    )
+    .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+
+    // The restarted server opens the sealed secret with the same key (read back from the
+    // data dir on the embedded store, configured on PostgreSQL).
+    app.restart().await;
+    app.post_event(&tenant, &event("k-1", "t", json!({}))).await;
+    wait_until("the event is delivered", PATIENCE, || async {
+        receiver.delivered_events().len() == 1
+    })
+    .await;
+    app.stop().await;
+
+    let request = &receiver.received()[0];
+    let id = request.headers["webhook-id"].to_str().unwrap();
+    let timestamp: i64 = request.headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        request.headers["webhook-signature"].to_str().unwrap(),
+        pulsestream_delivery::signature(&secret, id, timestamp, &request.body).unwrap()
+    );
+    let records = stored_destination_records(app.store()).await;
+    assert_eq!(records.len(), 1);
+    let record: Value = serde_json::from_str(&records[0]).unwrap();
+    assert!(
+        record["secret"].as_str().unwrap().starts_with("enc:v1:"),
+        "{record}"
+    );
+    let key_material = secret.trim_start_matches("whsec_");
+    assert!(
+        !records[0].contains(key_material),
+        "the stored record holds the secret in plaintext: {}",
+        records[0]
+    );
+}
+
+/// Every destination record as the store keeps it, read straight from the PostgreSQL table
+/// or from the embedded store's files (the server must be stopped).
+async fn stored_destination_records(store: &TestStore) -> Vec<String> {
+    use pulsestream_store::DeliveryQueue;
+    use pulsestream_store::EventStore;
+    use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
+
+    if let Some(url) = &store.database_url {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        return client
+            .query("SELECT record::text FROM destinations", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+    }
+    let dir = store.dir.path().to_path_buf();
+    let embedded =
+        tokio::task::spawn_blocking(move || EmbeddedStore::open(&EmbeddedConfig::new(&dir)))
+            .await
+            .unwrap()
+            .unwrap();
+    let records = embedded
+        .all_destinations()
+        .await
+        .unwrap()
+        .iter()
+        .map(|destination| serde_json::to_string(destination).unwrap())
+        .collect();
+    embedded.close().await.unwrap();
+    records
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

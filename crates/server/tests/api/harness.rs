@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// The secret key of servers on PostgreSQL, where every node needs the same one.
+pub const SECRET_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
 /// The store a suite runs on: each test binary's root sets `BACKEND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code, reason = "each test binary constructs one of them")]
@@ -76,6 +79,10 @@ impl TestStore {
     pub fn apply(&self, config: &mut ServeConfig) {
         config.data_dir = self.dir.path().to_path_buf();
         config.database_url = self.database_url.clone().map(Secret);
+        config.secret_key = self
+            .database_url
+            .as_ref()
+            .map(|_| Secret(SECRET_KEY.into()));
     }
 
     /// The command-line flags that point a `pulsestream serve` process at this store.
@@ -86,6 +93,7 @@ impl TestStore {
         ];
         if let Some(url) = &self.database_url {
             args.extend(["--database-url".to_owned(), url.clone()]);
+            args.extend(["--secret-key".to_owned(), SECRET_KEY.to_owned()]);
         }
         args
     }
@@ -100,16 +108,33 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `pulsestream serve` on a free port, on `store`, with extra flags.
     pub fn start(store: &TestStore, flags: &[&str]) -> Self {
+        Self::spawn(store, flags, None)
+    }
+
+    /// Like [`ServerProcess::start`], with every log line (stderr) written to `log` at
+    /// `RUST_LOG=debug`, for tests that read what the server logs.
+    #[allow(dead_code, reason = "only the log tests read logs")]
+    pub fn start_logging_to(store: &TestStore, flags: &[&str], log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self::spawn(store, flags, Some(file))
+    }
+
+    fn spawn(store: &TestStore, flags: &[&str], log: Option<std::fs::File>) -> Self {
         let port = free_port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pulsestream"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pulsestream"));
+        command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(store.serve_args())
             .args(flags)
             .env("PULSESTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start pulsestream");
+            .stdout(std::process::Stdio::null());
+        match log {
+            Some(file) => command
+                .env("RUST_LOG", "debug,fjall=info,lsm_tree=info")
+                .stderr(file),
+            None => command.stderr(std::process::Stdio::null()),
+        };
+        let child = command.spawn().expect("start pulsestream");
         Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -223,6 +248,11 @@ impl TestApp {
             shutdown,
             task: Some(task),
         }
+    }
+
+    /// The store this server runs on (to inspect what it wrote, once stopped).
+    pub fn store(&self) -> &TestStore {
+        &self._store
     }
 
     /// Drives a server this test did not start (a child process).
@@ -382,7 +412,12 @@ async fn start(
 ) -> (String, CancellationToken, JoinHandle<anyhow::Result<()>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Server::bind(config, listener).await.expect("server binds");
-    let base = format!("http://{}", server.local_addr().unwrap());
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = format!("{scheme}://{}", server.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
     (base, shutdown, task)

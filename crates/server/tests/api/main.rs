@@ -17,3 +17,5 @@ mod operations;
 mod rate_limits;
 mod receiver;
 mod search;
+mod security;
+mod tls;

@@ -35,3 +35,7 @@ mod rate_limits;
 mod receiver;
 #[path = "../api/search.rs"]
 mod search;
+#[path = "../api/security.rs"]
+mod security;
+#[path = "../api/tls.rs"]
+mod tls;

@@ -443,12 +443,12 @@ async fn commit_group(
     }
 
     // The outcome of every request that carried a key, committed with its events.
-    let mut records: (
-        Vec<Uuid>,
-        Vec<&str>,
-        Vec<time::OffsetDateTime>,
-        Vec<Vec<u8>>,
-    ) = Default::default();
+    let (mut key_tenants, mut keys, mut created, mut encoded) = (
+        Vec::<Uuid>::new(),
+        Vec::<&str>::new(),
+        Vec::<time::OffsetDateTime>::new(),
+        Vec::<Vec<u8>>::new(),
+    );
     for (job, batch) in batches.iter().enumerate() {
         let Some(claim) = &batch.idempotency else {
             continue;
@@ -456,25 +456,23 @@ async fn commit_group(
         if !matches!(plans[job], JobPlan::Events(_)) {
             continue;
         }
-        records.0.push(batch.tenant.0);
-        records.1.push(claim.key.as_str());
-        records.2.push(batch.received_at);
-        records
-            .3
-            .push(record::encode_idempotency(&IdempotencyRecord {
-                request_hash: claim.request_hash,
-                created_at: batch.received_at,
-                statuses: statuses[job].clone(),
-            }));
+        key_tenants.push(batch.tenant.0);
+        keys.push(claim.key.as_str());
+        created.push(batch.received_at);
+        encoded.push(record::encode_idempotency(&IdempotencyRecord {
+            request_hash: claim.request_hash,
+            created_at: batch.received_at,
+            statuses: statuses[job].clone(),
+        }));
     }
-    if !records.0.is_empty() {
+    if !key_tenants.is_empty() {
         transaction
             .execute(
                 "INSERT INTO idempotency (tenant_id, key, created_at, record)
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::bytea[])
                  ON CONFLICT (tenant_id, key)
                  DO UPDATE SET created_at = EXCLUDED.created_at, record = EXCLUDED.record",
-                &[&records.0, &records.1, &records.2, &records.3],
+                &[&key_tenants, &keys, &created, &encoded],
             )
             .await
             .map_err(pg_error)?;

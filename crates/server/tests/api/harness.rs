@@ -142,6 +142,14 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A plain HTTP client for a test that starts no in-process server. reqwest is built without
+/// a TLS provider of its own: the server installs ring when it starts, and a test that only
+/// drives a child process must do the same before building a client.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -4,6 +4,7 @@
 //! [`Server::bind`] and [`Server::run`].
 
 pub mod config;
+pub mod http;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use pulsestream_api::auth::secret_hash;
 use pulsestream_api::{ApiConfig, AppState, MetricsRender};
 use pulsestream_core::RetryPolicy;
@@ -38,6 +38,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     sinks: Arc<Sinks>,
     delivery: DeliveryConfig,
+    connections: http::ConnectionLimits,
 }
 
 impl Server {
@@ -81,6 +82,9 @@ impl Server {
             store,
             sinks,
             delivery,
+            connections: http::ConnectionLimits {
+                header_read_timeout: config.header_read_timeout(),
+            },
         })
     }
 
@@ -96,14 +100,10 @@ impl Server {
     /// the store cleanly.
     ///
     /// # Errors
-    /// The listener fails, or the store cannot be closed cleanly.
+    /// The store cannot be closed cleanly.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, "pulsestream is listening");
-        let listener = self.listener.tap_io(|tcp| {
-            // Answers are small and latency matters more than packet count.
-            let _ = tcp.set_nodelay(true);
-        });
         let router = pulsestream_api::router(self.state);
         let workers = shutdown.child_token();
         let dispatcher = Dispatcher::spawn(
@@ -112,10 +112,7 @@ impl Server {
             self.delivery,
             workers.clone(),
         );
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("the HTTP server failed")?;
+        http::serve(self.listener, router, self.connections, shutdown).await;
         tracing::info!("in-flight requests finished; stopping delivery workers");
         workers.cancel();
         dispatcher.join().await;

@@ -128,6 +128,25 @@ impl ServerProcess {
         panic!("the server did not become ready");
     }
 
+    /// The process's resident memory (`VmRSS` in /proc), in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the server's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .expect("a VmRSS line in kB")
+            * 1024
+    }
+
     /// SIGKILL: no shutdown code runs, nothing is flushed on the way out.
     pub fn kill(mut self) {
         self.child.kill().expect("kill");

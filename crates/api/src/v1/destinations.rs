@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -24,6 +24,8 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::auth::AuthTenant;
 use crate::error::{ApiError, ErrorItem};
+use crate::extract;
+use crate::extract::{Path, Query};
 use crate::openapi as doc;
 
 const DEFAULT_MAX_ATTEMPTS: u32 = 10;
@@ -62,9 +64,8 @@ pub struct CreateDestination {
 pub async fn create(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
-    body: Result<Json<CreateDestination>, axum::extract::rejection::JsonRejection>,
+    extract::Json(request): extract::Json<CreateDestination>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(crate::admin::tenants::json_rejection)?;
     let kind = match request.kind.as_str() {
         "webhook" => {
             let url = request
@@ -320,10 +321,10 @@ pub async fn replay(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
     Path(id): Path<String>,
-    body: Option<Json<ReplayRequest>>,
+    body: Option<extract::Json<ReplayRequest>>,
 ) -> Result<Response, ApiError> {
     let destination = find(&app, tenant.id, &id).await?;
-    let ids = match body.and_then(|Json(request)| request.ids) {
+    let ids = match body.and_then(|extract::Json(request)| request.ids) {
         Some(ids) => Some(
             ids.iter()
                 .map(|id| {

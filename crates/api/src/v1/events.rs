@@ -1,7 +1,7 @@
 //! `POST /v1/events`, `POST /v1/events/batch`, `GET /v1/events/{id}` and `GET /v1/events`.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pulsestream_core::{EventId, Tenant, parse_timestamp};
@@ -16,6 +16,7 @@ use crate::AppState;
 use crate::auth::AuthTenant;
 use crate::body::{BodyFormat, TextBody, read_text_body};
 use crate::error::{ApiError, ErrorItem};
+use crate::extract::{Path, Query};
 use crate::observe::{self, RequestFacts};
 use crate::openapi as doc;
 

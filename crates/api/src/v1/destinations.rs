@@ -35,11 +35,13 @@ const MAX_MAX_ATTEMPTS: u32 = 100;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDestination {
+    #[schema(value_type = doc::DestinationKindName, inline)]
     kind: String,
     url: Option<String>,
     subject: Option<String>,
     #[serde(default)]
     event_types: Vec<String>,
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
 }
 

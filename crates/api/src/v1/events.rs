@@ -308,8 +308,12 @@ fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response {
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000;
 
-/// Reads the query string of `GET /v1/events`, reporting every bad parameter.
-fn parse_search(params: Vec<(String, String)>) -> Result<SearchQuery, ApiError> {
+/// Reads the query string of `GET /v1/events`, reporting every bad parameter. Public for the
+/// fuzz targets: it is a pure function of what a client sends.
+///
+/// # Errors
+/// 422 listing every bad parameter.
+pub fn parse_search(params: Vec<(String, String)>) -> Result<SearchQuery, ApiError> {
     let mut query = SearchQuery {
         limit: DEFAULT_LIMIT,
         ..SearchQuery::default()

@@ -380,7 +380,14 @@ async fn bad_json_paths_queries_and_methods_get_problem_documents_on_every_desti
     assert_eq!(created.status(), StatusCode::CREATED);
     let id = body(created).await["id"].as_str().unwrap().to_owned();
     let json = "application/json";
-    let cases: Vec<(reqwest::Method, String, Option<(&str, &str)>, StatusCode)> = vec![
+    // Method, path, optional (content type, body), expected status.
+    type Case<'a> = (
+        reqwest::Method,
+        String,
+        Option<(&'a str, &'a str)>,
+        StatusCode,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             reqwest::Method::POST,
             "/v1/destinations".into(),

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod observe;
 pub mod openapi;
@@ -145,6 +146,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::method_not_allowed(format!("this endpoint does not take {method}"))
+        })
         .with_state(state)
         .layer(axum::middleware::from_fn(move |request, next| {
             observe::time_limit(timeout, request, next)

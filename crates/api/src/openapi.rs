@@ -173,6 +173,23 @@ pub enum SortOrder {
     Desc,
 }
 
+/// The kinds of destination, for the schema of `POST /v1/destinations`.
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DestinationKindName {
+    Webhook,
+    Nats,
+}
+
+/// The body encodings the ingest endpoints read.
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyEncoding {
+    Gzip,
+    Zstd,
+    Identity,
+}
+
 /// The query parameters of `GET /v1/events` (besides `payload.<path>`, see the operation).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -213,8 +230,8 @@ pub struct IngestHeaders {
     #[param(rename = "Idempotency-Key", max_length = 255, nullable = false)]
     pub idempotency_key: Option<String>,
     /// `gzip` or `zstd` for a compressed body; the size limit applies after decompression.
-    #[param(rename = "Content-Encoding", nullable = false)]
-    pub content_encoding: Option<String>,
+    #[param(rename = "Content-Encoding", nullable = false, inline)]
+    pub content_encoding: Option<BodyEncoding>,
 }
 
 /// An error (RFC 9457 problem details), sent as `application/problem+json`. Members other

@@ -119,6 +119,15 @@ pub struct ServeConfig {
     /// How long one request may take, in seconds, body upload included.
     #[arg(long, env = "PULSESTREAM_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// How long a client may take to send a request's headers, in seconds; it also bounds
+    /// how long a connection may sit idle between requests. Then the connection is closed,
+    /// so slow or silent clients cannot hold connections and memory forever.
+    #[arg(
+        long,
+        env = "PULSESTREAM_HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub header_read_timeout_secs: u64,
     /// Requests waiting for the store's writer beyond which new ones get 503.
     #[arg(long, env = "PULSESTREAM_WRITE_QUEUE_CAPACITY", default_value_t = 1024)]
     pub write_queue_capacity: usize,
@@ -150,6 +159,7 @@ impl ServeConfig {
             tls_key: None,
             body_limit_bytes: 10 * 1024 * 1024,
             request_timeout_secs: 30,
+            header_read_timeout_secs: 10,
             write_queue_capacity: 1024,
             log_format: LogFormat::Text,
         }
@@ -189,6 +199,10 @@ impl ServeConfig {
             "request_timeout_secs must be at least 1"
         );
         anyhow::ensure!(
+            self.header_read_timeout_secs >= 1,
+            "header_read_timeout_secs must be at least 1"
+        );
+        anyhow::ensure!(
             self.write_queue_capacity >= 1,
             "write_queue_capacity must be at least 1"
         );
@@ -213,6 +227,11 @@ impl ServeConfig {
         config.queue_capacity = self.write_queue_capacity;
         config.operation_timeout = Duration::from_millis(self.database_timeout_ms);
         Some(config)
+    }
+
+    /// The header read timeout as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
     }
 
     /// The request timeout as a duration.

@@ -4,6 +4,7 @@
 //! [`Server::bind`] and [`Server::run`].
 
 pub mod config;
+pub mod http;
 pub mod telemetry;
 pub mod tls;
 
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use pulsestream_api::auth::secret_hash;
 use pulsestream_api::{ApiConfig, AppState, MetricsRender};
 use pulsestream_core::RetryPolicy;
@@ -45,6 +45,7 @@ pub struct Server {
     delivery: DeliveryConfig,
     /// Set when a certificate and key are configured: the listener speaks HTTPS only.
     tls: Option<Arc<rustls::ServerConfig>>,
+    connections: http::ConnectionLimits,
 }
 
 impl Server {
@@ -96,6 +97,9 @@ impl Server {
             sinks,
             delivery,
             tls,
+            connections: http::ConnectionLimits {
+                header_read_timeout: config.header_read_timeout(),
+            },
         })
     }
 
@@ -111,7 +115,7 @@ impl Server {
     /// the store cleanly.
     ///
     /// # Errors
-    /// The listener fails, or the store cannot be closed cleanly.
+    /// The store cannot be closed cleanly.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, tls = self.tls.is_some(), "pulsestream is listening");
@@ -123,19 +127,7 @@ impl Server {
             self.delivery,
             workers.clone(),
         );
-        match self.tls {
-            Some(tls) => tls::serve(self.listener, router, tls, shutdown).await,
-            None => {
-                let listener = self.listener.tap_io(|tcp| {
-                    // Answers are small and latency matters more than packet count.
-                    let _ = tcp.set_nodelay(true);
-                });
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await
-                    .context("the HTTP server failed")?;
-            }
-        }
+        http::serve(self.listener, router, self.connections, self.tls, shutdown).await;
         tracing::info!("in-flight requests finished; stopping delivery workers");
         workers.cancel();
         dispatcher.join().await;

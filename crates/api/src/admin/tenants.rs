@@ -3,7 +3,7 @@
 //! A key is shown once, in the answer that creates it; only its SHA-256 is stored.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use pulsestream_core::{KeyId, RateLimit, Tenant, TenantId, TenantKey};
@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::auth::{Admin, secret_hash};
 use crate::error::{ApiError, ErrorItem};
+use crate::extract::{self, Path};
 use crate::openapi as doc;
 
 /// The limit given to a tenant created without one: 6,000 events a minute.
@@ -156,9 +157,8 @@ impl TenantView {
 pub async fn create(
     _: Admin,
     State(app): State<AppState>,
-    body: Result<Json<CreateTenant>, axum::extract::rejection::JsonRejection>,
+    extract::Json(request): extract::Json<CreateTenant>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(json_rejection)?;
     let name = check_name(request.name)?;
     let rate_limit = rate_limit(
         request
@@ -257,9 +257,8 @@ pub async fn update(
     _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<UpdateTenant>, axum::extract::rejection::JsonRejection>,
+    extract::Json(request): extract::Json<UpdateTenant>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(json_rejection)?;
     // Read-modify-write of the whole tenant: one at a time, or a revoke could be undone.
     let _serial = app.tenant_writes.lock().await;
     let mut tenant = find(&app, &id).await?;
@@ -399,25 +398,6 @@ fn field_error(field: &str, kind: &str, msg: String) -> ApiError {
             msg,
         }],
     )
-}
-
-/// Turns axum's JSON rejection into our problem documents (400 syntax, 415 type, 422 schema).
-pub(crate) fn json_rejection(rejection: axum::extract::rejection::JsonRejection) -> ApiError {
-    use axum::extract::rejection::JsonRejection;
-    match rejection {
-        JsonRejection::JsonDataError(err) => ApiError::validation(
-            err.body_text(),
-            vec![ErrorItem {
-                loc: vec!["body".into()],
-                kind: "value_error".into(),
-                msg: err.body_text(),
-            }],
-        ),
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::unsupported_media_type("send the body as application/json")
-        }
-        other => ApiError::bad_request("invalid_json", other.body_text()),
-    }
 }
 
 /// Makes a new API key: `ps_` and 32 random bytes in hex. Returns it and what is stored of it.

@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -27,6 +27,8 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::auth::AuthTenant;
 use crate::error::{ApiError, ErrorItem};
+use crate::extract;
+use crate::extract::{Path, Query};
 use crate::openapi as doc;
 
 const DEFAULT_MAX_ATTEMPTS: u32 = 10;
@@ -36,11 +38,13 @@ const MAX_MAX_ATTEMPTS: u32 = 100;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDestination {
+    #[schema(value_type = doc::DestinationKindName, inline)]
     kind: String,
     url: Option<String>,
     subject: Option<String>,
     #[serde(default)]
     event_types: Vec<String>,
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
 }
 
@@ -65,9 +69,8 @@ pub struct CreateDestination {
 pub async fn create(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
-    body: Result<Json<CreateDestination>, axum::extract::rejection::JsonRejection>,
+    extract::Json(request): extract::Json<CreateDestination>,
 ) -> Result<Response, ApiError> {
-    let Json(request) = body.map_err(crate::admin::tenants::json_rejection)?;
     let kind = match request.kind.as_str() {
         "webhook" => {
             let url = request
@@ -331,10 +334,10 @@ pub async fn replay(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
     Path(id): Path<String>,
-    body: Option<Json<ReplayRequest>>,
+    body: Option<extract::Json<ReplayRequest>>,
 ) -> Result<Response, ApiError> {
     let destination = find(&app, tenant.id, &id).await?;
-    let ids = match body.and_then(|Json(request)| request.ids) {
+    let ids = match body.and_then(|extract::Json(request)| request.ids) {
         Some(ids) => Some(
             ids.iter()
                 .map(|id| {

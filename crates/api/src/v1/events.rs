@@ -1,7 +1,7 @@
 //! `POST /v1/events`, `POST /v1/events/batch`, `GET /v1/events/{id}` and `GET /v1/events`.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pulsestream_core::{EventId, Tenant, parse_timestamp};
@@ -16,6 +16,7 @@ use crate::AppState;
 use crate::auth::AuthTenant;
 use crate::body::{BodyFormat, TextBody, read_text_body};
 use crate::error::{ApiError, ErrorItem};
+use crate::extract::{Path, Query};
 use crate::observe::{self, RequestFacts};
 use crate::openapi as doc;
 
@@ -307,8 +308,12 @@ fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response {
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1_000;
 
-/// Reads the query string of `GET /v1/events`, reporting every bad parameter.
-fn parse_search(params: Vec<(String, String)>) -> Result<SearchQuery, ApiError> {
+/// Reads the query string of `GET /v1/events`, reporting every bad parameter. Public for the
+/// fuzz targets: it is a pure function of what a client sends.
+///
+/// # Errors
+/// 422 listing every bad parameter.
+pub fn parse_search(params: Vec<(String, String)>) -> Result<SearchQuery, ApiError> {
     let mut query = SearchQuery {
         limit: DEFAULT_LIMIT,
         ..SearchQuery::default()

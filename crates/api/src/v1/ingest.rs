@@ -27,6 +27,10 @@ pub enum Shape {
 #[derive(Debug)]
 pub struct Checked {
     pub shape: Shape,
+    /// Per input item: its place in the body, the `index` of its result and of its `loc`.
+    /// An item's index in `events`, or for NDJSON its line (blank lines count, so a client can
+    /// find the line in what it sent).
+    pub positions: Vec<usize>,
     /// Per input item: the client's `event_id`, if it sent a string one.
     pub event_ids: Vec<Option<String>>,
     /// Per input item: why it was rejected, or `None` if it is in `events`.
@@ -53,6 +57,7 @@ impl Checked {
         match NewEvent::from_wire(&wire) {
             Ok(event) => Ok(Self {
                 shape: Shape::Single,
+                positions: vec![0],
                 event_ids: vec![event.event_id.clone()],
                 rejections: vec![None],
                 events: vec![event],
@@ -74,13 +79,17 @@ impl Checked {
     /// 400 for JSON that does not parse, 422 for a wrong envelope (no `events` array, empty,
     /// or over 1,000 events). Bad events do not fail the request; they become rejections.
     pub fn batch(body: &TextBody) -> Result<Self, ApiError> {
-        let raw_items = match body.format {
-            BodyFormat::Json => envelope_items(&body.text)?,
+        let raw_items: Vec<(usize, RawItem<'_>)> = match body.format {
+            BodyFormat::Json => envelope_items(&body.text)?
+                .into_iter()
+                .enumerate()
+                .collect(),
             BodyFormat::Ndjson => body
                 .text
                 .lines()
-                .filter(|line| !line.trim().is_empty())
-                .map(Ok)
+                .enumerate()
+                .filter(|(_, line)| !line.trim().is_empty())
+                .map(|(line, text)| (line, Ok(text)))
                 .collect(),
         };
         if raw_items.is_empty() {
@@ -97,11 +106,13 @@ impl Checked {
         }
         let mut checked = Self {
             shape: Shape::Batch(body.format),
+            positions: Vec::with_capacity(raw_items.len()),
             event_ids: Vec::with_capacity(raw_items.len()),
             rejections: Vec::with_capacity(raw_items.len()),
             events: Vec::with_capacity(raw_items.len()),
         };
-        for item in raw_items {
+        for (position, item) in raw_items {
+            checked.positions.push(position);
             let parsed = item.and_then(|text| {
                 serde_json::from_str::<WireEvent<'_>>(text).map_err(|err| vec![wire_error(&err)])
             });
@@ -161,12 +172,13 @@ impl Checked {
             results: Vec::new(),
         };
         let mut all_errors = Vec::new();
-        for (index, rejection) in self.rejections.iter().enumerate() {
+        for (item, rejection) in self.rejections.iter().enumerate() {
+            let index = self.positions[item];
             let prefix: Vec<Value> = match format {
                 BodyFormat::Json => vec!["body".into(), "events".into(), index.into()],
                 BodyFormat::Ndjson => vec!["body".into(), index.into()],
             };
-            let client_event_id = self.event_ids[index].clone();
+            let client_event_id = self.event_ids[item].clone();
             let result = match rejection {
                 Some(errors) => {
                     response.rejected += 1;
@@ -381,7 +393,10 @@ struct Envelope<'a> {
     events: Option<&'a RawValue>,
 }
 
-fn envelope_items(text: &str) -> Result<Vec<Result<&str, Vec<FieldError>>>, ApiError> {
+/// One event's text, or why it could not even be cut out of the body.
+type RawItem<'a> = Result<&'a str, Vec<FieldError>>;
+
+fn envelope_items(text: &str) -> Result<Vec<RawItem<'_>>, ApiError> {
     let envelope = serde_json::from_str::<Envelope<'_>>(text).map_err(|err| {
         if err.is_data() {
             ApiError::validation(

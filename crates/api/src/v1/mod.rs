@@ -3,5 +3,5 @@
 pub mod destinations;
 pub mod events;
 pub(crate) mod idempotency;
-pub(crate) mod ingest;
+pub mod ingest;
 pub mod rate_limit;

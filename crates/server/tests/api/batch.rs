@@ -201,3 +201,32 @@ async fn ndjson_batches_locate_errors_by_line() {
     assert_eq!(answer["results"][2]["errors"][0]["type"], "json_invalid");
     assert_eq!(app.count_events(&tenant, "").await, 2);
 }
+
+#[tokio::test]
+async fn ndjson_blank_lines_carry_no_event_but_count_as_lines() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    // Lines 0 and 2 are blank (one only spaces), line 4 is the bad event.
+    let ndjson = "\n{\"event_id\":\"b-1\",\"event_type\":\"t\"}\n   \r\n{\"event_id\":\"b-3\",\"event_type\":\"t\"}\n{\"event_id\":\"b-4\"}\n\n";
+
+    let response = app
+        .post_raw(
+            &tenant,
+            "/v1/events/batch",
+            "application/x-ndjson",
+            ndjson.into(),
+        )
+        .await;
+
+    assert_eq!(response.status(), StatusCode::MULTI_STATUS);
+    let answer = body(response).await;
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{answer}");
+    let indexes: Vec<&Value> = results.iter().map(|result| &result["index"]).collect();
+    assert_eq!(indexes, [&json!(1), &json!(3), &json!(4)]);
+    assert_eq!(
+        results[2]["errors"][0]["loc"],
+        json!(["body", 4, "event_type"])
+    );
+    assert_eq!(app.count_events(&tenant, "").await, 2);
+}

@@ -1,11 +1,14 @@
-//! Acknowledged events survive restarts: graceful ones, and a SIGKILL right after the answer.
+//! Acknowledged events survive restarts: graceful ones, and a SIGKILL right after the answer,
+//! each with exactly one delivery entry per matching destination.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{ADMIN_TOKEN, ServerProcess, TestApp, TestStore, TestTenant, body, event};
+use crate::harness::{
+    ADMIN_TOKEN, ApiClient, ServerProcess, TestApp, TestStore, TestTenant, body, event, http_client,
+};
 
 #[tokio::test]
 async fn events_and_tenants_survive_a_restart_and_duplicates_are_still_caught() {
@@ -23,11 +26,14 @@ async fn events_and_tenants_survive_a_restart_and_duplicates_are_still_caught() 
     assert_eq!(body(again).await["id"], stored["id"]);
 }
 
+/// Flags of the crash test's server: its webhook points at loopback.
+const CRASH_FLAGS: &[&str] = &["--allow-private-destinations", "true"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
     let store = TestStore::new().await;
-    let client = reqwest::Client::new();
-    let server = ServerProcess::start(&store, &[]);
+    let client = http_client();
+    let server = ServerProcess::start(&store, CRASH_FLAGS);
     server.wait_ready(&client).await;
     let created: Value = client
         .post(format!("{}/admin/tenants", server.base))
@@ -43,6 +49,20 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
         id: created["id"].as_str().unwrap().into(),
         api_key: created["api_key"].as_str().unwrap().into(),
     };
+    // Nothing listens on port 1: every delivery fails and its entry stays queued (retried,
+    // far from its last attempt), so the queue still holds one entry per stored event when
+    // the test reads it back.
+    let destination: Value = client
+        .post(format!("{}/v1/destinations", server.base))
+        .bearer_auth(&tenant.api_key)
+        .json(&json!({"kind": "webhook", "url": "http://127.0.0.1:1/hook", "event_types": ["crash.*"], "max_attempts": 100}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let destination_id = destination["id"].as_str().unwrap().to_owned();
 
     // Eight writers send batches until the server dies under them.
     let base = server.base.clone();
@@ -88,7 +108,7 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
         acknowledged.len()
     );
 
-    let server = ServerProcess::start(&store, &[]);
+    let server = ServerProcess::start(&store, CRASH_FLAGS);
     server.wait_ready(&client).await;
     let app = TestApp::attach(&server.base, client.clone());
     let stored = app.count_events(&tenant, "event_type=crash.test").await;
@@ -105,6 +125,13 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
             "{event_id}"
         );
     }
+    // Save and enqueue are one commit: every stored event has exactly one queue entry, and
+    // nothing else is queued (pending, delivered and dead-lettered together).
+    assert_eq!(
+        queue_entries(&app, &tenant, &destination_id).await,
+        stored as u64,
+        "queue entries vs stored events"
+    );
     // A client retrying its last acknowledged batch after the crash gets duplicates.
     let retried: Vec<Value> = acknowledged[..50]
         .iter()
@@ -122,5 +149,32 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
         app.count_events(&tenant, "event_type=crash.test").await,
         stored
     );
+    assert_eq!(
+        queue_entries(&app, &tenant, &destination_id).await,
+        stored as u64,
+        "a duplicate enqueues nothing"
+    );
     server.kill();
+}
+
+/// Entries a destination's queue ever took: pending, delivered and dead-lettered.
+async fn queue_entries(app: &ApiClient, tenant: &TestTenant, destination: &str) -> u64 {
+    let stats: Value = app
+        .client
+        .get(app.url(&format!("/v1/destinations/{destination}")))
+        .bearer_auth(&tenant.api_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    ["pending", "delivered", "dead_lettered"]
+        .iter()
+        .map(|count| {
+            stats[count]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{count}: {stats}"))
+        })
+        .sum()
 }

@@ -153,6 +153,25 @@ impl ServerProcess {
         panic!("the server did not become ready");
     }
 
+    /// The process's resident memory (`VmRSS` in /proc), in bytes.
+    pub fn resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the server's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .expect("a VmRSS line in kB")
+            * 1024
+    }
+
     /// SIGKILL: no shutdown code runs, nothing is flushed on the way out.
     pub fn kill(mut self) {
         self.child.kill().expect("kill");
@@ -165,6 +184,14 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A plain HTTP client for a test that starts no in-process server. reqwest is built without
+/// a TLS provider of its own: the server installs ring when it starts, and a test that only
+/// drives a child process must do the same before building a client.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }
 
 pub fn free_port() -> u16 {

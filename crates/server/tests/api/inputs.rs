@@ -364,3 +364,146 @@ async fn a_client_that_stops_sending_its_body_gets_408_as_a_problem() {
     assert!(answer.contains("application/problem+json"), "{answer}");
     assert_eq!(app.count_events(&tenant, "").await, 0);
 }
+
+#[tokio::test]
+async fn bad_json_paths_queries_and_methods_get_problem_documents_on_every_destination_route() {
+    let app = TestApp::spawn_with(|config| config.allow_private_destinations = true).await;
+    let tenant = app.create_tenant().await;
+    let created = app
+        .client
+        .post(app.url("/v1/destinations"))
+        .bearer_auth(&tenant.api_key)
+        .json(&json!({"kind": "webhook", "url": "http://127.0.0.1:1/hook"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = body(created).await["id"].as_str().unwrap().to_owned();
+    let json = "application/json";
+    // Method, path, optional (content type, body), expected status.
+    type Case<'a> = (
+        reqwest::Method,
+        String,
+        Option<(&'a str, &'a str)>,
+        StatusCode,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            reqwest::Method::POST,
+            "/v1/destinations".into(),
+            Some((json, "{\"kind\":")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/destinations".into(),
+            Some((json, "{\"kind\": 5}")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/destinations".into(),
+            Some(("text/plain", "{}")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/destinations".into(),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/destinations/%FF".into(),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/destinations/%FF%FE".into(),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            reqwest::Method::PATCH,
+            format!("/v1/destinations/{id}"),
+            Some((json, "{}")),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v1/destinations/{id}/dead-letters?limit=abc"),
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v1/destinations/{id}/dead-letters?limit=-1"),
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/destinations/%C0/dead-letters".into(),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/destinations/{id}/dead-letters/replay"),
+            Some((json, "{\"ids\":")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/destinations/{id}/dead-letters/replay"),
+            Some((json, "{\"ids\": 5}")),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/v1/destinations/{id}/dead-letters/replay"),
+            Some(("text/plain", "{}")),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/v1/destinations/{id}/dead-letters/replay"),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/events/%FF".into(),
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/events".into(),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+
+    for (method, path, sent, expected) in cases {
+        let case = format!("{method} {path} {sent:?}");
+        let mut request = app
+            .client
+            .request(method, app.url(&path))
+            .bearer_auth(&tenant.api_key);
+        if let Some((content_type, text)) = sent {
+            request = request.header("content-type", content_type).body(text);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), expected, "{case}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{case}"
+        );
+        let problem = body(response).await;
+        assert_eq!(problem["status"], expected.as_u16(), "{case}");
+        assert!(!problem["detail"].as_str().unwrap().is_empty(), "{case}");
+    }
+}

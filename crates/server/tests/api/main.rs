@@ -9,6 +9,7 @@ mod batch;
 mod delivery;
 mod durability;
 mod harness;
+mod hostile;
 mod idempotency;
 mod ingest;
 mod inputs;

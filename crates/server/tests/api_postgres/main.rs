@@ -19,6 +19,8 @@ mod delivery;
 mod durability;
 #[path = "../api/harness.rs"]
 mod harness;
+#[path = "../api/hostile.rs"]
+mod hostile;
 #[path = "../api/idempotency.rs"]
 mod idempotency;
 #[path = "../api/ingest.rs"]

@@ -40,3 +40,27 @@ kill $SERVER; wait $SERVER 2>/dev/null || true
 
 echo "## rate limiter: cost of one decision"
 target/release/examples/limiter_cost
+
+# PostgreSQL (skip with PULSESTREAM_BENCH_DATABASE_URL=none): the same figures on the store
+# for several nodes, next to its own ceiling, each in a fresh schema that is dropped after.
+PGURL=${PULSESTREAM_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+if [ "$PGURL" != none ]; then
+  SCHEMAS="bench_raw_$$ bench_srv_$$"
+  for s in $SCHEMAS; do psql "$PGURL" -qc "CREATE SCHEMA $s"; done
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; for s in $SCHEMAS; do psql "$PGURL" -qc "DROP SCHEMA IF EXISTS $s CASCADE" 2>/dev/null; done' EXIT
+  sep='?'; case "$PGURL" in *\?*) sep='&';; esac
+
+  echo "## ceiling: raw PostgreSQL store, same transactions (group commit, synchronous_commit on), no HTTP"
+  target/release/examples/raw_append "${PGURL}${sep}options=-csearch_path%3Dbench_raw_$$" 300000 1000 8
+  echo
+
+  echo "## pulsestream on PostgreSQL (one node; synchronous_commit on)"
+  PULSESTREAM_ADMIN_TOKEN=$TOKEN RUST_LOG=warn target/release/pulsestream serve \
+    --listen 127.0.0.1:18081 --database-url "${PGURL}${sep}options=-csearch_path%3Dbench_srv_$$" \
+    --secret-key 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f & SERVER=$!
+  sleep 2
+  run --url http://127.0.0.1:18081 --scenario batch --batch-size 1000 --concurrency 8
+  run --url http://127.0.0.1:18081 --scenario single --concurrency 64
+  echo "peak RSS of the server (kB): $(grep VmHWM /proc/$SERVER/status | awk '{print $2}')"
+  kill $SERVER; wait $SERVER 2>/dev/null || true
+fi

@@ -138,6 +138,14 @@ impl ApiError {
         )
     }
 
+    /// 422: the `Idempotency-Key` belongs to a different request body.
+    pub fn idempotency_key_reused() -> Self {
+        Self::unprocessable(
+            "idempotency_key_reused",
+            "this Idempotency-Key was already used with a different request; use a new key for a new request",
+        )
+    }
+
     /// 429: the tenant's budget cannot cover the request now.
     pub fn rate_limited(detail: impl Into<String>, retry_after_secs: u64) -> Self {
         let mut err = Self::new(
@@ -213,6 +221,7 @@ impl From<StoreError> for ApiError {
                     .with_source(err)
             }
             StoreError::Corrupt(_) => ApiError::internal(err),
+            StoreError::IdempotencyKeyReused => ApiError::idempotency_key_reused(),
         }
     }
 }

@@ -31,6 +31,10 @@ pub enum StoreError {
     /// Stored bytes could not be decoded: a bug or disk corruption, never the client's fault.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The request's `Idempotency-Key` is recorded (within 24 hours) for a different request
+    /// body, by a request that finished while this one waited: nothing of it was stored.
+    #[error("the Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
 }
 
 impl StoreError {

@@ -16,6 +16,13 @@ pub(crate) fn micros_of(ts: OffsetDateTime) -> i64 {
     (ts.unix_timestamp_nanos() / 1_000) as i64
 }
 
+/// Microseconds since the Unix epoch, rounded up: the first id time not before `ts`, for an
+/// exclusive upper bound given with sub-microsecond precision.
+pub(crate) fn micros_ceil(ts: OffsetDateTime) -> i64 {
+    let nanos = ts.unix_timestamp_nanos();
+    (nanos.div_euclid(1_000) + i128::from(nanos.rem_euclid(1_000) != 0)) as i64
+}
+
 /// Makes the random half of event ids (SplitMix64 from a random seed): fast, and 64 bits
 /// make two events of one tenant in one microsecond collide with negligible odds.
 #[derive(Debug)]
@@ -204,5 +211,14 @@ mod tests {
             decode_idempotency(&encode_idempotency(&record)).unwrap(),
             record
         );
+    }
+
+    #[test]
+    fn upper_bounds_round_up_to_the_next_microsecond() {
+        let at = |nanos: i128| OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap();
+        assert_eq!(micros_ceil(at(1_000)), 1);
+        assert_eq!(micros_ceil(at(1_500)), 2);
+        assert_eq!(micros_ceil(at(-1_500)), -1);
+        assert_eq!(micros_of(at(1_500)), 1);
     }
 }

@@ -327,6 +327,16 @@ pub fn parse_search(params: Vec<(String, String)>) -> Result<SearchQuery, ApiErr
         });
     };
     for (name, value) in params {
+        // No stored string can hold NUL (validation refuses it), and PostgreSQL cannot even
+        // compare with it: say so rather than answer 503 or nothing.
+        if name.contains('\0') || value.contains('\0') {
+            bad(
+                &name.replace('\0', ""),
+                "string_invalid",
+                "must not contain NUL characters".into(),
+            );
+            continue;
+        }
         match name.as_str() {
             "event_id" => query.event_id = Some(value),
             "event_type" => query.event_types.push(value),

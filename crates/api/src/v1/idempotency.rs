@@ -108,10 +108,7 @@ async fn finished(
         return Ok(None);
     }
     if record.request_hash != request_hash {
-        return Err(ApiError::unprocessable(
-            "idempotency_key_reused",
-            "this Idempotency-Key was already used with a different request; use a new key for a new request",
-        ));
+        return Err(ApiError::idempotency_key_reused());
     }
     Ok(Some(record))
 }

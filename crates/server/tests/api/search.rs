@@ -210,3 +210,74 @@ async fn bad_parameters_are_refused_with_their_names() {
         StatusCode::UNPROCESSABLE_ENTITY
     );
 }
+
+#[tokio::test]
+async fn nul_characters_in_parameters_are_refused_not_a_server_error() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    for query in [
+        "event_id=a%00b",
+        "source=%00",
+        "event_type=x%00",
+        "payload.user.id=4%002",
+        "q=lo%00ve",
+    ] {
+        let response = app.search_raw(&tenant, query).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}"
+        );
+        let problem = body(response).await;
+        assert_eq!(problem["errors"][0]["type"], "string_invalid", "{query}");
+    }
+}
+
+#[tokio::test]
+async fn bounds_and_numbers_at_the_edge_of_precision_match_as_the_filters_say() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    // A number JSON keeps exactly but f64 reads as 1: `payload.x=1` compares as f64.
+    let sent = app
+        .post_raw(
+            &tenant,
+            "/v1/events",
+            "application/json",
+            br#"{"event_id":"edge-1","event_type":"edge","timestamp":"2025-01-01T00:00:00.000001Z","payload":{"x":1.00000000000000001,"flag":true}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(sent.status(), StatusCode::CREATED);
+    let found = |page: Value| page["events"].as_array().unwrap().len();
+    assert_eq!(found(app.search(&tenant, "payload.x=1").await), 1);
+    assert_eq!(found(app.search(&tenant, "payload.flag=true").await), 1);
+    assert_eq!(found(app.search(&tenant, "payload.flag=false").await), 0);
+    // `until` is exclusive at any precision: half a microsecond after the event includes it.
+    assert_eq!(
+        found(
+            app.search(&tenant, "until=2025-01-01T00:00:00.0000015Z")
+                .await
+        ),
+        1
+    );
+    assert_eq!(
+        found(
+            app.search(&tenant, "until=2025-01-01T00:00:00.000001Z")
+                .await
+        ),
+        0
+    );
+    assert_eq!(
+        found(
+            app.search(&tenant, "since=2025-01-01T00:00:00.000001Z")
+                .await
+        ),
+        1
+    );
+    assert_eq!(
+        found(
+            app.search(&tenant, "since=2025-01-01T00:00:00.0000011Z")
+                .await
+        ),
+        0
+    );
+}

@@ -122,7 +122,7 @@ fn within(query: &SearchQuery, id: EventId) -> bool {
         .is_none_or(|since| micros >= crate::record::micros_of(since))
         && query
             .until
-            .is_none_or(|until| micros < crate::record::micros_of(until))
+            .is_none_or(|until| micros < crate::record::micros_ceil(until))
 }
 
 /// Scans the keys `prefix` + id in the query's order, from its cursor or time bound on.
@@ -133,9 +133,10 @@ fn id_range(keyspace: &fjall::Keyspace, prefix: &[u8], query: &SearchQuery) -> C
         0,
     ));
     let mut high = match query.until {
-        Some(until) => {
-            Bound::Excluded(key(EventId::from_parts(crate::record::micros_of(until), 0)))
-        }
+        Some(until) => Bound::Excluded(key(EventId::from_parts(
+            crate::record::micros_ceil(until),
+            0,
+        ))),
         None => Bound::Included(key(EventId::from_parts(i64::MAX, u64::MAX))),
     };
     if let Some(Cursor(after)) = query.cursor {

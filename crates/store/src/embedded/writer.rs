@@ -207,7 +207,7 @@ impl Writer {
             match result {
                 Ok(outcomes) => {
                     for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                        let _ = job.reply.send(Ok(outcome));
+                        let _ = job.reply.send(outcome);
                     }
                 }
                 Err(err) => {
@@ -222,7 +222,10 @@ impl Writer {
         }
     }
 
-    fn commit_group(&self, jobs: &[Job]) -> Result<Vec<AppendOutcome>, StoreError> {
+    fn commit_group(
+        &self,
+        jobs: &[Job],
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
         let ks = &self.keyspaces;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut pending: HashMap<[u8; 32], Pending<'_>> = HashMap::new();
@@ -235,10 +238,17 @@ impl Writer {
             // before the answer, and the client retried) gets the recorded outcome and stores
             // nothing: the in-memory claim alone cannot see requests still queued here.
             if let Some(claim) = &job.batch.idempotency
-                && let Some(statuses) =
+                && let Some(record) =
                     self.recorded(&group_records, tenant, claim, job.batch.received_at)?
             {
-                outcomes.push(AppendOutcome { statuses });
+                // The same body replays the outcome; another body is refused (422).
+                outcomes.push(if record.request_hash == claim.request_hash {
+                    Ok(AppendOutcome {
+                        statuses: record.statuses,
+                    })
+                } else {
+                    Err(StoreError::IdempotencyKeyReused)
+                });
                 continue;
             }
             let destinations: Vec<Destination> = self
@@ -300,22 +310,22 @@ impl Writer {
                 batch.insert(&ks.idempotency, key, record::encode_idempotency(&record));
                 group_records.insert(key, record);
             }
-            outcomes.push(AppendOutcome { statuses });
+            outcomes.push(Ok(AppendOutcome { statuses }));
         }
         // Commit before answering: a 2xx promises that this group survives a crash.
         batch.commit().map_err(StoreError::unavailable)?;
         Ok(outcomes)
     }
 
-    /// Returns the statuses recorded under the request's `Idempotency-Key` (in this group or
-    /// committed within 24 hours) when they were recorded for the same request body.
+    /// Returns the record under the request's `Idempotency-Key` (in this group, or committed
+    /// within 24 hours), whichever body it was recorded for.
     fn recorded(
         &self,
         group_records: &HashMap<[u8; 32], IdempotencyRecord>,
         tenant: pulsestream_core::TenantId,
         claim: &crate::IdempotencyClaim,
         now: OffsetDateTime,
-    ) -> Result<Option<Vec<AppendStatus>>, StoreError> {
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let key = keys::hashed_key(tenant, &claim.key);
         let record = match group_records.get(&key) {
             Some(record) => Some(record.clone()),
@@ -329,10 +339,7 @@ impl Writer {
                 None => None,
             },
         };
-        Ok(record
-            .filter(|record| record.request_hash == claim.request_hash)
-            .filter(|record| record.created_at + time::Duration::hours(24) > now)
-            .map(|record| record.statuses))
+        Ok(record.filter(|record| record.created_at + time::Duration::hours(24) > now))
     }
 
     /// Looks the event up by its dedup key: a duplicate or a conflict if one is stored.

@@ -29,6 +29,13 @@ use crate::{AppendBatch, AppendOutcome, AppendStatus, IdempotencyRecord, StoreEr
 
 /// The most events one transaction takes; more wait for the next one.
 pub const MAX_GROUP_EVENTS: usize = 5_000;
+/// The most payload bytes one transaction takes (a group of large events must not outgrow
+/// the operation deadline): a request alone may exceed it.
+pub const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+fn payload_bytes(batch: &AppendBatch) -> usize {
+    batch.events.iter().map(|event| event.payload.len()).sum()
+}
 
 /// One request waiting for a committer.
 pub(super) struct Job {
@@ -45,11 +52,13 @@ pub(super) async fn run_committer(store: Db, queue: Arc<tokio::sync::Mutex<mpsc:
                 return;
             };
             let mut events = first.batch.events.len();
+            let mut bytes = payload_bytes(&first.batch);
             let mut jobs = vec![first];
-            while events < MAX_GROUP_EVENTS {
+            while events < MAX_GROUP_EVENTS && bytes < MAX_GROUP_BYTES {
                 match queue.try_recv() {
                     Ok(job) => {
                         events += job.batch.events.len();
+                        bytes += payload_bytes(&job.batch);
                         jobs.push(job);
                     }
                     Err(_) => break,
@@ -68,7 +77,7 @@ pub(super) async fn run_committer(store: Db, queue: Arc<tokio::sync::Mutex<mpsc:
                     one_by_one.push(
                         commit_with_retries(&store, std::slice::from_ref(batch))
                             .await
-                            .map(|mut outcomes| outcomes.remove(0)),
+                            .and_then(|mut outcomes| outcomes.remove(0)),
                     );
                 }
                 one_by_one
@@ -83,7 +92,7 @@ pub(super) async fn run_committer(store: Db, queue: Arc<tokio::sync::Mutex<mpsc:
                     })
                     .collect()
             }
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Ok(outcomes) => outcomes,
         };
         for (job, outcome) in jobs.into_iter().zip(outcomes) {
             let _ = job.reply.send(outcome);
@@ -100,7 +109,7 @@ struct SharedError(Arc<StoreError>);
 async fn commit_with_retries(
     store: &Db,
     batches: &[&AppendBatch],
-) -> Result<Vec<AppendOutcome>, StoreError> {
+) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
     let started = Instant::now();
     let mut attempt = 0;
     let result = loop {
@@ -148,16 +157,20 @@ enum Plan {
 enum JobPlan {
     /// Its `Idempotency-Key` has a recorded outcome for the same body: replay it.
     Replay(Vec<AppendStatus>),
+    /// Its `Idempotency-Key` is recorded, or claimed earlier in the group, for another body
+    /// (a twin on another node finished first): refused with 422, nothing stored.
+    KeyReused,
     /// An earlier request of the group has the same key and body: answer as it is answered.
     SameAs(usize),
     /// One plan per event.
     Events(Vec<Plan>),
 }
 
+/// Commits a group; per request, its outcome or why it was refused.
 async fn commit_group(
     store: &Db,
     batches: &[&AppendBatch],
-) -> Result<Vec<AppendOutcome>, StoreError> {
+) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
     let mut client = store.client().await?;
     let transaction = client.transaction().await.map_err(pg_error)?;
 
@@ -236,22 +249,28 @@ async fn commit_group(
     for (job, batch) in batches.iter().enumerate() {
         let tenant = batch.tenant.0;
         if let Some(claim) = &batch.idempotency {
-            // Recorded before for this body (within 24 hours): replay.
+            // Recorded within 24 hours: replay it for this body, refuse another body.
             let earlier = recorded
                 .get(&(tenant, claim.key.clone()))
-                .filter(|record| record.request_hash == claim.request_hash)
                 .filter(|record| record.created_at + time::Duration::hours(24) > batch.received_at);
             if let Some(record) = earlier {
-                plans.push(JobPlan::Replay(record.statuses.clone()));
+                plans.push(if record.request_hash == claim.request_hash {
+                    JobPlan::Replay(record.statuses.clone())
+                } else {
+                    JobPlan::KeyReused
+                });
                 continue;
             }
-            if let Some(&twin) = claimed_in_group.get(&(tenant, claim.key.as_str()))
-                && batches[twin]
+            if let Some(&twin) = claimed_in_group.get(&(tenant, claim.key.as_str())) {
+                let same_body = batches[twin]
                     .idempotency
                     .as_ref()
-                    .is_some_and(|first| first.request_hash == claim.request_hash)
-            {
-                plans.push(JobPlan::SameAs(twin));
+                    .is_some_and(|first| first.request_hash == claim.request_hash);
+                plans.push(if same_body {
+                    JobPlan::SameAs(twin)
+                } else {
+                    JobPlan::KeyReused
+                });
                 continue;
             }
             claimed_in_group.insert((tenant, claim.key.as_str()), job);
@@ -373,6 +392,10 @@ async fn commit_group(
                 statuses.push(statuses[*twin].clone());
                 continue;
             }
+            JobPlan::KeyReused => {
+                statuses.push(Vec::new());
+                continue;
+            }
             JobPlan::Events(plan) => plan,
         };
         let mut job_statuses = Vec::with_capacity(batch.events.len());
@@ -482,7 +505,11 @@ async fn commit_group(
     transaction.commit().await.map_err(pg_error)?;
     Ok(statuses
         .into_iter()
-        .map(|statuses| AppendOutcome { statuses })
+        .zip(&plans)
+        .map(|(statuses, plan)| match plan {
+            JobPlan::KeyReused => Err(StoreError::IdempotencyKeyReused),
+            _ => Ok(AppendOutcome { statuses }),
+        })
         .collect())
 }
 

@@ -22,6 +22,12 @@ pub fn latest_version() -> i32 {
 
 /// Applies the migrations the database lacks. Returns the versions applied now.
 pub(crate) async fn run(client: &mut Object) -> Result<Vec<i32>, StoreError> {
+    // Waiting for another node's migration, and building indexes on a big table, may take
+    // longer than any request may: no statement timeout in this session until it is done.
+    client
+        .batch_execute("SET statement_timeout = 0")
+        .await
+        .map_err(pg_error)?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
@@ -32,8 +38,13 @@ pub(crate) async fn run(client: &mut Object) -> Result<Vec<i32>, StoreError> {
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg_error);
+    let reset = client
+        .batch_execute("RESET statement_timeout")
+        .await
+        .map_err(pg_error);
     let applied = result?;
     unlocked?;
+    reset?;
     Ok(applied)
 }
 

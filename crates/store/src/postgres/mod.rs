@@ -158,12 +158,19 @@ impl PostgresStore {
         }
         // No statement may outlive the operation deadline on the server either.
         let timeout_ms = config.operation_timeout.as_millis();
+        // Acknowledged means flushed to the WAL, whatever the role's or database's default.
+        let ours = format!("-c statement_timeout={timeout_ms} -c synchronous_commit=on");
         let options = match pg.get_options() {
-            Some(options) => format!("{options} -c statement_timeout={timeout_ms}"),
-            None => format!("-c statement_timeout={timeout_ms}"),
+            Some(options) => format!("{options} {ours}"),
+            None => ours,
         };
         pg.options(&options);
+        // A database host that vanishes without a reset must not hold connections for the
+        // OS's 15-minute retransmission timeout: keepalives, and a cap on unacknowledged data.
         pg.keepalives_idle(Duration::from_secs(10));
+        pg.keepalives_interval(Duration::from_secs(2));
+        pg.keepalives_retries(3);
+        pg.tcp_user_timeout(config.operation_timeout.max(Duration::from_secs(1)));
         let manager = Manager::from_config(
             pg,
             NoTls,
@@ -225,18 +232,43 @@ impl Db {
     where
         F: Future<Output = Result<T, StoreError>>,
     {
+        self.guarded_as(operation, true).await
+    }
+
+    /// Runs one search under the breaker and the deadline. A search that runs out of time
+    /// is slow, not a sign that the database is down: it does not count towards the breaker
+    /// (else three heavy searches would turn a node's writes away).
+    async fn guarded_search<T, F>(&self, operation: F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        self.guarded_as(operation, false).await
+    }
+
+    async fn guarded_as<T, F>(&self, operation: F, timeouts_count: bool) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
         let breaker = &self.inner.breaker;
         if !breaker.allows(Instant::now()) {
             return Err(StoreError::unavailable(Outage::BreakerOpen));
         }
         let deadline = self.inner.config.operation_timeout;
-        let result = match tokio::time::timeout(deadline, operation).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::unavailable(Outage::Timeout(deadline))),
+        let (result, timed_out) = match tokio::time::timeout(deadline, operation).await {
+            Ok(result) => {
+                let timed_out = result.as_ref().is_err_and(is_statement_timeout);
+                (result, timed_out)
+            }
+            Err(_) => (
+                Err(StoreError::unavailable(Outage::Timeout(deadline))),
+                true,
+            ),
         };
         match &result {
+            Err(_) if timed_out && !timeouts_count => {}
             Err(err) if is_outage(err) => breaker.failure(Instant::now()),
-            _ => breaker.success(),
+            Err(_) => {}
+            Ok(_) => breaker.success(),
         }
         result
     }
@@ -255,32 +287,56 @@ fn pg_error(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::unavailable(err)
 }
 
-/// Returns whether an error means the database is unreachable or too slow (as opposed to a
-/// problem with one statement), which is what the breaker counts.
+/// Returns whether an error means the database is unreachable or not answering (as opposed
+/// to a problem with one statement, or a pool busy with load), which is what the breaker
+/// counts.
 fn is_outage(err: &StoreError) -> bool {
     let StoreError::Unavailable(source) = err else {
         return false;
     };
-    if source.downcast_ref::<Outage>().is_some()
-        || source
-            .downcast_ref::<deadpool_postgres::PoolError>()
-            .is_some()
-    {
+    if source.downcast_ref::<Outage>().is_some() {
         return true;
     }
-    match source.downcast_ref::<tokio_postgres::Error>() {
-        Some(err) => match err.code() {
-            // Connection exceptions, shutdown, cannot connect now, statement timeout.
-            Some(code) => {
-                code.code().starts_with("08")
-                    || code.code().starts_with("57P")
-                    || code.code() == "57014"
-            }
-            // No SQLSTATE: the socket failed or the connection is closed.
-            None => true,
-        },
-        None => false,
+    if let Some(pool) = source.downcast_ref::<deadpool_postgres::PoolError>() {
+        return match pool {
+            // Every connection busy: load, not an outage.
+            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => false,
+            deadpool_postgres::PoolError::Backend(err) => is_connection_failure(err),
+            _ => true,
+        };
     }
+    source
+        .downcast_ref::<tokio_postgres::Error>()
+        .is_some_and(is_connection_failure)
+}
+
+fn is_connection_failure(err: &tokio_postgres::Error) -> bool {
+    match err.code() {
+        // Connection exceptions; admin shutdown, crash shutdown, cannot connect now; and the
+        // statement timeout (the server is not answering in time).
+        Some(code) => {
+            code.code().starts_with("08")
+                || code.code().starts_with("57P")
+                || code.code() == "57014"
+        }
+        // No SQLSTATE: a closed connection or a socket error.
+        None => {
+            err.is_closed()
+                || std::error::Error::source(err)
+                    .is_some_and(|source| source.is::<std::io::Error>())
+        }
+    }
+}
+
+/// Returns whether PostgreSQL cancelled a statement for running past `statement_timeout`.
+fn is_statement_timeout(err: &StoreError) -> bool {
+    let StoreError::Unavailable(source) = err else {
+        return false;
+    };
+    source
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|code| code.code() == "57014")
 }
 
 /// Returns whether the transaction lost a race the database detected (a deadlock between
@@ -403,7 +459,7 @@ impl EventStore for PostgresStore {
 
     async fn search(&self, tenant: TenantId, query: SearchQuery) -> Result<SearchPage, StoreError> {
         self.db
-            .guarded(search::search(&self.db, tenant, &query))
+            .guarded_search(search::search(&self.db, tenant, &query))
             .await
     }
 

@@ -14,7 +14,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{Db, pg_error};
 use crate::event_matches;
-use crate::record::micros_of;
+use crate::record::{micros_ceil, micros_of};
 use crate::{Cursor, Order, PayloadFilter, SearchPage, SearchQuery, StoreError, StoredEvent};
 
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -86,7 +86,7 @@ fn candidates_sql(
         push(&mut sql, " AND id >= ?", Box::new(low.0));
     }
     if let Some(until) = query.until {
-        let high = EventId::from_parts(micros_of(until), 0);
+        let high = EventId::from_parts(micros_ceil(until), 0);
         push(&mut sql, " AND id < ?", Box::new(high.0));
     }
     if let Some(after) = after {
@@ -138,14 +138,18 @@ fn candidates_sql(
 }
 
 /// The JSONB documents one of which a payload contains when the filter holds: the value as
-/// a string, and as a number, boolean or null when it reads as one. Paths with a segment
-/// that could be an array index get no SQL condition (containment cannot say "element 0");
-/// `event_matches` checks them.
+/// a string, and as a boolean or null when it is spelt as one. Values that read as numbers
+/// get no SQL condition: the filter compares numbers as f64 while JSONB compares them
+/// exactly (`1.00000000000000001` is 1 to the one, not to the other), so containment could
+/// exclude an event the filter accepts; `event_matches` decides them. Paths with a segment
+/// that could be an array index get no SQL condition either (containment cannot say
+/// "element 0").
 fn containment_shapes(filter: &PayloadFilter) -> Vec<Value> {
     if filter
         .path
         .iter()
         .any(|segment| segment.parse::<usize>().is_ok())
+        || filter.value.parse::<f64>().is_ok()
     {
         return Vec::new();
     }
@@ -154,24 +158,7 @@ fn containment_shapes(filter: &PayloadFilter) -> Vec<Value> {
         "true" => leaves.push(Value::Bool(true)),
         "false" => leaves.push(Value::Bool(false)),
         "null" => leaves.push(Value::Null),
-        text => {
-            // Beyond 2^53, f64 comparisons (the filter's) and exact ones (JSONB's) differ.
-            if text
-                .parse::<f64>()
-                .is_ok_and(|number| number.abs() >= 9_007_199_254_740_992.0)
-            {
-                return Vec::new();
-            }
-            if let Ok(number) = text.parse::<i64>() {
-                leaves.push(Value::from(number));
-            } else if let Some(number) = text
-                .parse::<f64>()
-                .ok()
-                .and_then(serde_json::Number::from_f64)
-            {
-                leaves.push(Value::Number(number));
-            }
-        }
+        _ => {}
     }
     leaves
         .into_iter()

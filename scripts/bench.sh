@@ -36,6 +36,23 @@ run --url http://127.0.0.1:18080 --scenario single --concurrency 64
 run --url http://127.0.0.1:18080 --scenario single --concurrency 256
 run --url http://127.0.0.1:18080 --scenario batch --batch-size 100 --concurrency 16 --duplicates 0.1
 echo "peak RSS of the server (kB): $(grep VmHWM /proc/$SERVER/status | awk '{print $2}')"
+
+echo "## search by event_type in one tenant of about a million events (embedded store; 14 s of batches first)"
+KEY=$(curl -sf -X POST http://127.0.0.1:18080/admin/tenants -H "authorization: Bearer $TOKEN" \
+  -H 'content-type: application/json' \
+  -d '{"name":"bench-search","rate_limit_per_minute":100000000,"burst":10000000}' |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')
+"$BENCH" run --url http://127.0.0.1:18080 --api-key "$KEY" --scenario batch --batch-size 1000 \
+  --concurrency 8 --warmup 0s --duration 14s | grep -E "events |requests "
+run --url http://127.0.0.1:18080 --api-key "$KEY" --scenario mixed --search-share 1 --concurrency 16
+kill $SERVER; wait $SERVER 2>/dev/null || true
+
+echo "## start-up on the store just written ($(du -sh "$WORK/server" | cut -f1))"
+START=$(date +%s%N)
+PULSESTREAM_ADMIN_TOKEN=$TOKEN RUST_LOG=warn target/release/pulsestream serve \
+  --listen 127.0.0.1:18080 --data-dir "$WORK/server" & SERVER=$!
+until curl -sf http://127.0.0.1:18080/readyz >/dev/null; do sleep 0.01; done
+echo "ready after $(( ($(date +%s%N) - START) / 1000000 )) ms"
 kill $SERVER; wait $SERVER 2>/dev/null || true
 
 echo "## rate limiter: cost of one decision"

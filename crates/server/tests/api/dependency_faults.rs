@@ -177,6 +177,12 @@ async fn nats_killed_and_restarted_under_load_loses_and_duplicates_no_event() {
     .await;
     let opened_after = killed.elapsed();
     let last_error = destination(&app, &tenant, id).await["last_error"].clone();
+    // Five failures open the circuit. Waiting for acknowledgements would take five ack
+    // timeouts (5 s here); a sink that sees the client is disconnected fails at once.
+    assert!(
+        opened_after < Duration::from_secs(3),
+        "the circuit opened {opened_after:?} after the kill ({last_error})"
+    );
     load.wait_for_more_acknowledged(100, "events are acknowledged while NATS is down")
         .await;
 

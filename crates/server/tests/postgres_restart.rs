@@ -229,7 +229,10 @@ async fn postgres_restarted_under_load_answers_503_then_recovers_and_loses_nothi
         .flat_map(|answer| answer.event_ids().map(|id| (id, answer.acknowledged())))
         .collect();
     for (event_id, count) in &stored {
-        assert!(sent.contains_key(event_id.as_str()), "{event_id} was never sent");
+        assert!(
+            sent.contains_key(event_id.as_str()),
+            "{event_id} was never sent"
+        );
         assert_eq!(*count, 1, "{event_id} is stored {count} times");
     }
     let committed_but_refused = stored.len() - acknowledged.len();
@@ -250,7 +253,10 @@ async fn postgres_restarted_under_load_answers_503_then_recovers_and_loses_nothi
     let stored = stored_event_ids(&app, &tenant).await;
     assert_eq!(stored.len(), sent.len(), "every event sent is stored");
     for (event_id, count) in &stored {
-        assert_eq!(*count, 1, "{event_id} is stored {count} times after the retries");
+        assert_eq!(
+            *count, 1,
+            "{event_id} is stored {count} times after the retries"
+        );
     }
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK, "/readyz after the restart");

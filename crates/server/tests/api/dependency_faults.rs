@@ -96,10 +96,7 @@ const STREAM: &str = "PS_FAULTS";
 
 async fn stream_message_count(jetstream: &jetstream::Context) -> u64 {
     match jetstream.get_stream(STREAM).await {
-        Ok(mut stream) => stream
-            .info()
-            .await
-            .map_or(0, |info| info.state.messages),
+        Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
         Err(_) => 0,
     }
 }
@@ -169,11 +166,9 @@ async fn nats_killed_and_restarted_under_load_loses_and_duplicates_no_event() {
 
     nats.kill();
     let killed = Instant::now();
-    wait_until(
-        "the destination's circuit opens",
-        PATIENCE,
-        || async { circuit_is(&app, &tenant, id, "open").await },
-    )
+    wait_until("the destination's circuit opens", PATIENCE, || async {
+        circuit_is(&app, &tenant, id, "open").await
+    })
     .await;
     let opened_after = killed.elapsed();
     let last_error = destination(&app, &tenant, id).await["last_error"].clone();
@@ -189,11 +184,9 @@ async fn nats_killed_and_restarted_under_load_loses_and_duplicates_no_event() {
     let nats = NatsServer::start(port, nats_store.path());
     nats.wait_ready().await;
     let restarted = Instant::now();
-    wait_until(
-        "the circuit closes once NATS is back",
-        PATIENCE,
-        || async { circuit_is(&app, &tenant, id, "closed").await },
-    )
+    wait_until("the circuit closes once NATS is back", PATIENCE, || async {
+        circuit_is(&app, &tenant, id, "closed").await
+    })
     .await;
     let closed_after = restarted.elapsed();
     load.wait_for_more_acknowledged(100, "events are acknowledged after NATS is back")
@@ -210,7 +203,11 @@ async fn nats_killed_and_restarted_under_load_loses_and_duplicates_no_event() {
         .map(|(_, event)| event["event_id"].as_str().unwrap().to_owned())
         .collect();
     for (msg_id, event) in &messages {
-        assert_eq!(event["id"], msg_id.as_str(), "Nats-Msg-Id is the event's id");
+        assert_eq!(
+            event["id"],
+            msg_id.as_str(),
+            "Nats-Msg-Id is the event's id"
+        );
     }
     assert_eq!(
         msg_ids.len(),
@@ -257,11 +254,9 @@ async fn a_webhook_receiver_stopped_and_started_again_under_load_gets_every_even
 
     receiver.stop().await;
     let stopped = Instant::now();
-    wait_until(
-        "the destination's circuit opens",
-        PATIENCE,
-        || async { circuit_is(&app, &tenant, id, "open").await },
-    )
+    wait_until("the destination's circuit opens", PATIENCE, || async {
+        circuit_is(&app, &tenant, id, "open").await
+    })
     .await;
     let opened_after = stopped.elapsed();
     let last_error = destination(&app, &tenant, id).await["last_error"].clone();

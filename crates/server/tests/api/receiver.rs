@@ -74,8 +74,8 @@ impl Receiver {
             .unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let server = tokio::spawn(async move { serve.await.unwrap() });
         Self {
             url,

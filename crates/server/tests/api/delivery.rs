@@ -11,7 +11,7 @@ use crate::receiver::{Behaviour, Receiver, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
-async fn delivering_app() -> TestApp {
+pub async fn delivering_app() -> TestApp {
     TestApp::spawn_with(|config| {
         config.allow_private_destinations = true;
         config.delivery_retry_base_ms = 20;
@@ -21,7 +21,7 @@ async fn delivering_app() -> TestApp {
     .await
 }
 
-async fn create_destination(app: &TestApp, tenant: &TestTenant, spec: Value) -> Value {
+pub async fn create_destination(app: &TestApp, tenant: &TestTenant, spec: Value) -> Value {
     let response = app
         .client
         .post(app.url("/v1/destinations"))
@@ -34,7 +34,7 @@ async fn create_destination(app: &TestApp, tenant: &TestTenant, spec: Value) -> 
     body(response).await
 }
 
-async fn destination(app: &TestApp, tenant: &TestTenant, id: &str) -> Value {
+pub async fn destination(app: &TestApp, tenant: &TestTenant, id: &str) -> Value {
     body(
         app.client
             .get(app.url(&format!("/v1/destinations/{id}")))

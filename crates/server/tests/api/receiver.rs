@@ -11,6 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -49,6 +51,8 @@ struct Shared {
 pub struct Receiver {
     pub url: String,
     shared: Shared,
+    shutdown: CancellationToken,
+    server: Option<JoinHandle<()>>,
 }
 
 impl Receiver {
@@ -69,8 +73,26 @@ impl Receiver {
             .await
             .unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { url, shared }
+        let shutdown = CancellationToken::new();
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let server = tokio::spawn(async move { serve.await.unwrap() });
+        Self {
+            url,
+            shared,
+            shutdown,
+            server: Some(server),
+        }
+    }
+
+    /// Stops the receiver as a deploy would: it stops accepting, answers the requests in
+    /// flight, closes every connection, and frees its port. What it received stays readable.
+    #[allow(dead_code, reason = "only the fault tests stop a receiver")]
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.expect("the receiver stops");
+        }
     }
 
     pub fn set(&self, behaviour: Behaviour) {
@@ -88,6 +110,12 @@ impl Receiver {
             .filter(|r| (200..300).contains(&r.status))
             .flat_map(Received::events)
             .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 

@@ -35,6 +35,8 @@ impl Cluster {
         let nodes: Vec<ServerProcess> = (0..2)
             .map(|_| ServerProcess::start(&store, &flags))
             .collect();
+        // No in-process server installs the TLS provider here (see `harness::http_client`).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

@@ -15,6 +15,8 @@ mod cluster;
 mod database_faults;
 #[path = "../api/delivery.rs"]
 mod delivery;
+#[path = "../api/dependency_faults.rs"]
+mod dependency_faults;
 #[path = "../api/durability.rs"]
 mod durability;
 #[path = "../api/harness.rs"]
@@ -27,6 +29,8 @@ mod idempotency;
 mod ingest;
 #[path = "../api/inputs.rs"]
 mod inputs;
+#[path = "../api/load.rs"]
+mod load;
 #[path = "../api/openapi.rs"]
 mod openapi;
 #[path = "../api/operations.rs"]

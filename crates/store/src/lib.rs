@@ -100,6 +100,21 @@ pub struct SearchPage {
     pub next_cursor: Option<Cursor>,
 }
 
+impl SearchPage {
+    /// A page of `events`; when `more` match past it, the cursor points after its last event.
+    pub fn new(events: Vec<StoredEvent>, more: bool) -> Self {
+        let next_cursor = if more {
+            events.last().map(|event| Cursor(event.id))
+        } else {
+            None
+        };
+        Self {
+            events,
+            next_cursor,
+        }
+    }
+}
+
 /// Events: appended durably and exactly once, read back at once.
 #[async_trait]
 pub trait EventStore: Send + Sync + Debug + 'static {

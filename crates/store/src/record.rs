@@ -54,14 +54,18 @@ impl IdGen {
 }
 
 /// Writes the event's JSON exactly as the API returns it.
+/// The timestamp is the one the id carries (the client's, or the receipt time).
 pub(crate) fn write_event_json(
     json: &mut Vec<u8>,
     id: EventId,
     event: &NewEvent,
     event_id: &str,
-    timestamp: &str,
     received_at: &str,
 ) -> Result<(), StoreError> {
+    let timestamp =
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(id.timestamp_micros()) * 1_000)
+            .map_err(|err| StoreError::Corrupt(format!("event id timestamp: {err}")))?;
+    let timestamp = pulsestream_core::format_timestamp(timestamp);
     let encode = |json: &mut Vec<u8>, text: &str| {
         serde_json::to_writer(json, text).map_err(StoreError::unavailable)
     };

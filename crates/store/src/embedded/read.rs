@@ -79,15 +79,7 @@ pub(crate) fn search(
         }
         events.push(stored);
     }
-    let next_cursor = if more {
-        events.last().map(|event| Cursor(event.id))
-    } else {
-        None
-    };
-    Ok(SearchPage {
-        events,
-        next_cursor,
-    })
+    Ok(SearchPage::new(events, more))
 }
 
 fn by_event_id(

@@ -417,17 +417,7 @@ impl Writer {
         let (tenant, received_at) = (context.tenant, context.received_at.as_str());
         let mut value = Vec::with_capacity(event.payload.len() + 320);
         value.extend_from_slice(&keys::event_value_header(event.timestamp.is_some()));
-        let timestamp =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(id.timestamp_micros()) * 1_000)
-                .map_err(|err| StoreError::Corrupt(format!("event id timestamp: {err}")))?;
-        write_event_json(
-            &mut value,
-            id,
-            event,
-            event_id,
-            &format_timestamp(timestamp),
-            received_at,
-        )?;
+        write_event_json(&mut value, id, event, event_id, received_at)?;
         batch.insert(&ks.events, keys::event_key(tenant, id), value);
         batch.insert(
             &ks.by_type,

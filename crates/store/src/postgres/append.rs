@@ -520,18 +520,8 @@ fn event_body(
     event_id: &str,
     received_at: &str,
 ) -> Result<String, StoreError> {
-    let timestamp =
-        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(id.timestamp_micros()) * 1_000)
-            .map_err(|err| StoreError::Corrupt(format!("event id timestamp: {err}")))?;
     let mut body = Vec::with_capacity(event.payload.len() + 320);
-    write_event_json(
-        &mut body,
-        id,
-        event,
-        event_id,
-        &format_timestamp(timestamp),
-        received_at,
-    )?;
+    write_event_json(&mut body, id, event, event_id, received_at)?;
     String::from_utf8(body).map_err(|err| StoreError::Corrupt(format!("event JSON: {err}")))
 }
 

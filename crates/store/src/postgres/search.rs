@@ -57,15 +57,7 @@ pub(super) async fn search(
             break;
         }
     }
-    let next_cursor = if more {
-        events.last().map(|event| Cursor(event.id))
-    } else {
-        None
-    };
-    Ok(SearchPage {
-        events,
-        next_cursor,
-    })
+    Ok(SearchPage::new(events, more))
 }
 
 /// Builds the candidate query: one page of ids past `after`, in the query's order.

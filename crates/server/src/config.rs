@@ -225,6 +225,10 @@ impl ServeConfig {
         let mut config = PostgresConfig::new(url.0.clone());
         config.pool_size = self.database_pool_size;
         config.queue_capacity = self.write_queue_capacity;
+        // A claim must outlast the slowest send, or another node could send the same events.
+        config.lease = config.lease.max(Duration::from_millis(
+            self.webhook_timeout_ms.saturating_mul(3),
+        ));
         config.operation_timeout = Duration::from_millis(self.database_timeout_ms);
         Some(config)
     }

@@ -124,28 +124,32 @@ impl DeliveryQueue for PostgresStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let now = micros_of(now);
-        let lease_end = now.saturating_add(self.db.inner.config.lease.as_micros() as i64);
+        let lease = self.db.inner.config.lease.as_micros() as i64;
         let limit = limit as i64;
         self.db
             .guarded(async {
                 let client = self.db.client().await?;
                 let statement = client
                     .prepare_cached(
-                        "WITH due AS (
-                         SELECT event FROM outbox
-                         WHERE destination_id = $1 AND due <= $2 AND leased_until < $2
+                        // Leases are stamped and compared in the database's clock, so nodes
+                        // whose clocks disagree still agree on whose lease has run out.
+                        "WITH clock AS (
+                         SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now),
+                     due AS (
+                         SELECT event FROM outbox, clock
+                         WHERE destination_id = $1 AND due <= $2 AND leased_until < clock.now
                          ORDER BY due, event
                          LIMIT $3
-                         FOR UPDATE SKIP LOCKED)
-                     UPDATE outbox o SET leased_until = $4
-                     FROM due
+                         FOR UPDATE OF outbox SKIP LOCKED)
+                     UPDATE outbox o SET leased_until = clock.now + $4
+                     FROM due, clock
                      WHERE o.destination_id = $1 AND o.event = due.event
                      RETURNING o.event, o.tenant_id, o.attempts, o.due",
                     )
                     .await
                     .map_err(pg_error)?;
                 let rows = client
-                    .query(&statement, &[&destination.0, &now, &limit, &lease_end])
+                    .query(&statement, &[&destination.0, &now, &limit, &lease])
                     .await
                     .map_err(pg_error)?;
                 if rows.is_empty() {

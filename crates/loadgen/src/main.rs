@@ -140,6 +140,10 @@ struct CeilingArgs {
     listen: SocketAddr,
 }
 
+/// The same allocator as the server, so the bare-HTTP ceiling it hosts is a fair comparison.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match execute(cli) {

@@ -11,6 +11,11 @@ use pulsestream_server::{Server, read_admin_token, shutdown_signal, telemetry};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of the system allocator: the request path allocates per event (JSON,
+/// keys, answers) and glibc's malloc/free were ~17 % of the store's profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "pulsestream",

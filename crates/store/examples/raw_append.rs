@@ -13,6 +13,10 @@ use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use pulsestream_store::postgres::{PostgresConfig, PostgresStore};
 use pulsestream_store::{AppendBatch, EventStore};
 
+/// The same allocator as the server, so this ceiling is a fair comparison.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();

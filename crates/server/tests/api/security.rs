@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::delivery::{create_destination, destination};
 use crate::harness::{ADMIN_TOKEN, ServerProcess, TestApp, TestStore, TestTenant, body, event};
 use crate::receiver::{Behaviour, Receiver, wait_until};
 
@@ -88,14 +89,10 @@ async fn another_tenant_gets_404_on_every_destination_route_and_changes_nothing(
     let owner = app.create_tenant().await;
     let intruder = app.create_tenant().await;
     let receiver = Receiver::start(Behaviour::AlwaysFail(500)).await;
-    let created = body(
-        app.client
-            .post(app.url("/v1/destinations"))
-            .bearer_auth(&owner.api_key)
-            .json(&json!({"kind": "webhook", "url": receiver.url, "max_attempts": 1}))
-            .send()
-            .await
-            .unwrap(),
+    let created = create_destination(
+        &app,
+        &owner,
+        json!({"kind": "webhook", "url": receiver.url, "max_attempts": 1}),
     )
     .await;
     let id = created["id"].as_str().unwrap().to_owned();
@@ -251,18 +248,6 @@ async fn admin_view(app: &TestApp, tenant: &TestTenant) -> Value {
         app.client
             .get(app.url(&format!("/admin/tenants/{}", tenant.id)))
             .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
-}
-
-async fn destination(app: &TestApp, tenant: &TestTenant, id: &str) -> Value {
-    body(
-        app.client
-            .get(app.url(&format!("/v1/destinations/{id}")))
-            .bearer_auth(&tenant.api_key)
             .send()
             .await
             .unwrap(),

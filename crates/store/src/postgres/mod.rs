@@ -29,7 +29,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use pulsestream_core::{EventId, Tenant, TenantId};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use crate::record::IdGen;
 use crate::{
@@ -225,6 +226,45 @@ impl Db {
     /// Takes a pooled connection (bounded wait).
     async fn client(&self) -> Result<Object, StoreError> {
         self.inner.pool.get().await.map_err(StoreError::unavailable)
+    }
+
+    /// Runs one statement on a pooled connection, under the breaker and the deadline, and
+    /// returns how many rows it changed.
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
+        self.guarded(async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+            client.execute(&statement, params).await.map_err(pg_error)
+        })
+        .await
+    }
+
+    /// Runs one query on a pooled connection, under the breaker and the deadline.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.guarded(async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+            client.query(&statement, params).await.map_err(pg_error)
+        })
+        .await
+    }
+
+    /// Runs one query that returns at most one row.
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, StoreError> {
+        self.guarded(async {
+            let client = self.client().await?;
+            let statement = client.prepare_cached(sql).await.map_err(pg_error)?;
+            client.query_opt(&statement, params).await.map_err(pg_error)
+        })
+        .await
     }
 
     /// Runs one store operation under the breaker and the operation deadline.
@@ -438,23 +478,17 @@ impl EventStore for PostgresStore {
         tenant: TenantId,
         id: EventId,
     ) -> Result<Option<StoredEvent>, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let statement = client
-                    .prepare_cached("SELECT body FROM events WHERE tenant_id = $1 AND id = $2")
-                    .await
-                    .map_err(pg_error)?;
-                let row = client
-                    .query_opt(&statement, &[&tenant.0, &id.0])
-                    .await
-                    .map_err(pg_error)?;
-                Ok(row.map(|row| StoredEvent {
-                    id,
-                    json: row.get::<_, String>(0).into_bytes(),
-                }))
-            })
-            .await
+        let row = self
+            .db
+            .query_opt(
+                "SELECT body FROM events WHERE tenant_id = $1 AND id = $2",
+                &[&tenant.0, &id.0],
+            )
+            .await?;
+        Ok(row.map(|row| StoredEvent {
+            id,
+            json: row.get::<_, String>(0).into_bytes(),
+        }))
     }
 
     async fn search(&self, tenant: TenantId, query: SearchQuery) -> Result<SearchPage, StoreError> {
@@ -468,20 +502,15 @@ impl EventStore for PostgresStore {
         tenant: TenantId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let row = client
-                    .query_opt(
-                        "SELECT record FROM idempotency WHERE tenant_id = $1 AND key = $2",
-                        &[&tenant.0, &key],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                row.map(|row| crate::record::decode_idempotency(row.get::<_, &[u8]>(0)))
-                    .transpose()
-            })
-            .await
+        let row = self
+            .db
+            .query_opt(
+                "SELECT record FROM idempotency WHERE tenant_id = $1 AND key = $2",
+                &[&tenant.0, &key],
+            )
+            .await?;
+        row.map(|row| crate::record::decode_idempotency(row.get::<_, &[u8]>(0)))
+            .transpose()
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
@@ -562,31 +591,21 @@ impl TenantStore for PostgresStore {
     }
 
     async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let rows = client
-                    .query("SELECT record FROM tenants ORDER BY created_at, id", &[])
-                    .await
-                    .map_err(pg_error)?;
-                rows.iter()
-                    .map(|row| decode_json(row.get(0), "tenant"))
-                    .collect()
-            })
-            .await
+        let rows = self
+            .db
+            .query("SELECT record FROM tenants ORDER BY created_at, id", &[])
+            .await?;
+        rows.iter()
+            .map(|row| decode_json(row.get(0), "tenant"))
+            .collect()
     }
 
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let row = client
-                    .query_opt("SELECT record FROM tenants WHERE id = $1", &[&id.0])
-                    .await
-                    .map_err(pg_error)?;
-                row.map(|row| decode_json(row.get(0), "tenant")).transpose()
-            })
-            .await
+        let row = self
+            .db
+            .query_opt("SELECT record FROM tenants WHERE id = $1", &[&id.0])
+            .await?;
+        row.map(|row| decode_json(row.get(0), "tenant")).transpose()
     }
 
     async fn tenant_by_key_hash(&self, hash: &str) -> Result<Option<Tenant>, StoreError> {
@@ -603,25 +622,17 @@ impl TenantStore for PostgresStore {
         {
             return Ok(tenant.clone());
         }
-        let tenant = self
+        let row = self
             .db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let statement = client
-                    .prepare_cached(
-                        "SELECT t.record FROM tenant_keys k JOIN tenants t ON t.id = k.tenant_id
-                         WHERE k.key_hash = $1",
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                let row = client
-                    .query_opt(&statement, &[&hash])
-                    .await
-                    .map_err(pg_error)?;
-                row.map(|row| decode_json::<Tenant>(row.get(0), "tenant"))
-                    .transpose()
-            })
+            .query_opt(
+                "SELECT t.record FROM tenant_keys k JOIN tenants t ON t.id = k.tenant_id
+                 WHERE k.key_hash = $1",
+                &[&hash],
+            )
             .await?;
+        let tenant = row
+            .map(|row| decode_json::<Tenant>(row.get(0), "tenant"))
+            .transpose()?;
         let mut cache = self
             .db
             .inner
@@ -638,36 +649,25 @@ impl TenantStore for PostgresStore {
     }
 
     async fn admin_token_hash(&self) -> Result<Option<String>, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let row = client
-                    .query_opt(
-                        "SELECT value FROM settings WHERE name = 'admin_token_sha256'",
-                        &[],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Ok(row.map(|row| row.get(0)))
-            })
-            .await
+        let row = self
+            .db
+            .query_opt(
+                "SELECT value FROM settings WHERE name = 'admin_token_sha256'",
+                &[],
+            )
+            .await?;
+        Ok(row.map(|row| row.get(0)))
     }
 
     async fn set_admin_token_hash(&self, hash: &str) -> Result<(), StoreError> {
         self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                client
-                    .execute(
-                        "INSERT INTO settings (name, value) VALUES ('admin_token_sha256', $1)
-                     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-                        &[&hash],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Ok(())
-            })
-            .await
+            .execute(
+                "INSERT INTO settings (name, value) VALUES ('admin_token_sha256', $1)
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                &[&hash],
+            )
+            .await?;
+        Ok(())
     }
 }
 

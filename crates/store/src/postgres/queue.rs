@@ -34,64 +34,45 @@ impl DeliveryQueue for PostgresStore {
     async fn put_destination(&self, destination: &Destination) -> Result<(), StoreError> {
         let record = serde_json::to_value(destination).map_err(StoreError::unavailable)?;
         self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                client
-                    .execute(
-                        "INSERT INTO destinations (id, tenant_id, created_at, record)
+            .execute(
+                "INSERT INTO destinations (id, tenant_id, created_at, record)
                      VALUES ($1, $2, $3, $4)
                      ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
-                        &[
-                            &destination.id.0,
-                            &destination.tenant.0,
-                            &destination.created_at,
-                            &record,
-                        ],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Ok(())
-            })
-            .await
+                &[
+                    &destination.id.0,
+                    &destination.tenant.0,
+                    &destination.created_at,
+                    &record,
+                ],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn destinations(&self, tenant: TenantId) -> Result<Vec<Destination>, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let statement = client
-                .prepare_cached(
-                    "SELECT record FROM destinations WHERE tenant_id = $1 ORDER BY created_at, id",
-                )
-                .await
-                .map_err(pg_error)?;
-                let rows = client
-                    .query(&statement, &[&tenant.0])
-                    .await
-                    .map_err(pg_error)?;
-                rows.into_iter()
-                    .map(|row| decode_json(row.get(0), "destination"))
-                    .collect()
-            })
-            .await
+        let rows = self
+            .db
+            .query(
+                "SELECT record FROM destinations WHERE tenant_id = $1 ORDER BY created_at, id",
+                &[&tenant.0],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|row| decode_json(row.get(0), "destination"))
+            .collect()
     }
 
     async fn all_destinations(&self) -> Result<Vec<Destination>, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let rows = client
-                    .query(
-                        "SELECT record FROM destinations ORDER BY created_at, id",
-                        &[],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                rows.into_iter()
-                    .map(|row| decode_json(row.get(0), "destination"))
-                    .collect()
-            })
-            .await
+        let rows = self
+            .db
+            .query(
+                "SELECT record FROM destinations ORDER BY created_at, id",
+                &[],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|row| decode_json(row.get(0), "destination"))
+            .collect()
     }
 
     async fn delete_destination(
@@ -99,20 +80,15 @@ impl DeliveryQueue for PostgresStore {
         tenant: TenantId,
         id: DestinationId,
     ) -> Result<bool, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                // The queue and dead letters go with it (ON DELETE CASCADE).
-                let deleted = client
-                    .execute(
-                        "DELETE FROM destinations WHERE id = $1 AND tenant_id = $2",
-                        &[&id.0, &tenant.0],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Ok(deleted > 0)
-            })
-            .await
+        // The queue and dead letters go with it (ON DELETE CASCADE).
+        let deleted = self
+            .db
+            .execute(
+                "DELETE FROM destinations WHERE id = $1 AND tenant_id = $2",
+                &[&id.0, &tenant.0],
+            )
+            .await?;
+        Ok(deleted > 0)
     }
 
     async fn claim_due(
@@ -230,21 +206,15 @@ impl DeliveryQueue for PostgresStore {
         let (events, dues) = claimed_rows(deliveries);
         let next = micros_of(due);
         self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                client
-                    .execute(
-                        "UPDATE outbox o
+            .execute(
+                "UPDATE outbox o
                      SET due = $4, attempts = o.attempts + 1, last_error = $5, leased_until = 0
                      FROM unnest($2::uuid[], $3::bigint[]) AS u(event, due)
                      WHERE o.destination_id = $1 AND o.event = u.event AND o.due = u.due",
-                        &[&destination.0, &events, &dues, &next, &error],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Ok(())
-            })
-            .await
+                &[&destination.0, &events, &dues, &next, &error],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn dead_letter(
@@ -254,27 +224,23 @@ impl DeliveryQueue for PostgresStore {
         error: &str,
     ) -> Result<(), StoreError> {
         let (events, dues) = claimed_rows(deliveries);
-        self.db.guarded(async {
-            let client = self.db.client().await?;
-            client
-                .execute(
-                    "WITH gone AS (
-                         DELETE FROM outbox o USING unnest($2::uuid[], $3::bigint[]) AS u(event, due)
-                         WHERE o.destination_id = $1 AND o.event = u.event AND o.due = u.due
-                         RETURNING o.event, o.tenant_id, o.attempts)
-                     INSERT INTO dead_letters
-                         (destination_id, event, tenant_id, attempts, last_error, failed_at)
-                     SELECT $1, event, tenant_id, attempts + 1, $4, now() FROM gone
-                     ON CONFLICT (destination_id, event) DO UPDATE
-                     SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,
-                         failed_at = EXCLUDED.failed_at",
-                    &[&destination.0, &events, &dues, &error],
-                )
-                .await
-                .map_err(pg_error)?;
-            Ok(())
-        })
-        .await
+        self.db
+            .execute(
+                "WITH gone AS (
+                     DELETE FROM outbox o
+                     USING unnest($2::uuid[], $3::bigint[]) AS u(event, due)
+                     WHERE o.destination_id = $1 AND o.event = u.event AND o.due = u.due
+                     RETURNING o.event, o.tenant_id, o.attempts)
+                 INSERT INTO dead_letters
+                     (destination_id, event, tenant_id, attempts, last_error, failed_at)
+                 SELECT $1, event, tenant_id, attempts + 1, $4, now() FROM gone
+                 ON CONFLICT (destination_id, event) DO UPDATE
+                 SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,
+                     failed_at = EXCLUDED.failed_at",
+                &[&destination.0, &events, &dues, &error],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn record_circuit(
@@ -284,57 +250,46 @@ impl DeliveryQueue for PostgresStore {
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                client
-                .execute(
-                    "UPDATE destinations SET circuit = $2, last_error = COALESCE($3, last_error)
+            .execute(
+                "UPDATE destinations SET circuit = $2, last_error = COALESCE($3, last_error)
                      WHERE id = $1",
-                    &[&destination.0, &circuit.as_str(), &error],
-                )
-                .await
-                .map_err(pg_error)?;
-                Ok(())
-            })
-            .await
+                &[&destination.0, &circuit.as_str(), &error],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn delivery_stats(
         &self,
         destination: DestinationId,
     ) -> Result<DeliveryStats, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let row = client
-                    .query_opt(
-                        "SELECT delivered, circuit, last_error,
+        let row = self
+            .db
+            .query_opt(
+                "SELECT delivered, circuit, last_error,
                          (SELECT count(*) FROM (SELECT 1 FROM outbox
                               WHERE destination_id = $1 LIMIT $2) AS pending),
                          (SELECT count(*) FROM (SELECT 1 FROM dead_letters
                               WHERE destination_id = $1 LIMIT $2) AS dead)
                      FROM destinations WHERE id = $1",
-                        &[&destination.0, &COUNT_CAP],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                let Some(row) = row else {
-                    return Ok(DeliveryStats::default());
-                };
-                let circuit = match row.get::<_, &str>(1) {
-                    "open" => Circuit::Open,
-                    "half_open" => Circuit::HalfOpen,
-                    _ => Circuit::Closed,
-                };
-                Ok(DeliveryStats {
-                    pending: row.get::<_, i64>(3) as u64,
-                    delivered: row.get::<_, i64>(0) as u64,
-                    dead_lettered: row.get::<_, i64>(4) as u64,
-                    circuit,
-                    last_error: row.get(2),
-                })
-            })
-            .await
+                &[&destination.0, &COUNT_CAP],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(DeliveryStats::default());
+        };
+        let circuit = match row.get::<_, &str>(1) {
+            "open" => Circuit::Open,
+            "half_open" => Circuit::HalfOpen,
+            _ => Circuit::Closed,
+        };
+        Ok(DeliveryStats {
+            pending: row.get::<_, i64>(3) as u64,
+            delivered: row.get::<_, i64>(0) as u64,
+            dead_lettered: row.get::<_, i64>(4) as u64,
+            circuit,
+            last_error: row.get(2),
+        })
     }
 
     async fn dead_letters(
@@ -342,28 +297,23 @@ impl DeliveryQueue for PostgresStore {
         destination: DestinationId,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let rows = client
-                    .query(
-                        "SELECT event, attempts, last_error, failed_at FROM dead_letters
+        let rows = self
+            .db
+            .query(
+                "SELECT event, attempts, last_error, failed_at FROM dead_letters
                      WHERE destination_id = $1 ORDER BY event LIMIT $2",
-                        &[&destination.0, &(limit as i64)],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Ok(rows
-                    .into_iter()
-                    .map(|row| DeadLetter {
-                        event: EventId(row.get(0)),
-                        attempts: row.get::<_, i32>(1).max(0) as u32,
-                        last_error: row.get(2),
-                        failed_at: row.get(3),
-                    })
-                    .collect())
+                &[&destination.0, &(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DeadLetter {
+                event: EventId(row.get(0)),
+                attempts: row.get::<_, i32>(1).max(0) as u32,
+                last_error: row.get(2),
+                failed_at: row.get(3),
             })
-            .await
+            .collect())
     }
 
     async fn replay_dead_letters(
@@ -374,12 +324,10 @@ impl DeliveryQueue for PostgresStore {
         let chosen: Option<Vec<Uuid>> =
             events.map(|events| events.iter().map(|event| event.0).collect());
         let now = micros_of(OffsetDateTime::now_utc());
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let row = client
-                    .query_one(
-                        "WITH moved AS (
+        let row = self
+            .db
+            .query_opt(
+                "WITH moved AS (
                          DELETE FROM dead_letters
                          WHERE destination_id = $1 AND ($2::uuid[] IS NULL OR event = ANY($2))
                          RETURNING event, tenant_id),
@@ -389,28 +337,21 @@ impl DeliveryQueue for PostgresStore {
                          ON CONFLICT (destination_id, event) DO NOTHING
                          RETURNING 1)
                      SELECT count(*) FROM moved",
-                        &[&destination.0, &chosen, &now],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Ok(row.get::<_, i64>(0) as usize)
-            })
-            .await
+                &[&destination.0, &chosen, &now],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("a count query returned no row".into()))?;
+        Ok(row.get::<_, i64>(0) as usize)
     }
 
     async fn purge_dead_letters(&self, destination: DestinationId) -> Result<usize, StoreError> {
-        self.db
-            .guarded(async {
-                let client = self.db.client().await?;
-                let purged = client
-                    .execute(
-                        "DELETE FROM dead_letters WHERE destination_id = $1",
-                        &[&destination.0],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                Ok(purged as usize)
-            })
-            .await
+        let purged = self
+            .db
+            .execute(
+                "DELETE FROM dead_letters WHERE destination_id = $1",
+                &[&destination.0],
+            )
+            .await?;
+        Ok(purged as usize)
     }
 }

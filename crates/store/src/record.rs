@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use pulsestream_core::{EventId, NewEvent};
+use pulsestream_core::{ContentHash, EventId, NewEvent};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -88,10 +88,41 @@ pub(crate) fn write_event_json(
     Ok(())
 }
 
+/// Tells a retry from a conflict: `event` against the event stored under its `event_id`
+/// (that event's id, content hash, JSON and whether its client gave the timestamp). Never
+/// fails: a stored event no reader can load makes the newcomer a conflict, logged, so one
+/// odd event cannot stop every tenant's writes.
+pub(crate) fn stored_status(
+    id: EventId,
+    stored_hash: ContentHash,
+    json: &[u8],
+    timestamp_given: bool,
+    event: &NewEvent,
+) -> AppendStatus {
+    let stored = match StoredContent::parse(json, timestamp_given) {
+        Ok(stored) => stored,
+        Err(err) => {
+            tracing::error!(error = %err, event = %id, "stored event cannot be compared");
+            return AppendStatus::Conflict(id);
+        }
+    };
+    if stored.event_id != event.event_id.as_deref().unwrap_or_default() {
+        // Found under another event_id (two ids with one 128-bit lookup hash, or a server-made
+        // id that met a client's): a conflict rather than an overwrite; astronomically
+        // unlikely, but never silently wrong.
+        return AppendStatus::Conflict(id);
+    }
+    if stored_hash == event.content_hash || stored.same_as(event) {
+        AppendStatus::Duplicate(id)
+    } else {
+        AppendStatus::Conflict(id)
+    }
+}
+
 /// What the client sent of a stored event, for comparing with a retry.
 #[derive(serde::Deserialize)]
-pub(crate) struct StoredContent {
-    pub(crate) event_id: String,
+struct StoredContent {
+    event_id: String,
     event_type: String,
     source: Option<String>,
     timestamp: String,
@@ -101,7 +132,7 @@ pub(crate) struct StoredContent {
 }
 
 impl StoredContent {
-    pub(crate) fn parse(json: &[u8], timestamp_given: bool) -> Result<Self, StoreError> {
+    fn parse(json: &[u8], timestamp_given: bool) -> Result<Self, StoreError> {
         let mut content: Self = serde_json::from_slice(json)
             .map_err(|err| StoreError::Corrupt(format!("stored event: {err}")))?;
         content.timestamp_given = timestamp_given;
@@ -110,7 +141,7 @@ impl StoredContent {
 
     /// Compares by meaning: key order and spacing of the payload do not matter, nor the
     /// offset a timestamp was written in.
-    pub(crate) fn same_as(&self, event: &NewEvent) -> bool {
+    fn same_as(&self, event: &NewEvent) -> bool {
         let timestamp = pulsestream_core::parse_timestamp(&self.timestamp);
         let same_timestamp = match (self.timestamp_given, event.timestamp) {
             (true, Some(ts)) => timestamp == Some(ts),

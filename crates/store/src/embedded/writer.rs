@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::Keyspaces;
 use super::delivery::{self, DestinationCache};
 use super::keys;
-use crate::record::{self, IdGen, StoredContent, same_content, write_event_json};
+use crate::record::{self, IdGen, same_content, write_event_json};
 use crate::{AppendOutcome, AppendStatus, IdempotencyRecord, StoreError};
 
 /// The most events one group commit takes; more wait for the next one.
@@ -369,25 +369,13 @@ impl Writer {
             )));
         };
         let (json, timestamp_given) = keys::decode_event_value(&stored)?;
-        let stored = match StoredContent::parse(json, timestamp_given) {
-            Ok(stored) => stored,
-            Err(err) => {
-                // One unreadable event must not stop every tenant's writes: refuse the
-                // newcomer as a conflict and say so in the log.
-                tracing::error!(error = %err, event = %id, "stored event cannot be compared");
-                return Ok(Some(AppendStatus::Conflict(id)));
-            }
-        };
-        if stored.event_id != event.event_id.as_deref().unwrap_or_default() {
-            // Two event ids with one 128-bit hash: treat the newcomer as a conflict rather
-            // than overwrite; astronomically unlikely, but never silently wrong.
-            return Ok(Some(AppendStatus::Conflict(id)));
-        }
-        if hash == event.content_hash || stored.same_as(event) {
-            Ok(Some(AppendStatus::Duplicate(id)))
-        } else {
-            Ok(Some(AppendStatus::Conflict(id)))
-        }
+        Ok(Some(record::stored_status(
+            id,
+            hash,
+            json,
+            timestamp_given,
+            event,
+        )))
     }
 
     /// Returns this group's enqueue time: now, or one microsecond past the previous group's

@@ -19,12 +19,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use pulsestream_core::{Destination, EventId, NewEvent, format_timestamp};
+use pulsestream_core::{ContentHash, Destination, EventId, NewEvent, format_timestamp};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Db, decode_json, is_outage, is_retryable, pg_error};
-use crate::record::{self, StoredContent, same_content, write_event_json};
+use crate::record::{self, same_content, write_event_json};
 use crate::{AppendBatch, AppendOutcome, AppendStatus, IdempotencyRecord, StoreError};
 
 /// The most events one transaction takes; more wait for the next one.
@@ -528,7 +528,7 @@ fn event_body(
 /// A stored event that an incoming one collided with.
 struct Stored {
     id: EventId,
-    content_hash: u128,
+    content_hash: ContentHash,
     timestamp_given: bool,
     body: String,
 }
@@ -557,10 +557,10 @@ async fn stored_events(
     rows.into_iter()
         .map(|row| {
             let hash: &[u8] = row.get(3);
-            let content_hash = u128::from_be_bytes(
-                hash.try_into()
-                    .map_err(|_| StoreError::Corrupt("content hash of the wrong size".into()))?,
-            );
+            let content_hash =
+                ContentHash(u128::from_be_bytes(hash.try_into().map_err(|_| {
+                    StoreError::Corrupt("content hash of the wrong size".into())
+                })?));
             Ok((
                 (row.get::<_, Uuid>(0), row.get::<_, String>(1)),
                 Stored {
@@ -588,15 +588,11 @@ fn compare_with_stored(
             "event_id {event_id:?} conflicted but is not stored"
         )));
     };
-    if stored.content_hash == event.content_hash.0 {
-        return Ok(AppendStatus::Duplicate(stored.id));
-    }
-    match StoredContent::parse(stored.body.as_bytes(), stored.timestamp_given) {
-        Ok(content) if content.same_as(event) => Ok(AppendStatus::Duplicate(stored.id)),
-        Ok(_) => Ok(AppendStatus::Conflict(stored.id)),
-        Err(err) => {
-            tracing::error!(error = %err, event = %stored.id, "stored event cannot be compared");
-            Ok(AppendStatus::Conflict(stored.id))
-        }
-    }
+    Ok(record::stored_status(
+        stored.id,
+        stored.content_hash,
+        stored.body.as_bytes(),
+        stored.timestamp_given,
+        event,
+    ))
 }

@@ -30,14 +30,14 @@ pub struct Answer {
     /// The events the request carried, to send it again.
     pub events: Vec<Value>,
     /// `true` for a batch request.
-    #[allow(dead_code, reason = "read by the PostgreSQL restart test only")]
+    #[allow(dead_code, reason = "read only by the PostgreSQL test binaries")]
     pub batch: bool,
     pub status: StatusCode,
-    #[allow(dead_code, reason = "read by the PostgreSQL restart test only")]
+    #[allow(dead_code, reason = "read only by the PostgreSQL test binaries")]
     pub retry_after: bool,
     pub took: Duration,
     /// When the answer arrived.
-    #[allow(dead_code, reason = "read by the PostgreSQL restart test only")]
+    #[allow(dead_code, reason = "read only by the PostgreSQL test binaries")]
     pub at: Instant,
 }
 
@@ -101,7 +101,7 @@ impl Load {
     }
 
     /// The answers so far.
-    #[allow(dead_code, reason = "read by the PostgreSQL restart test only")]
+    #[allow(dead_code, reason = "read only by the PostgreSQL test binaries")]
     pub fn answers(&self) -> Vec<Answer> {
         self.answers.lock().unwrap().clone()
     }

@@ -7,14 +7,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{TestApp, TestStore, event, test_database_url};
+use crate::harness::{TestApp, TestStore, test_database_url};
+use crate::load::{Answer, Load, Shape, acknowledged_event_ids};
 use crate::receiver::wait_until;
 
 /// A TCP proxy to PostgreSQL that can be cut and restored.
@@ -96,30 +96,17 @@ async fn the_database_going_away_gets_fast_503s_and_nothing_acknowledged_is_lost
     let tenant = app.create_tenant().await;
 
     // Four clients send events one at a time for the whole test.
-    let stop = CancellationToken::new();
-    let clients: Vec<_> = (0..4)
-        .map(|client| {
-            let (api, tenant, stop) = ((*app).clone(), tenant.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut answers = Vec::new();
-                let mut n = 0;
-                while !stop.is_cancelled() {
-                    let event_id = format!("c{client}-{n}");
-                    n += 1;
-                    let started = Instant::now();
-                    let response = api
-                        .post_event(&tenant, &event(&event_id, "outage.test", json!({"n": n})))
-                        .await;
-                    let retry_after = response.headers().get("retry-after").is_some();
-                    answers.push((event_id, response.status(), started.elapsed(), retry_after));
-                    if response.status() != StatusCode::CREATED {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                answers
-            })
-        })
-        .collect();
+    let load = Load::start(
+        &app,
+        &tenant,
+        "outage.test",
+        Shape {
+            single_clients: 4,
+            batch_clients: 0,
+            batch_size: 1,
+            pause: Duration::from_millis(20),
+        },
+    );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.cut();
@@ -144,32 +131,26 @@ async fn the_database_going_away_gets_fast_503s_and_nothing_acknowledged_is_lost
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let mut answers = Vec::new();
-    for client in clients {
-        answers.extend(client.await.unwrap());
-    }
+    let answers = load.stop().await;
 
-    let acknowledged: Vec<&String> = answers
+    let acknowledged = acknowledged_event_ids(&answers);
+    let refused: Vec<&Answer> = answers
         .iter()
-        .filter(|(_, status, _, _)| *status == StatusCode::CREATED)
-        .map(|(event_id, _, _, _)| event_id)
-        .collect();
-    let refused: Vec<_> = answers
-        .iter()
-        .filter(|(_, status, _, _)| *status != StatusCode::CREATED)
+        .filter(|answer| !answer.acknowledged())
         .collect();
     assert!(!refused.is_empty(), "the outage was seen by clients");
-    for (event_id, status, took, retry_after) in &refused {
-        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{event_id}");
-        assert!(retry_after, "{event_id}: 503 without Retry-After");
+    for answer in &refused {
+        let event_id = &answer.events[0]["event_id"];
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{event_id}");
+        assert!(answer.retry_after, "{event_id}: 503 without Retry-After");
         // Bounded by the database timeout (1 s) plus connection set-up, never the client's.
-        assert!(*took < Duration::from_secs(5), "{event_id} waited {took:?}");
+        assert!(
+            answer.took < Duration::from_secs(5),
+            "{event_id} waited {:?}",
+            answer.took
+        );
     }
-    let last = answers
-        .iter()
-        .rev()
-        .find(|(_, status, _, _)| *status == StatusCode::CREATED);
+    let last = answers.iter().rev().find(|answer| answer.acknowledged());
     assert!(last.is_some(), "writes succeed again after the outage");
 
     // Nothing acknowledged is lost; a refused event retried now is stored exactly once.
@@ -185,14 +166,10 @@ async fn the_database_going_away_gets_fast_503s_and_nothing_acknowledged_is_lost
             "{event_id}"
         );
     }
-    for (event_id, _, _, _) in refused.iter().take(20) {
-        let n: u64 = event_id.rsplit('-').next().unwrap().parse().unwrap();
-        let retried = app
-            .post_event(
-                &tenant,
-                &event(event_id, "outage.test", json!({"n": n + 1})),
-            )
-            .await;
+    for answer in refused.iter().take(20) {
+        let sent = &answer.events[0];
+        let event_id = sent["event_id"].as_str().unwrap();
+        let retried = app.post_event(&tenant, sent).await;
         assert!(
             matches!(retried.status(), StatusCode::CREATED | StatusCode::OK),
             "{event_id}: {}",
@@ -211,10 +188,10 @@ async fn the_database_going_away_gets_fast_503s_and_nothing_acknowledged_is_lost
 async fn count_committed_but_refused(
     app: &TestApp,
     tenant: &crate::harness::TestTenant,
-    refused: &[&(String, StatusCode, Duration, bool)],
+    refused: &[&Answer],
 ) -> usize {
     let mut stored = 0;
-    for (event_id, _, _, _) in refused {
+    for event_id in refused.iter().flat_map(|answer| answer.event_ids()) {
         stored += app
             .count_events(tenant, &format!("event_id={event_id}"))
             .await;

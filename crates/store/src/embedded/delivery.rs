@@ -107,6 +107,7 @@ pub(crate) struct Queue {
     pub dead_letters: Keyspace,
     pub stats: Keyspace,
     pub events: Keyspace,
+    pub numbers: super::numbers::TenantNumbers,
     pub destinations: DestinationCache,
     /// Serialises read-modify-write of the stats entries.
     pub stats_lock: Arc<std::sync::Mutex<()>>,
@@ -135,6 +136,10 @@ impl Queue {
         let Some(tenant) = self.tenant_of(destination) else {
             return Ok(Vec::new());
         };
+        // A tenant without a number has stored nothing, so nothing is queued for it.
+        let Some(number) = self.numbers.get(tenant) else {
+            return Ok(Vec::new());
+        };
         let low = match after {
             Some(position) => {
                 Bound::Excluded(outbox_key(destination, position.due_micros, position.event))
@@ -156,7 +161,7 @@ impl Queue {
             let (due_micros, event) = decode_outbox_key(&key);
             let json = match self
                 .events
-                .get(keys::event_key(tenant, event))
+                .get(keys::event_key(number, event))
                 .map_err(StoreError::unavailable)?
             {
                 Some(stored) => keys::decode_event_value(&stored)?.0.to_vec(),

@@ -6,11 +6,12 @@
 //! (tenant, id), ids starting with the event's timestamp, so that keyspace is also the time
 //! index; the LSM compacts only small keys and payload bytes are not rewritten over and over.
 //! Per event, a commit writes three entries: the event, its type-index entry and its dedup
-//! entry.
+//! entry, each under a key of at most 20 bytes ([`keys`]).
 //! Tenants are few and read on every request, so they are also cached in memory.
 
 mod delivery;
 mod keys;
+mod numbers;
 mod read;
 mod writer;
 
@@ -68,6 +69,8 @@ pub(crate) struct Keyspaces {
     pub outbox: Keyspace,
     pub dead_letters: Keyspace,
     pub delivery_stats: Keyspace,
+    /// The tenants' numbers in keys.
+    pub numbers: numbers::TenantNumbers,
 }
 
 /// PulseStream's zero-setup store. Cheap to clone.
@@ -121,6 +124,7 @@ impl EmbeddedStore {
             .cache_size(config.cache_bytes)
             .open()
             .map_err(StoreError::unavailable)?;
+        let meta = open_keyspace(&db, "meta", config.index_memtable_bytes)?;
         let keyspaces = Keyspaces {
             events: db
                 .keyspace("events", || {
@@ -131,11 +135,13 @@ impl EmbeddedStore {
             by_type: open_keyspace(&db, "by_type", config.index_memtable_bytes)?,
             dedup: open_keyspace(&db, "dedup", config.index_memtable_bytes)?,
             idempotency: open_keyspace(&db, "idempotency", config.index_memtable_bytes)?,
-            meta: open_keyspace(&db, "meta", config.index_memtable_bytes)?,
+            meta: meta.clone(),
             outbox: open_keyspace(&db, "outbox", config.index_memtable_bytes)?,
             dead_letters: open_keyspace(&db, "dead_letters", config.index_memtable_bytes)?,
             delivery_stats: open_keyspace(&db, "delivery_stats", config.index_memtable_bytes)?,
+            numbers: numbers::TenantNumbers::load(&meta)?,
         };
+        check_format(&db, &keyspaces)?;
         let tenants = Arc::new(RwLock::new(load_tenants(&keyspaces.meta)?));
         let destinations: delivery::DestinationCache =
             Arc::new(RwLock::new(delivery::load_destinations(&keyspaces.meta)?));
@@ -145,6 +151,7 @@ impl EmbeddedStore {
             dead_letters: keyspaces.dead_letters.clone(),
             stats: keyspaces.delivery_stats.clone(),
             events: keyspaces.events.clone(),
+            numbers: keyspaces.numbers.clone(),
             destinations: destinations.clone(),
             stats_lock: Arc::default(),
         };
@@ -187,6 +194,40 @@ fn open_keyspace(db: &Database, name: &str, memtable_bytes: u64) -> Result<Keysp
     .map_err(StoreError::unavailable)
 }
 
+const FORMAT_KEY: &[u8] = b"store_format";
+/// The layout of keys and values. 1: 16-byte tenant ids in keys (until November 2026);
+/// 2: tenant numbers, keys of at most 20 bytes.
+const FORMAT: u8 = 2;
+
+/// Refuses a store written in another layout; marks a new store with this one.
+fn check_format(db: &Database, keyspaces: &Keyspaces) -> Result<(), StoreError> {
+    match keyspaces
+        .meta
+        .get(FORMAT_KEY)
+        .map_err(StoreError::unavailable)?
+    {
+        Some(value) if *value == [FORMAT] => Ok(()),
+        Some(value) => Err(StoreError::Corrupt(format!(
+            "the data directory holds store format {value:?}, this PulseStream reads format {FORMAT}"
+        ))),
+        None => {
+            if keyspaces.events.first_key_value().is_some()
+                || keyspaces.idempotency.first_key_value().is_some()
+            {
+                return Err(StoreError::Corrupt(
+                    "the data directory was written by an earlier PulseStream (store format 1, 16-byte tenant ids in keys); this one reads format 2 and cannot read it: keep the older binary for it, or start on an empty data directory".into(),
+                ));
+            }
+            keyspaces
+                .meta
+                .insert(FORMAT_KEY, [FORMAT])
+                .map_err(StoreError::unavailable)?;
+            db.persist(PersistMode::SyncAll)
+                .map_err(StoreError::unavailable)
+        }
+    }
+}
+
 fn load_tenants(meta: &Keyspace) -> Result<TenantCache, StoreError> {
     let mut cache = TenantCache::default();
     for entry in meta.prefix(TENANT_PREFIX) {
@@ -205,8 +246,13 @@ fn tenant_key(id: TenantId) -> Vec<u8> {
 #[async_trait]
 impl EventStore for EmbeddedStore {
     async fn append_batch(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
+        let prepared = writer::prepare(&batch)?;
         let (reply, outcome) = oneshot::channel();
-        self.writer.submit(writer::Job { batch, reply })?;
+        self.writer.submit(writer::Job {
+            batch,
+            prepared,
+            reply,
+        })?;
         outcome.await.map_err(StoreError::unavailable)?
     }
 
@@ -229,7 +275,10 @@ impl EventStore for EmbeddedStore {
         tenant: TenantId,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let key = keys::hashed_key(tenant, key);
+        let Some(number) = self.keyspaces.numbers.get(tenant) else {
+            return Ok(None);
+        };
+        let key = keys::hashed_key(number, key);
         self.blocking(move |store| {
             match store
                 .keyspaces
@@ -532,5 +581,143 @@ impl DeliveryQueue for EmbeddedStore {
     async fn purge_dead_letters(&self, destination: DestinationId) -> Result<usize, StoreError> {
         self.blocking(move |store| store.queue.purge_dead_letters(destination))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use pulsestream_core::{NewEvent, TenantId};
+
+    use super::keys::{self, TenantNo};
+    use super::{EmbeddedConfig, EmbeddedStore};
+    use crate::{AppendBatch, AppendStatus, EventStore, SearchQuery, StoreError};
+
+    async fn append(store: &EmbeddedStore, tenant: TenantId, event_type: &str) -> AppendStatus {
+        let event = NewEvent::from_json(&format!(r#"{{"event_type":{event_type:?}}}"#)).unwrap();
+        let outcome = store
+            .append_batch(AppendBatch {
+                tenant,
+                events: vec![event],
+                received_at: time::OffsetDateTime::now_utc(),
+                idempotency: None,
+            })
+            .await
+            .unwrap();
+        outcome.statuses[0]
+    }
+
+    async fn ids_of(store: &EmbeddedStore, tenant: TenantId, types: &[&str]) -> Vec<String> {
+        let page = store
+            .search(
+                tenant,
+                SearchQuery {
+                    event_types: types.iter().map(|t| (*t).to_string()).collect(),
+                    limit: 100,
+                    ..SearchQuery::default()
+                },
+            )
+            .await
+            .unwrap();
+        page.events
+            .iter()
+            .map(|event| event.id.to_string())
+            .collect()
+    }
+
+    fn accepted_id(status: &AppendStatus) -> String {
+        match status {
+            AppendStatus::Accepted(id) => id.to_string(),
+            other => panic!("expected accepted, got {other:?}"),
+        }
+    }
+
+    /// Two event types, of tenants 0 and 1, whose `by_type` streams are the same.
+    fn colliding_types() -> (String, String) {
+        let mut seen: HashMap<[u8; 4], String> = HashMap::new();
+        for n in 0u32.. {
+            let first = format!("a.{n}");
+            seen.insert(keys::type_stream(TenantNo(0), &first), first);
+            let second = format!("b.{n}");
+            if let Some(first) = seen.get(&keys::type_stream(TenantNo(1), &second)) {
+                return (first.clone(), second);
+            }
+        }
+        unreachable!("a 32-bit stream collides within about 2^16 tries")
+    }
+
+    #[tokio::test]
+    async fn tenants_sharing_a_type_stream_see_only_their_own_events() {
+        let (type_a, type_b) = colliding_types();
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).unwrap();
+        let (first, second) = (TenantId::random(), TenantId::random());
+        // Numbers are given in order of first write: `first` is 0, `second` is 1.
+        let a = accepted_id(&append(&store, first, &type_a).await);
+        let b = accepted_id(&append(&store, second, &type_b).await);
+
+        assert_eq!(ids_of(&store, first, &[&type_a]).await, vec![a]);
+        assert_eq!(ids_of(&store, second, &[&type_b]).await, vec![b]);
+        assert!(ids_of(&store, second, &[&type_a]).await.is_empty());
+        assert!(ids_of(&store, first, &[&type_b]).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn tenant_numbers_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second, third) = (TenantId::random(), TenantId::random(), TenantId::random());
+        let (a, b) = {
+            let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).unwrap();
+            let a = accepted_id(&append(&store, first, "t").await);
+            let b = accepted_id(&append(&store, second, "t").await);
+            store.close().await.unwrap();
+            (a, b)
+        };
+        let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).unwrap();
+        // A tenant new after the restart must not be given a number already in use.
+        let c = accepted_id(&append(&store, third, "t").await);
+
+        assert_eq!(ids_of(&store, first, &[]).await, vec![a]);
+        assert_eq!(ids_of(&store, second, &[]).await, vec![b]);
+        assert_eq!(ids_of(&store, third, &["t"]).await, vec![c]);
+    }
+
+    #[tokio::test]
+    async fn a_store_of_the_earlier_format_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let tenant = TenantId::random();
+        {
+            let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).unwrap();
+            append(&store, tenant, "t").await;
+            store.close().await.unwrap();
+        }
+        // A store of format 1 had events and no format mark.
+        {
+            let db = fjall::Database::builder(dir.path().join("fjall"))
+                .open()
+                .unwrap();
+            let meta = db
+                .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            meta.remove(super::FORMAT_KEY).unwrap();
+            db.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+
+        let refused = EmbeddedStore::open(&EmbeddedConfig::new(dir.path()));
+        match refused {
+            Err(StoreError::Corrupt(message)) => assert!(message.contains("format 1"), "{message}"),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+        let db = fjall::Database::builder(dir.path().join("fjall"))
+            .open()
+            .unwrap();
+        let events = db
+            .keyspace("events", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        assert!(
+            events.first_key_value().is_some(),
+            "the refused store's events are left as they were"
+        );
     }
 }

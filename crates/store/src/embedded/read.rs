@@ -11,7 +11,7 @@ use std::ops::Bound;
 use pulsestream_core::{EventId, TenantId};
 
 use super::Keyspaces;
-use super::keys;
+use super::keys::{self, TenantNo};
 use crate::{Cursor, Order, SearchPage, SearchQuery, StoreError, StoredEvent, event_matches};
 
 type Candidates = Box<dyn Iterator<Item = Result<EventId, StoreError>>>;
@@ -19,6 +19,17 @@ type Candidates = Box<dyn Iterator<Item = Result<EventId, StoreError>>>;
 pub(crate) fn event(
     ks: &Keyspaces,
     tenant: TenantId,
+    id: EventId,
+) -> Result<Option<StoredEvent>, StoreError> {
+    match ks.numbers.get(tenant) {
+        Some(number) => stored(ks, number, id),
+        None => Ok(None),
+    }
+}
+
+fn stored(
+    ks: &Keyspaces,
+    tenant: TenantNo,
     id: EventId,
 ) -> Result<Option<StoredEvent>, StoreError> {
     let Some(value) = ks
@@ -40,6 +51,10 @@ pub(crate) fn search(
     tenant: TenantId,
     query: &SearchQuery,
 ) -> Result<SearchPage, StoreError> {
+    // A tenant without a number has stored nothing.
+    let Some(tenant) = ks.numbers.get(tenant) else {
+        return Ok(SearchPage::new(Vec::new(), false));
+    };
     let candidates: Candidates = if let Some(event_id) = &query.event_id {
         Box::new(by_event_id(ks, tenant, event_id)?.into_iter().map(Ok))
     } else if !query.event_types.is_empty() {
@@ -49,13 +64,14 @@ pub(crate) fn search(
         let ranges = types
             .into_iter()
             .map(|event_type| {
-                let prefix = [tenant.as_bytes().as_slice(), &keys::type_hash(event_type)].concat();
-                id_range(&ks.by_type, &prefix, query)
+                let stream = keys::type_stream(tenant, event_type);
+                let value = keys::type_value(tenant, event_type);
+                id_range(&ks.by_type, &stream, query, Some(value))
             })
             .collect();
         Box::new(Merge::new(ranges, query.order))
     } else {
-        id_range(&ks.events, tenant.as_bytes(), query)
+        id_range(&ks.events, &tenant.bytes(), query, None)
     };
 
     let mut events = Vec::with_capacity(query.limit.min(1_000));
@@ -65,7 +81,7 @@ pub(crate) fn search(
         if !within(query, id) {
             continue;
         }
-        let Some(stored) = event(ks, tenant, id)? else {
+        let Some(stored) = stored(ks, tenant, id)? else {
             return Err(StoreError::Corrupt(format!(
                 "index entry points to missing event {id}"
             )));
@@ -84,7 +100,7 @@ pub(crate) fn search(
 
 fn by_event_id(
     ks: &Keyspaces,
-    tenant: TenantId,
+    tenant: TenantNo,
     event_id: &str,
 ) -> Result<Option<EventId>, StoreError> {
     match ks
@@ -117,8 +133,14 @@ fn within(query: &SearchQuery, id: EventId) -> bool {
             .is_none_or(|until| micros < crate::record::micros_ceil(until))
 }
 
-/// Scans the keys `prefix` + id in the query's order, from its cursor or time bound on.
-fn id_range(keyspace: &fjall::Keyspace, prefix: &[u8], query: &SearchQuery) -> Candidates {
+/// Scans the keys `prefix` + id in the query's order, from its cursor or time bound on,
+/// keeping only the entries whose value is `value` when one is given.
+fn id_range(
+    keyspace: &fjall::Keyspace,
+    prefix: &[u8],
+    query: &SearchQuery,
+    value: Option<[u8; 12]>,
+) -> Candidates {
     let key = |id: EventId| -> Vec<u8> { [prefix, id.as_bytes().as_slice()].concat() };
     let mut low = key(EventId::from_parts(
         query.since.map_or(i64::MIN, crate::record::micros_of),
@@ -147,13 +169,23 @@ fn id_range(keyspace: &fjall::Keyspace, prefix: &[u8], query: &SearchQuery) -> C
         }
     }
     let range = keyspace.range::<Vec<u8>, _>((Bound::Included(low), high));
-    let decode = |entry: fjall::Guard| -> Result<EventId, StoreError> {
-        let key = entry.key().map_err(StoreError::unavailable)?;
-        Ok(keys::id_suffix(&key))
+    let decode = move |entry: fjall::Guard| -> Option<Result<EventId, StoreError>> {
+        let Some(wanted) = value else {
+            return Some(
+                entry
+                    .key()
+                    .map_err(StoreError::unavailable)
+                    .map(|key| keys::id_suffix(&key)),
+            );
+        };
+        match entry.into_inner() {
+            Ok((key, found)) => (*found == wanted).then(|| Ok(keys::id_suffix(&key))),
+            Err(err) => Some(Err(StoreError::unavailable(err))),
+        }
     };
     match query.order {
-        Order::Desc => Box::new(range.rev().map(decode)),
-        Order::Asc => Box::new(range.map(decode)),
+        Order::Desc => Box::new(range.rev().filter_map(decode)),
+        Order::Asc => Box::new(range.filter_map(decode)),
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Keyspaces;
 use super::delivery::{self, DestinationCache};
-use super::keys;
+use super::keys::{self, TenantNo};
 use crate::record::{self, IdGen, same_content, write_event_json};
 use crate::{AppendOutcome, AppendStatus, IdempotencyRecord, StoreError};
 
@@ -32,7 +32,46 @@ pub const MAX_GROUP_EVENTS: usize = 20_000;
 
 pub(crate) struct Job {
     pub batch: crate::AppendBatch,
+    /// Per event, its id and stored value if it is accepted: built by the request's task,
+    /// in parallel with other requests, so that the writer only decides and writes.
+    pub prepared: Vec<Prepared>,
     pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// An event's id and `events` value, built before it reaches the writer.
+pub(crate) struct Prepared {
+    id: EventId,
+    value: Vec<u8>,
+}
+
+thread_local! {
+    /// The random half of event ids, one generator per thread.
+    static IDS: std::cell::RefCell<IdGen> = std::cell::RefCell::new(IdGen::new());
+}
+
+/// Gives each event of the batch its id and builds its stored value.
+pub(crate) fn prepare(batch: &crate::AppendBatch) -> Result<Vec<Prepared>, StoreError> {
+    let received_at = format_timestamp(batch.received_at);
+    IDS.with_borrow_mut(|ids| {
+        batch
+            .events
+            .iter()
+            .map(|event| {
+                let id = ids.next(event, batch.received_at);
+                let mut value = Vec::with_capacity(event.payload.len() + 320);
+                value.extend_from_slice(&keys::event_value_header(event.timestamp.is_some()));
+                match &event.event_id {
+                    Some(event_id) => {
+                        write_event_json(&mut value, id, event, event_id, &received_at)?;
+                    }
+                    None => {
+                        write_event_json(&mut value, id, event, &id.to_string(), &received_at)?;
+                    }
+                }
+                Ok(Prepared { id, value })
+            })
+            .collect()
+    })
 }
 
 /// Declares the writer's metrics with their help text.
@@ -82,7 +121,6 @@ impl WriterHandle {
             keyspaces,
             destinations,
             failed: failed.clone(),
-            ids: std::cell::RefCell::new(IdGen::new()),
             last_commit_micros: std::cell::Cell::new(i64::MIN),
         };
         let thread = std::thread::Builder::new()
@@ -147,16 +185,13 @@ struct Writer {
     /// Events are enqueued for the tenant's destinations in the commit that stores them.
     destinations: DestinationCache,
     failed: Arc<AtomicBool>,
-    /// The random half of event ids.
-    ids: std::cell::RefCell<IdGen>,
     /// The enqueue time of the previous group.
     last_commit_micros: std::cell::Cell<i64>,
 }
 
 /// What every event of one request shares.
 struct Context<'a> {
-    tenant: pulsestream_core::TenantId,
-    received_at: String,
+    tenant: TenantNo,
     /// Due time of the group's outbox entries: the commit's start, which only grows from
     /// one group to the next, so delivery workers can scan their queue from where they left.
     enqueue_micros: i64,
@@ -228,12 +263,15 @@ impl Writer {
     ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
         let ks = &self.keyspaces;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        let mut pending: HashMap<[u8; 32], Pending<'_>> = HashMap::new();
+        let events: usize = jobs.iter().map(|job| job.batch.events.len()).sum();
+        let mut pending: HashMap<[u8; keys::HASHED_KEY_LEN], Pending<'_>> =
+            HashMap::with_capacity(events);
         let commit_micros = self.next_commit_micros();
         let mut outcomes = Vec::with_capacity(jobs.len());
-        let mut group_records: HashMap<[u8; 32], IdempotencyRecord> = HashMap::new();
+        let mut group_records: HashMap<[u8; keys::HASHED_KEY_LEN], IdempotencyRecord> =
+            HashMap::new();
         for job in jobs {
-            let tenant = job.batch.tenant;
+            let tenant = self.keyspaces.numbers.get_or_assign(job.batch.tenant)?;
             // A request whose key already finished (its twin timed out or disconnected
             // before the answer, and the client retried) gets the recorded outcome and stores
             // nothing: the in-memory claim alone cannot see requests still queued here.
@@ -255,7 +293,7 @@ impl Writer {
                 .destinations
                 .read()
                 .expect("destination cache lock is never poisoned")
-                .get(&tenant)
+                .get(&job.batch.tenant)
                 .map(|all| {
                     all.iter()
                         .filter(|destination| !destination.disabled)
@@ -265,12 +303,11 @@ impl Writer {
                 .unwrap_or_default();
             let context = Context {
                 tenant,
-                received_at: format_timestamp(job.batch.received_at),
                 enqueue_micros: commit_micros,
                 destinations: &destinations,
             };
             let mut statuses = Vec::with_capacity(job.batch.events.len());
-            for event in &job.batch.events {
+            for (event, prepared) in job.batch.events.iter().zip(&job.prepared) {
                 let status = match &event.event_id {
                     Some(event_id) => {
                         let dedup_key = keys::hashed_key(tenant, event_id);
@@ -283,19 +320,22 @@ impl Writer {
                         } else if let Some(existing) = self.existing(tenant, &dedup_key, event)? {
                             existing
                         } else {
-                            let id = self.next_id(event, job.batch.received_at);
-                            self.insert(&mut batch, &context, id, event, event_id, dedup_key)?;
-                            pending.insert(dedup_key, Pending { id, event });
-                            AppendStatus::Accepted(id)
+                            self.insert(&mut batch, &context, prepared, event, dedup_key);
+                            pending.insert(
+                                dedup_key,
+                                Pending {
+                                    id: prepared.id,
+                                    event,
+                                },
+                            );
+                            AppendStatus::Accepted(prepared.id)
                         }
                     }
                     None => {
                         // A fresh id cannot collide: no lookup needed.
-                        let id = self.next_id(event, job.batch.received_at);
-                        let event_id = id.to_string();
-                        let dedup_key = keys::hashed_key(tenant, &event_id);
-                        self.insert(&mut batch, &context, id, event, &event_id, dedup_key)?;
-                        AppendStatus::Accepted(id)
+                        let dedup_key = keys::hashed_key(tenant, &prepared.id.to_string());
+                        self.insert(&mut batch, &context, prepared, event, dedup_key);
+                        AppendStatus::Accepted(prepared.id)
                     }
                 };
                 statuses.push(status);
@@ -321,8 +361,8 @@ impl Writer {
     /// within 24 hours), whichever body it was recorded for.
     fn recorded(
         &self,
-        group_records: &HashMap<[u8; 32], IdempotencyRecord>,
-        tenant: pulsestream_core::TenantId,
+        group_records: &HashMap<[u8; keys::HASHED_KEY_LEN], IdempotencyRecord>,
+        tenant: TenantNo,
         claim: &crate::IdempotencyClaim,
         now: OffsetDateTime,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -345,8 +385,8 @@ impl Writer {
     /// Looks the event up by its dedup key: a duplicate or a conflict if one is stored.
     fn existing(
         &self,
-        tenant: pulsestream_core::TenantId,
-        dedup_key: &[u8; 32],
+        tenant: TenantNo,
+        dedup_key: &[u8; keys::HASHED_KEY_LEN],
         event: &NewEvent,
     ) -> Result<Option<AppendStatus>, StoreError> {
         let Some(value) = self
@@ -387,30 +427,25 @@ impl Writer {
         next
     }
 
-    /// Returns a fresh id for the event: its timestamp (or the receipt time) and 64 random bits.
-    fn next_id(&self, event: &NewEvent, received_at: OffsetDateTime) -> EventId {
-        self.ids.borrow_mut().next(event, received_at)
-    }
-
     fn insert(
         &self,
         batch: &mut WriteBatch,
         context: &Context<'_>,
-        id: EventId,
+        prepared: &Prepared,
         event: &NewEvent,
-        event_id: &str,
-        dedup_key: [u8; 32],
-    ) -> Result<(), StoreError> {
+        dedup_key: [u8; keys::HASHED_KEY_LEN],
+    ) {
         let ks = &self.keyspaces;
-        let (tenant, received_at) = (context.tenant, context.received_at.as_str());
-        let mut value = Vec::with_capacity(event.payload.len() + 320);
-        value.extend_from_slice(&keys::event_value_header(event.timestamp.is_some()));
-        write_event_json(&mut value, id, event, event_id, received_at)?;
-        batch.insert(&ks.events, keys::event_key(tenant, id), value);
+        let (tenant, id) = (context.tenant, prepared.id);
+        batch.insert(
+            &ks.events,
+            keys::event_key(tenant, id),
+            prepared.value.as_slice(),
+        );
         batch.insert(
             &ks.by_type,
             keys::type_key(tenant, &event.event_type, id),
-            [],
+            keys::type_value(tenant, &event.event_type),
         );
         batch.insert(
             &ks.dedup,
@@ -429,6 +464,5 @@ impl Writer {
                 delivery::outbox_value(0, ""),
             );
         }
-        Ok(())
     }
 }

@@ -1,18 +1,24 @@
 //! The single writer: group commit of concurrent appends.
 //!
-//! Requests queue in a bounded channel. The writer thread takes whatever is queued (up to
-//! [`MAX_GROUP_EVENTS`]), decides each event's fate against the dedup index and the group
-//! itself, writes everything in one atomic fjall batch with `fdatasync`, and only then
-//! answers every request of the group. Being the only writer is what makes the
-//! duplicate check and the insert one atomic step: 50 concurrent requests with one
-//! `event_id` meet here in sequence, so one is stored and the rest are duplicates.
+//! Requests queue in a bounded channel. Before a request is queued, its task gives each event
+//! an id and builds its stored JSON ([`prepare`]), in parallel with other requests. The writer
+//! thread takes whatever is queued (up to [`MAX_GROUP_EVENTS`]) as one group and decides each
+//! event's fate against the dedup index, the groups still being committed and the group
+//! itself. Being the only decider is what makes the duplicate check and the insert one
+//! atomic step: 50 concurrent requests with one `event_id` meet here in sequence, so one is
+//! stored and the rest are duplicates.
+//!
+//! The committer thread then writes the group in one atomic fjall batch with `fdatasync`, and
+//! only then answers every request of the group, while the writer decides the next group
+//! (a two-stage pipeline: groups are committed in the order decided, and the writer sees
+//! what the group before is writing through its in-memory maps until the commit is done).
 //!
 //! A failed commit leaves the writer stopped: no later request can be acknowledged on top
-//! of a state that is not known to be durable. Reopening the store recovers from fjall's
-//! journal.
+//! of a state that is not known to be durable (the group decided after it is refused too).
+//! Reopening the store recovers from fjall's journal.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -121,7 +127,10 @@ impl WriterHandle {
             keyspaces,
             destinations,
             failed: failed.clone(),
-            last_commit_micros: std::cell::Cell::new(i64::MIN),
+            last_commit_micros: i64::MIN,
+            in_flight: VecDeque::new(),
+            finished: Arc::new(AtomicU64::new(0)),
+            next_group: 0,
         };
         let thread = std::thread::Builder::new()
             .name("pulsestream-writer".into())
@@ -186,7 +195,13 @@ struct Writer {
     destinations: DestinationCache,
     failed: Arc<AtomicBool>,
     /// The enqueue time of the previous group.
-    last_commit_micros: std::cell::Cell<i64>,
+    last_commit_micros: i64,
+    /// Groups handed to the committer whose commit has not finished, oldest first: what they
+    /// write is not in fjall yet, so later groups look here first.
+    in_flight: VecDeque<InFlight>,
+    /// The number of the last group whose commit has finished (committed or failed).
+    finished: Arc<AtomicU64>,
+    next_group: u64,
 }
 
 /// What every event of one request shares.
@@ -199,14 +214,57 @@ struct Context<'a> {
     destinations: &'a [Destination],
 }
 
-/// An event accepted earlier in the same group, for in-group duplicates.
-struct Pending<'a> {
+/// Where an accepted event of a group is: its id, and its request and place in the request.
+#[derive(Clone, Copy)]
+struct Pending {
     id: EventId,
-    event: &'a NewEvent,
+    request: usize,
+    index: usize,
+}
+
+type DedupKey = [u8; keys::HASHED_KEY_LEN];
+
+/// A decided group whose commit has not finished.
+struct InFlight {
+    number: u64,
+    batches: Vec<crate::AppendBatch>,
+    accepted: HashMap<DedupKey, Pending>,
+    records: HashMap<DedupKey, IdempotencyRecord>,
+}
+
+/// A decided group on its way to the committer.
+struct Group {
+    number: u64,
+    batch: WriteBatch,
+    answers: Vec<(Reply, Result<AppendOutcome, StoreError>)>,
+    events: usize,
+    started: std::time::Instant,
+}
+
+type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
+/// What deciding a group produces.
+struct Decision {
+    batch: WriteBatch,
+    outcomes: Vec<Result<AppendOutcome, StoreError>>,
+    accepted: HashMap<DedupKey, Pending>,
+    records: HashMap<DedupKey, IdempotencyRecord>,
 }
 
 impl Writer {
-    fn run(self, mut receiver: mpsc::Receiver<Job>) {
+    /// Decides groups and hands them to the committer thread, which writes and syncs one
+    /// group while this thread decides the next: the dedup reads and the bookkeeping of group
+    /// N + 1 overlap the journal write, fdatasync and memtable inserts of group N.
+    fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
+        let (groups, committer_groups) = std::sync::mpsc::sync_channel::<Group>(0);
+        let committer = {
+            let failed = self.failed.clone();
+            let finished = self.finished.clone();
+            std::thread::Builder::new()
+                .name("pulsestream-commit".into())
+                .spawn(move || commit_groups(&committer_groups, &failed, &finished))
+                .expect("spawning a thread only fails when the OS is out of resources")
+        };
         while let Some(first) = receiver.blocking_recv() {
             let mut events = first.batch.events.len();
             let mut jobs = vec![first];
@@ -219,65 +277,104 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            metrics::gauge!("pulsestream_write_queue_requests").set(receiver.len() as f64);
+            let started = std::time::Instant::now();
+            let mut replies = Vec::with_capacity(jobs.len());
+            let mut batches = Vec::with_capacity(jobs.len());
+            let mut prepared = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                replies.push(job.reply);
+                batches.push(job.batch);
+                prepared.push(job.prepared);
+            }
             if self.failed.load(Ordering::Acquire) {
-                for job in jobs {
-                    let _ = job.reply.send(Err(StoreError::unavailable(WriterStopped)));
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::unavailable(WriterStopped)));
                 }
                 continue;
             }
-            metrics::gauge!("pulsestream_write_queue_requests").set(receiver.len() as f64);
-            let started = std::time::Instant::now();
+            let done = self.finished.load(Ordering::Acquire);
+            while self
+                .in_flight
+                .front()
+                .is_some_and(|group| group.number <= done)
+            {
+                self.in_flight.pop_front();
+            }
             // A panic here would end the thread while `/readyz` still said ready: turn it into
             // a failed commit, which stops writes visibly.
-            let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_group(&jobs)))
-                    .unwrap_or_else(|_| {
-                        Err(StoreError::Corrupt(
-                            "the writer panicked during a commit".into(),
-                        ))
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.decide(&batches, &prepared)
+            }))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Corrupt(
+                    "the writer panicked while deciding a group".into(),
+                ))
+            });
+            drop(prepared);
+            match decided {
+                Ok(decision) => {
+                    self.next_group += 1;
+                    let number = self.next_group;
+                    self.in_flight.push_back(InFlight {
+                        number,
+                        batches,
+                        accepted: decision.accepted,
+                        records: decision.records,
                     });
-            metrics::histogram!("pulsestream_commit_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            metrics::histogram!("pulsestream_commit_batch_events").record(events as f64);
-            match result {
-                Ok(outcomes) => {
-                    for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                        let _ = job.reply.send(outcome);
+                    let group = Group {
+                        number,
+                        batch: decision.batch,
+                        answers: replies.into_iter().zip(decision.outcomes).collect(),
+                        events,
+                        started,
+                    };
+                    if let Err(std::sync::mpsc::SendError(group)) = groups.send(group) {
+                        // The committer is gone (it panicked outside a commit): stop.
+                        self.stop_writes(&StoreError::unavailable(WriterStopped));
+                        for (reply, _) in group.answers {
+                            let _ = reply.send(Err(StoreError::unavailable(WriterStopped)));
+                        }
                     }
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, source = ?std::error::Error::source(&err), "group commit failed; the store stops taking writes");
-                    self.failed.store(true, Ordering::Release);
-                    metrics::counter!("pulsestream_commit_failures_total").increment(1);
-                    for job in jobs {
-                        let _ = job.reply.send(Err(StoreError::unavailable(WriterStopped)));
+                    self.stop_writes(&err);
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::unavailable(WriterStopped)));
                     }
                 }
             }
         }
+        drop(groups);
+        let _ = committer.join();
     }
 
-    fn commit_group(
-        &self,
-        jobs: &[Job],
-    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+    fn stop_writes(&self, err: &StoreError) {
+        tracing::error!(error = %err, source = ?std::error::Error::source(err), "group commit failed; the store stops taking writes");
+        self.failed.store(true, Ordering::Release);
+        metrics::counter!("pulsestream_commit_failures_total").increment(1);
+    }
+
+    /// Decides the fate of every event of the group and builds its write batch.
+    fn decide(
+        &mut self,
+        batches: &[crate::AppendBatch],
+        prepared: &[Vec<Prepared>],
+    ) -> Result<Decision, StoreError> {
+        let commit_micros = self.next_commit_micros();
         let ks = &self.keyspaces;
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        let events: usize = jobs.iter().map(|job| job.batch.events.len()).sum();
-        let mut pending: HashMap<[u8; keys::HASHED_KEY_LEN], Pending<'_>> =
-            HashMap::with_capacity(events);
-        let commit_micros = self.next_commit_micros();
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        let mut group_records: HashMap<[u8; keys::HASHED_KEY_LEN], IdempotencyRecord> =
-            HashMap::new();
-        for job in jobs {
-            let tenant = self.keyspaces.numbers.get_or_assign(job.batch.tenant)?;
+        let events: usize = batches.iter().map(|batch| batch.events.len()).sum();
+        let mut accepted: HashMap<DedupKey, Pending> = HashMap::with_capacity(events);
+        let mut outcomes = Vec::with_capacity(batches.len());
+        let mut records: HashMap<DedupKey, IdempotencyRecord> = HashMap::new();
+        for (request, (append, prepared)) in batches.iter().zip(prepared).enumerate() {
+            let tenant = ks.numbers.get_or_assign(append.tenant)?;
             // A request whose key already finished (its twin timed out or disconnected
             // before the answer, and the client retried) gets the recorded outcome and stores
             // nothing: the in-memory claim alone cannot see requests still queued here.
-            if let Some(claim) = &job.batch.idempotency
-                && let Some(record) =
-                    self.recorded(&group_records, tenant, claim, job.batch.received_at)?
+            if let Some(claim) = &append.idempotency
+                && let Some(record) = self.recorded(&records, tenant, claim, append.received_at)?
             {
                 // The same body replays the outcome; another body is refused (422).
                 outcomes.push(if record.request_hash == claim.request_hash {
@@ -293,7 +390,7 @@ impl Writer {
                 .destinations
                 .read()
                 .expect("destination cache lock is never poisoned")
-                .get(&job.batch.tenant)
+                .get(&append.tenant)
                 .map(|all| {
                     all.iter()
                         .filter(|destination| !destination.disabled)
@@ -306,26 +403,33 @@ impl Writer {
                 enqueue_micros: commit_micros,
                 destinations: &destinations,
             };
-            let mut statuses = Vec::with_capacity(job.batch.events.len());
-            for (event, prepared) in job.batch.events.iter().zip(&job.prepared) {
+            let mut statuses = Vec::with_capacity(append.events.len());
+            for (index, (event, prepared)) in append.events.iter().zip(prepared).enumerate() {
                 let status = match &event.event_id {
                     Some(event_id) => {
                         let dedup_key = keys::hashed_key(tenant, event_id);
-                        if let Some(earlier) = pending.get(&dedup_key) {
-                            if same_content(earlier.event, event) {
-                                AppendStatus::Duplicate(earlier.id)
+                        let earlier = match accepted.get(&dedup_key) {
+                            Some(pending) => {
+                                Some((pending.id, &batches[pending.request].events[pending.index]))
+                            }
+                            None => self.in_flight_event(&dedup_key),
+                        };
+                        if let Some((id, earlier)) = earlier {
+                            if same_content(earlier, event) {
+                                AppendStatus::Duplicate(id)
                             } else {
-                                AppendStatus::Conflict(earlier.id)
+                                AppendStatus::Conflict(id)
                             }
                         } else if let Some(existing) = self.existing(tenant, &dedup_key, event)? {
                             existing
                         } else {
                             self.insert(&mut batch, &context, prepared, event, dedup_key);
-                            pending.insert(
+                            accepted.insert(
                                 dedup_key,
                                 Pending {
                                     id: prepared.id,
-                                    event,
+                                    request,
+                                    index,
                                 },
                             );
                             AppendStatus::Accepted(prepared.id)
@@ -340,34 +444,55 @@ impl Writer {
                 };
                 statuses.push(status);
             }
-            if let Some(claim) = &job.batch.idempotency {
+            if let Some(claim) = &append.idempotency {
                 let record = IdempotencyRecord {
                     request_hash: claim.request_hash,
-                    created_at: job.batch.received_at,
+                    created_at: append.received_at,
                     statuses: statuses.clone(),
                 };
                 let key = keys::hashed_key(tenant, &claim.key);
                 batch.insert(&ks.idempotency, key, record::encode_idempotency(&record));
-                group_records.insert(key, record);
+                records.insert(key, record);
             }
             outcomes.push(Ok(AppendOutcome { statuses }));
         }
-        // Commit before answering: a 2xx promises that this group survives a crash.
-        batch.commit().map_err(StoreError::unavailable)?;
-        Ok(outcomes)
+        Ok(Decision {
+            batch,
+            outcomes,
+            accepted,
+            records,
+        })
     }
 
-    /// Returns the record under the request's `Idempotency-Key` (in this group, or committed
-    /// within 24 hours), whichever body it was recorded for.
+    /// The event accepted under the dedup key by a group whose commit has not finished.
+    fn in_flight_event(&self, dedup_key: &DedupKey) -> Option<(EventId, &NewEvent)> {
+        self.in_flight.iter().rev().find_map(|group| {
+            group.accepted.get(dedup_key).map(|pending| {
+                (
+                    pending.id,
+                    &group.batches[pending.request].events[pending.index],
+                )
+            })
+        })
+    }
+
+    /// Returns the record under the request's `Idempotency-Key` (in this group, in a group
+    /// being committed, or committed within 24 hours), whichever body it was recorded for.
     fn recorded(
         &self,
-        group_records: &HashMap<[u8; keys::HASHED_KEY_LEN], IdempotencyRecord>,
+        group_records: &HashMap<DedupKey, IdempotencyRecord>,
         tenant: TenantNo,
         claim: &crate::IdempotencyClaim,
         now: OffsetDateTime,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let key = keys::hashed_key(tenant, &claim.key);
-        let record = match group_records.get(&key) {
+        let in_flight = || {
+            self.in_flight
+                .iter()
+                .rev()
+                .find_map(|group| group.records.get(&key))
+        };
+        let record = match group_records.get(&key).or_else(in_flight) {
             Some(record) => Some(record.clone()),
             None => match self
                 .keyspaces
@@ -420,10 +545,10 @@ impl Writer {
 
     /// Returns this group's enqueue time: now, or one microsecond past the previous group's
     /// if the clock went back, so due times never decrease.
-    fn next_commit_micros(&self) -> i64 {
+    fn next_commit_micros(&mut self) -> i64 {
         let now = record::micros_of(OffsetDateTime::now_utc());
-        let next = now.max(self.last_commit_micros.get() + 1);
-        self.last_commit_micros.set(next);
+        let next = now.max(self.last_commit_micros.saturating_add(1));
+        self.last_commit_micros = next;
         next
     }
 
@@ -463,6 +588,64 @@ impl Writer {
                 delivery::outbox_key(destination.id, context.enqueue_micros, id),
                 delivery::outbox_value(0, ""),
             );
+        }
+    }
+}
+
+/// The committer thread: writes each decided group in one atomic fjall batch with
+/// `fdatasync`, in the order decided, and only then answers its requests.
+///
+/// A failed commit stops the store taking writes: the groups decided after it counted on
+/// its events, so they are refused too, and no later request can be acknowledged on top of
+/// a state that is not known to be durable.
+fn commit_groups(
+    groups: &std::sync::mpsc::Receiver<Group>,
+    failed: &AtomicBool,
+    finished: &AtomicU64,
+) {
+    for group in groups {
+        let Group {
+            number,
+            batch,
+            answers,
+            events,
+            started,
+        } = group;
+        let result = if failed.load(Ordering::Acquire) {
+            Err(StoreError::unavailable(WriterStopped))
+        } else {
+            // Commit before answering: a 2xx promises that this group survives a crash.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                batch.commit().map_err(StoreError::unavailable)
+            }))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Corrupt(
+                    "the writer panicked during a commit".into(),
+                ))
+            })
+        };
+        if let Err(err) = &result
+            && !failed.swap(true, Ordering::AcqRel)
+        {
+            tracing::error!(error = %err, source = ?std::error::Error::source(err), "group commit failed; the store stops taking writes");
+            metrics::counter!("pulsestream_commit_failures_total").increment(1);
+        }
+        // The group's writes are in fjall (or never will be): the writer may forget them.
+        finished.store(number, Ordering::Release);
+        metrics::histogram!("pulsestream_commit_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("pulsestream_commit_batch_events").record(events as f64);
+        match result {
+            Ok(()) => {
+                for (reply, outcome) in answers {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(_) => {
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(StoreError::unavailable(WriterStopped)));
+                }
+            }
         }
     }
 }

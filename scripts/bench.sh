@@ -32,6 +32,7 @@ PULSESTREAM_ADMIN_TOKEN=$TOKEN RUST_LOG=warn target/release/pulsestream serve \
   --listen 127.0.0.1:18080 --data-dir "$WORK/server" & SERVER=$!
 sleep 1
 run --url http://127.0.0.1:18080 --scenario batch --batch-size 1000 --concurrency 8
+run --url http://127.0.0.1:18080 --scenario batch --batch-size 1000 --concurrency 16
 run --url http://127.0.0.1:18080 --scenario single --concurrency 64
 run --url http://127.0.0.1:18080 --scenario single --concurrency 256
 run --url http://127.0.0.1:18080 --scenario batch --batch-size 100 --concurrency 16 --duplicates 0.1

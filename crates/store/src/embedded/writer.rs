@@ -28,6 +28,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Keyspaces;
+use super::dedup_filter::DedupFilter;
 use super::delivery::{self, DestinationCache};
 use super::keys::{self, TenantNo};
 use crate::record::{self, IdGen, same_content, write_event_json};
@@ -105,6 +106,9 @@ pub fn describe_metrics() {
 #[derive(Clone)]
 pub(crate) struct WriterHandle {
     sender: Arc<Mutex<Option<mpsc::Sender<Job>>>>,
+    /// The writer's current dedup filter (only tests look at it from outside).
+    #[cfg_attr(not(test), allow(dead_code))]
+    filter: Arc<Mutex<Arc<DedupFilter>>>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     failed: Arc<AtomicBool>,
 }
@@ -119,9 +123,18 @@ impl WriterHandle {
         keyspaces: Keyspaces,
         destinations: DestinationCache,
         capacity: usize,
+        filter_keys: u64,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(capacity);
         let failed = Arc::new(AtomicBool::new(false));
+        // Filled from a scan opened before any write of this process: whatever the scan
+        // misses, the writer adds.
+        let stored = keyspaces.dedup.approximate_len() as u64;
+        let dedup_filter = Arc::new(DedupFilter::with_capacity(
+            stored.saturating_mul(2).max(filter_keys),
+        ));
+        dedup_filter.fill_in_background(keyspaces.dedup.iter());
+        let filter = Arc::new(Mutex::new(dedup_filter.clone()));
         let writer = Writer {
             db,
             keyspaces,
@@ -131,6 +144,8 @@ impl WriterHandle {
             in_flight: VecDeque::new(),
             finished: Arc::new(AtomicU64::new(0)),
             next_group: 0,
+            dedup_filter,
+            shared_filter: filter.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("pulsestream-writer".into())
@@ -138,6 +153,7 @@ impl WriterHandle {
             .expect("spawning a thread only fails when the OS is out of resources at startup");
         Self {
             sender: Arc::new(Mutex::new(Some(sender))),
+            filter,
             thread: Arc::new(Mutex::new(Some(thread))),
             failed,
         }
@@ -156,6 +172,15 @@ impl WriterHandle {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => StoreError::unavailable(WriterStopped),
         })
+    }
+
+    /// Whether the writer's dedup filter holds every stored key (tests wait for it).
+    #[cfg(test)]
+    pub fn dedup_filter_complete(&self) -> bool {
+        self.filter
+            .lock()
+            .expect("filter lock is never poisoned")
+            .is_complete()
     }
 
     pub fn check_alive(&self) -> Result<(), StoreError> {
@@ -202,6 +227,9 @@ struct Writer {
     /// The number of the last group whose commit has finished (committed or failed).
     finished: Arc<AtomicU64>,
     next_group: u64,
+    /// Every dedup key stored, once complete (see `dedup_filter`).
+    dedup_filter: Arc<DedupFilter>,
+    shared_filter: Arc<Mutex<Arc<DedupFilter>>>,
 }
 
 /// What every event of one request shares.
@@ -322,6 +350,9 @@ impl Writer {
                         accepted: decision.accepted,
                         records: decision.records,
                     });
+                    if self.dedup_filter.is_full() {
+                        self.grow_dedup_filter();
+                    }
                     let group = Group {
                         number,
                         batch: decision.batch,
@@ -347,6 +378,26 @@ impl Writer {
         }
         drop(groups);
         let _ = committer.join();
+    }
+
+    /// Replaces the dedup filter with one twice its size, filled like the first: the keys
+    /// of groups still being committed now, the committed ones by a background scan, the
+    /// next ones as they are written. Until it is complete, lookups go to fjall.
+    fn grow_dedup_filter(&mut self) {
+        let filter = Arc::new(DedupFilter::with_capacity(
+            self.dedup_filter.capacity().saturating_mul(2),
+        ));
+        for group in &self.in_flight {
+            for key in group.accepted.keys() {
+                filter.insert(key);
+            }
+        }
+        filter.fill_in_background(self.keyspaces.dedup.iter());
+        self.dedup_filter = filter.clone();
+        *self
+            .shared_filter
+            .lock()
+            .expect("filter lock is never poisoned") = filter;
     }
 
     fn stop_writes(&self, err: &StoreError) {
@@ -436,9 +487,18 @@ impl Writer {
                         }
                     }
                     None => {
-                        // A fresh id cannot collide: no lookup needed.
+                        // A fresh id cannot collide: no lookup needed. Its dedup key is kept
+                        // with the others (a later `event_id` equal to this id must find it).
                         let dedup_key = keys::hashed_key(tenant, &prepared.id.to_string());
                         self.insert(&mut batch, &context, prepared, event, dedup_key);
+                        accepted.insert(
+                            dedup_key,
+                            Pending {
+                                id: prepared.id,
+                                request,
+                                index,
+                            },
+                        );
                         AppendStatus::Accepted(prepared.id)
                     }
                 };
@@ -514,6 +574,10 @@ impl Writer {
         dedup_key: &[u8; keys::HASHED_KEY_LEN],
         event: &NewEvent,
     ) -> Result<Option<AppendStatus>, StoreError> {
+        // Certainly new: no need to prove it in fjall.
+        if self.dedup_filter.is_complete() && !self.dedup_filter.may_contain(dedup_key) {
+            return Ok(None);
+        }
         let Some(value) = self
             .keyspaces
             .dedup
@@ -572,6 +636,7 @@ impl Writer {
             keys::type_key(tenant, &event.event_type, id),
             keys::type_value(tenant, &event.event_type),
         );
+        self.dedup_filter.insert(&dedup_key);
         batch.insert(
             &ks.dedup,
             dedup_key,

@@ -456,7 +456,7 @@ impl Writer {
             };
             let mut statuses = Vec::with_capacity(append.events.len());
             for (index, (event, prepared)) in append.events.iter().zip(prepared).enumerate() {
-                let status = match &event.event_id {
+                let (dedup_key, known) = match &event.event_id {
                     Some(event_id) => {
                         let dedup_key = keys::hashed_key(tenant, event_id);
                         let earlier = match accepted.get(&dedup_key) {
@@ -465,43 +465,31 @@ impl Writer {
                             }
                             None => self.in_flight_event(&dedup_key),
                         };
-                        if let Some((id, earlier)) = earlier {
-                            if same_content(earlier, event) {
-                                AppendStatus::Duplicate(id)
-                            } else {
-                                AppendStatus::Conflict(id)
+                        let known = match earlier {
+                            Some((id, earlier)) if same_content(earlier, event) => {
+                                Some(AppendStatus::Duplicate(id))
                             }
-                        } else if let Some(existing) = self.existing(tenant, &dedup_key, event)? {
-                            existing
-                        } else {
-                            self.insert(&mut batch, &context, prepared, event, dedup_key);
-                            accepted.insert(
-                                dedup_key,
-                                Pending {
-                                    id: prepared.id,
-                                    request,
-                                    index,
-                                },
-                            );
-                            AppendStatus::Accepted(prepared.id)
-                        }
+                            Some((id, _)) => Some(AppendStatus::Conflict(id)),
+                            None => self.existing(tenant, &dedup_key, event)?,
+                        };
+                        (dedup_key, known)
                     }
-                    None => {
-                        // A fresh id cannot collide: no lookup needed. Its dedup key is kept
-                        // with the others (a later `event_id` equal to this id must find it).
-                        let dedup_key = keys::hashed_key(tenant, &prepared.id.to_string());
-                        self.insert(&mut batch, &context, prepared, event, dedup_key);
-                        accepted.insert(
-                            dedup_key,
-                            Pending {
-                                id: prepared.id,
-                                request,
-                                index,
-                            },
-                        );
-                        AppendStatus::Accepted(prepared.id)
-                    }
+                    // A fresh id cannot collide: no lookup needed. Its dedup key is kept with
+                    // the others (a later `event_id` equal to this id must find it).
+                    None => (keys::hashed_key(tenant, &prepared.id.to_string()), None),
                 };
+                let status = known.unwrap_or_else(|| {
+                    self.insert(&mut batch, &context, prepared, event, dedup_key);
+                    accepted.insert(
+                        dedup_key,
+                        Pending {
+                            id: prepared.id,
+                            request,
+                            index,
+                        },
+                    );
+                    AppendStatus::Accepted(prepared.id)
+                });
                 statuses.push(status);
             }
             if let Some(claim) = &append.idempotency {

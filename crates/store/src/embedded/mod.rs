@@ -610,18 +610,39 @@ mod tests {
     use super::{EmbeddedConfig, EmbeddedStore};
     use crate::{AppendBatch, AppendStatus, EventStore, SearchQuery, StoreError};
 
-    async fn append(store: &EmbeddedStore, tenant: TenantId, event_type: &str) -> AppendStatus {
-        let event = NewEvent::from_json(&format!(r#"{{"event_type":{event_type:?}}}"#)).unwrap();
+    /// Appends the events as one request; returns their statuses.
+    async fn append_events(
+        store: &EmbeddedStore,
+        tenant: TenantId,
+        events: Vec<NewEvent>,
+    ) -> Vec<AppendStatus> {
         let outcome = store
             .append_batch(AppendBatch {
                 tenant,
-                events: vec![event],
+                events,
                 received_at: time::OffsetDateTime::now_utc(),
                 idempotency: None,
             })
             .await
             .unwrap();
-        outcome.statuses[0]
+        outcome.statuses
+    }
+
+    async fn append(store: &EmbeddedStore, tenant: TenantId, event_type: &str) -> AppendStatus {
+        let event = NewEvent::from_json(&format!(r#"{{"event_type":{event_type:?}}}"#)).unwrap();
+        append_events(store, tenant, vec![event]).await[0]
+    }
+
+    fn all_accepted(statuses: &[AppendStatus]) -> bool {
+        statuses
+            .iter()
+            .all(|status| matches!(status, AppendStatus::Accepted(_)))
+    }
+
+    fn all_duplicates(statuses: &[AppendStatus]) -> bool {
+        statuses
+            .iter()
+            .all(|status| matches!(status, AppendStatus::Duplicate(_)))
     }
 
     async fn ids_of(store: &EmbeddedStore, tenant: TenantId, types: &[&str]) -> Vec<String> {
@@ -678,16 +699,7 @@ mod tests {
                         .unwrap()
                 })
                 .collect();
-            let outcome = store
-                .append_batch(AppendBatch {
-                    tenant,
-                    events,
-                    received_at: time::OffsetDateTime::now_utc(),
-                    idempotency: None,
-                })
-                .await
-                .unwrap();
-            statuses.extend(outcome.statuses);
+            statuses.extend(append_events(store, tenant, events).await);
         }
         statuses
     }
@@ -709,7 +721,7 @@ mod tests {
         {
             let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).unwrap();
             let first = send_numbered(&store, tenant, 0, 500).await;
-            assert!(first.iter().all(|s| matches!(s, AppendStatus::Accepted(_))));
+            assert!(all_accepted(&first));
             store.close().await.unwrap();
         }
         let store = EmbeddedStore::open(&EmbeddedConfig::new(dir.path())).unwrap();
@@ -718,13 +730,8 @@ mod tests {
         let again = send_numbered(&store, tenant, 0, 500).await;
         let fresh = send_numbered(&store, tenant, 500, 600).await;
 
-        assert!(
-            again
-                .iter()
-                .all(|s| matches!(s, AppendStatus::Duplicate(_))),
-            "{again:?}"
-        );
-        assert!(fresh.iter().all(|s| matches!(s, AppendStatus::Accepted(_))));
+        assert!(all_duplicates(&again), "{again:?}");
+        assert!(all_accepted(&fresh));
     }
 
     #[tokio::test]
@@ -745,22 +752,13 @@ mod tests {
         }
         for task in tasks {
             let statuses = task.await.unwrap();
-            assert!(
-                statuses
-                    .iter()
-                    .all(|s| matches!(s, AppendStatus::Accepted(_)))
-            );
+            assert!(all_accepted(&statuses));
         }
         wait_for_dedup_filter(&store).await;
 
         let again = send_numbered(&store, tenant, 0, 2_000).await;
 
-        assert!(
-            again
-                .iter()
-                .all(|s| matches!(s, AppendStatus::Duplicate(_))),
-            "a stored event was taken for new"
-        );
+        assert!(all_duplicates(&again), "a stored event was taken for new");
     }
 
     #[tokio::test]

@@ -67,14 +67,15 @@ pub(crate) fn prepare(batch: &crate::AppendBatch) -> Result<Vec<Prepared>, Store
                 let id = ids.next(event, batch.received_at);
                 let mut value = Vec::with_capacity(event.payload.len() + 320);
                 value.extend_from_slice(&keys::event_value_header(event.timestamp.is_some()));
-                match &event.event_id {
-                    Some(event_id) => {
-                        write_event_json(&mut value, id, event, event_id, &received_at)?;
-                    }
+                let generated;
+                let event_id = match &event.event_id {
+                    Some(event_id) => event_id.as_str(),
                     None => {
-                        write_event_json(&mut value, id, event, &id.to_string(), &received_at)?;
+                        generated = id.to_string();
+                        &generated
                     }
-                }
+                };
+                write_event_json(&mut value, id, event, event_id, &received_at)?;
                 Ok(Prepared { id, value })
             })
             .collect()
@@ -316,9 +317,7 @@ impl Writer {
                 prepared.push(job.prepared);
             }
             if self.failed.load(Ordering::Acquire) {
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::unavailable(WriterStopped)));
-                }
+                refuse(replies);
                 continue;
             }
             let done = self.finished.load(Ordering::Acquire);
@@ -362,17 +361,13 @@ impl Writer {
                     };
                     if let Err(std::sync::mpsc::SendError(group)) = groups.send(group) {
                         // The committer is gone (it panicked outside a commit): stop.
-                        self.stop_writes(&StoreError::unavailable(WriterStopped));
-                        for (reply, _) in group.answers {
-                            let _ = reply.send(Err(StoreError::unavailable(WriterStopped)));
-                        }
+                        stop_writes(&self.failed, &StoreError::unavailable(WriterStopped));
+                        refuse(group.answers.into_iter().map(|(reply, _)| reply));
                     }
                 }
                 Err(err) => {
-                    self.stop_writes(&err);
-                    for reply in replies {
-                        let _ = reply.send(Err(StoreError::unavailable(WriterStopped)));
-                    }
+                    stop_writes(&self.failed, &err);
+                    refuse(replies);
                 }
             }
         }
@@ -398,12 +393,6 @@ impl Writer {
             .shared_filter
             .lock()
             .expect("filter lock is never poisoned") = filter;
-    }
-
-    fn stop_writes(&self, err: &StoreError) {
-        tracing::error!(error = %err, source = ?std::error::Error::source(err), "group commit failed; the store stops taking writes");
-        self.failed.store(true, Ordering::Release);
-        metrics::counter!("pulsestream_commit_failures_total").increment(1);
     }
 
     /// Decides the fate of every event of the group and builds its write batch.
@@ -559,7 +548,7 @@ impl Writer {
     fn existing(
         &self,
         tenant: TenantNo,
-        dedup_key: &[u8; keys::HASHED_KEY_LEN],
+        dedup_key: &DedupKey,
         event: &NewEvent,
     ) -> Result<Option<AppendStatus>, StoreError> {
         // Certainly new: no need to prove it in fjall.
@@ -610,7 +599,7 @@ impl Writer {
         context: &Context<'_>,
         prepared: &Prepared,
         event: &NewEvent,
-        dedup_key: [u8; keys::HASHED_KEY_LEN],
+        dedup_key: DedupKey,
     ) {
         let ks = &self.keyspaces;
         let (tenant, id) = (context.tenant, prepared.id);
@@ -677,11 +666,8 @@ fn commit_groups(
                 ))
             })
         };
-        if let Err(err) = &result
-            && !failed.swap(true, Ordering::AcqRel)
-        {
-            tracing::error!(error = %err, source = ?std::error::Error::source(err), "group commit failed; the store stops taking writes");
-            metrics::counter!("pulsestream_commit_failures_total").increment(1);
+        if let Err(err) = &result {
+            stop_writes(failed, err);
         }
         // The group's writes are in fjall (or never will be): the writer may forget them.
         finished.store(number, Ordering::Release);
@@ -694,11 +680,22 @@ fn commit_groups(
                     let _ = reply.send(outcome);
                 }
             }
-            Err(_) => {
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(StoreError::unavailable(WriterStopped)));
-                }
-            }
+            Err(_) => refuse(answers.into_iter().map(|(reply, _)| reply)),
         }
+    }
+}
+
+/// Stops the store taking writes (once: the first failure is the one logged and counted).
+fn stop_writes(failed: &AtomicBool, err: &StoreError) {
+    if !failed.swap(true, Ordering::AcqRel) {
+        tracing::error!(error = %err, source = ?std::error::Error::source(err), "group commit failed; the store stops taking writes");
+        metrics::counter!("pulsestream_commit_failures_total").increment(1);
+    }
+}
+
+/// Answers requests the stopped writer will not store.
+fn refuse(replies: impl IntoIterator<Item = Reply>) {
+    for reply in replies {
+        let _ = reply.send(Err(StoreError::unavailable(WriterStopped)));
     }
 }

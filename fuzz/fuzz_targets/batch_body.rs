@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pulsestream_api::body::{BodyFormat, TextBody};
-use pulsestream_api::v1::ingest::Checked;
+use pulsestream_api::v1::ingest::{Checked, Endpoint};
 use pulsestream_core::EventId;
 use pulsestream_store::AppendStatus;
 
@@ -24,13 +24,13 @@ fuzz_target!(|data: &[u8]| {
         format,
         text: text.to_owned(),
     };
-    let Ok(checked) = Checked::batch(&body) else {
+    let Ok(mut checked) = Checked::new(Endpoint::Batch, &body) else {
         return;
     };
-    assert_eq!(checked.rejections.len(), checked.positions.len());
-    assert_eq!(checked.rejections.len(), checked.event_ids.len());
+    let events = checked.take_events();
+    assert!(events.len() <= checked.carried());
     // Answer as a store would: the valid events stored, duplicates or conflicts by turn.
-    let statuses: Vec<AppendStatus> = (0..checked.events.len())
+    let statuses: Vec<AppendStatus> = (0..events.len())
         .map(|i| {
             let id = EventId::from_bytes([i as u8; 16]);
             match (i + usize::from(*first >> 1)) % 3 {
@@ -44,11 +44,14 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(response) = answer {
         assert!(response.status().is_success());
     }
-    let single = Checked::single(&TextBody {
-        format: BodyFormat::Json,
-        text: text.to_owned(),
-    });
-    if let Ok(single) = single {
-        assert_eq!(single.events.len(), 1);
+    let single = Checked::new(
+        Endpoint::Single,
+        &TextBody {
+            format: BodyFormat::Json,
+            text: text.to_owned(),
+        },
+    );
+    if let Ok(mut single) = single {
+        assert_eq!(single.take_events().len(), 1);
     }
 });

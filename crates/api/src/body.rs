@@ -25,7 +25,7 @@ pub struct TextBody {
     pub text: String,
 }
 
-/// Reads the body of a request whose content type must be JSON (or NDJSON, if allowed).
+/// Reads the body of a request whose content type must be one of `formats`.
 ///
 /// # Errors
 /// 415 for another content type or encoding, 413 over `limit` bytes, 400 for a corrupt
@@ -34,9 +34,9 @@ pub async fn read_text_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-    allow_ndjson: bool,
+    formats: &[BodyFormat],
 ) -> Result<TextBody, ApiError> {
-    let format = body_format(headers, allow_ndjson)?;
+    let format = body_format(headers, formats)?;
     let encoding = content_encoding(headers)?;
     if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
@@ -126,7 +126,8 @@ fn content_encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     }
 }
 
-fn body_format(headers: &HeaderMap, allow_ndjson: bool) -> Result<BodyFormat, ApiError> {
+fn body_format(headers: &HeaderMap, formats: &[BodyFormat]) -> Result<BodyFormat, ApiError> {
+    let allow_ndjson = formats.contains(&BodyFormat::Ndjson);
     // A missing Content-Type is read as JSON: the body must parse as JSON anyway.
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
         return Ok(BodyFormat::Json);

@@ -19,11 +19,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::HeaderName;
-use axum::routing::{delete, get, post};
 use pulsestream_core::secret::SecretCipher;
 use pulsestream_limits::RateLimiter;
-use pulsestream_store::{DeliveryQueue, EventStore, TenantStore};
+use pulsestream_store::{DeliveryQueue, DestinationStore, EventStore, Store, TenantStore};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 
@@ -57,6 +59,7 @@ impl std::fmt::Debug for MetricsRender {
 pub struct AppState {
     pub events: Arc<dyn EventStore>,
     pub tenants: Arc<dyn TenantStore>,
+    pub destinations: Arc<dyn DestinationStore>,
     pub deliveries: Arc<dyn DeliveryQueue>,
     pub limiter: Arc<RateLimiter>,
     /// SHA-256 (hex) of the admin token.
@@ -65,86 +68,80 @@ pub struct AppState {
     pub metrics: MetricsRender,
     pub tenant_labels: Arc<observe::TenantLabels>,
     in_flight: v1::idempotency::InFlightKeys,
-    /// Serialises changes to tenants (each rewrites the whole record).
-    tenant_writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
-    /// Builds the state from its stores and settings.
+    /// Builds the state from its store and settings.
     pub fn new(
-        events: Arc<dyn EventStore>,
-        tenants: Arc<dyn TenantStore>,
-        deliveries: Arc<dyn DeliveryQueue>,
+        store: Arc<dyn Store>,
         limiter: Arc<RateLimiter>,
         admin_token_hash: String,
         config: ApiConfig,
         metrics: MetricsRender,
     ) -> Self {
         Self {
-            events,
-            tenants,
-            deliveries,
+            events: store.clone(),
+            tenants: store.clone(),
+            destinations: store.clone(),
+            deliveries: store,
             limiter,
             admin_token_hash: admin_token_hash.into(),
             config,
             metrics,
             tenant_labels: Arc::new(observe::TenantLabels::new(100)),
             in_flight: Default::default(),
-            tenant_writes: Default::default(),
         }
     }
 }
 
-/// Returns the router with every route of API.md and its middleware.
+/// Every operation of the API, each registered with its OpenAPI description
+/// (`routes!` reads the handler's `#[utoipa::path]`): tenant routes, which go through
+/// `auth::tenant_context`, and the others.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(tenant_routes())
+        .merge(other_routes())
+}
+
+fn tenant_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(v1::events::post_event, v1::events::list_events))
+        .routes(routes!(v1::events::post_batch))
+        .routes(routes!(v1::events::get_event))
+        .routes(routes!(v1::destinations::create, v1::destinations::list))
+        .routes(routes!(v1::destinations::get, v1::destinations::delete))
+        .routes(routes!(
+            v1::destinations::dead_letters,
+            v1::destinations::purge
+        ))
+        .routes(routes!(v1::destinations::replay))
+}
+
+fn other_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(admin::tenants::create, admin::tenants::list))
+        .routes(routes!(admin::tenants::get, admin::tenants::update))
+        .routes(routes!(admin::tenants::create_key))
+        .routes(routes!(admin::tenants::revoke_key))
+        .routes(routes!(health::healthz))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+}
+
+/// Returns the router with every route of the API (`routes`) and its middleware.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = state.config.request_timeout;
-    let tenant_routes = Router::new()
-        .route(
-            "/v1/events",
-            post(v1::events::post_event).get(v1::events::list_events),
-        )
-        .route("/v1/events/batch", post(v1::events::post_batch))
-        .route("/v1/events/{id}", get(v1::events::get_event))
-        .route(
-            "/v1/destinations",
-            post(v1::destinations::create).get(v1::destinations::list),
-        )
-        .route(
-            "/v1/destinations/{id}",
-            get(v1::destinations::get).delete(v1::destinations::delete),
-        )
-        .route(
-            "/v1/destinations/{id}/dead-letters",
-            get(v1::destinations::dead_letters).delete(v1::destinations::purge),
-        )
-        .route(
-            "/v1/destinations/{id}/dead-letters/replay",
-            post(v1::destinations::replay),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::tenant_context,
-        ));
+    let (tenant_routes, _) = tenant_routes().split_for_parts();
+    let (other_routes, _) = other_routes().split_for_parts();
+    let tenant_routes = tenant_routes.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::tenant_context,
+    ));
     Router::new()
         .merge(tenant_routes)
-        .route(
-            "/admin/tenants",
-            post(admin::tenants::create).get(admin::tenants::list),
-        )
-        .route(
-            "/admin/tenants/{id}",
-            get(admin::tenants::get).patch(admin::tenants::update),
-        )
-        .route("/admin/tenants/{id}/keys", post(admin::tenants::create_key))
-        .route(
-            "/admin/tenants/{id}/keys/{key_id}",
-            delete(admin::tenants::revoke_key),
-        )
-        .route("/healthz", get(health::healthz))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .merge(other_routes)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             ApiError::method_not_allowed(format!("this endpoint does not take {method}"))

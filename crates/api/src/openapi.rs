@@ -4,8 +4,8 @@
 //! serializes derive `ToSchema`, so the document follows the code. This module holds the
 //! rest: schemas of what handlers read as raw bodies or write by hand (events in and out,
 //! the problem document), the reusable error responses, the `bearerAuth` scheme and
-//! [`ApiDoc`], which lists every path. A unit test checks that list against the routes of
-//! [`crate::router`].
+//! [`ApiDoc`]. The operations come from `crate::routes`, where each handler is registered
+//! with `utoipa_axum::routes!`: routing a handler documents it.
 
 use std::sync::LazyLock;
 
@@ -21,7 +21,8 @@ use utoipa::{IntoParams, Modify, OpenApi, ToResponse, ToSchema};
 use crate::error::ErrorItem;
 use crate::v1::ingest::BatchResult;
 
-/// The whole API. Add every new handler to `paths(...)`; the tests fail otherwise.
+/// What the document holds besides its operations, which `crate::routes` registers with
+/// their handlers: the info, shared components, the security scheme and the tags.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
@@ -29,29 +30,6 @@ use crate::v1::ingest::BatchResult;
         description = "Multi-tenant event ingestion: ingest events one by one or in batches, \
             read and search them, administer tenants and their API keys. Every error is an \
             RFC 9457 problem document (`application/problem+json`)."
-    ),
-    paths(
-        crate::v1::events::post_event,
-        crate::v1::events::list_events,
-        crate::v1::events::post_batch,
-        crate::v1::events::get_event,
-        crate::v1::destinations::create,
-        crate::v1::destinations::list,
-        crate::v1::destinations::get,
-        crate::v1::destinations::delete,
-        crate::v1::destinations::dead_letters,
-        crate::v1::destinations::replay,
-        crate::v1::destinations::purge,
-        crate::admin::tenants::create,
-        crate::admin::tenants::list,
-        crate::admin::tenants::get,
-        crate::admin::tenants::update,
-        crate::admin::tenants::create_key,
-        crate::admin::tenants::revoke_key,
-        crate::health::healthz,
-        crate::health::readyz,
-        crate::health::metrics,
-        openapi_json,
     ),
     components(
         schemas(Problem, ErrorItem),
@@ -67,7 +45,7 @@ use crate::v1::ingest::BatchResult;
             Unavailable,
         )
     ),
-    modifiers(&BearerAuth, &RateLimitHeaders),
+    modifiers(&BearerAuth),
     tags(
         (name = "events", description = "Ingest and read a tenant's events (tenant API key)"),
         (name = "tenants", description = "Tenants and their API keys (admin token)"),
@@ -85,8 +63,17 @@ pub struct ApiDoc;
     responses((status = 200, description = "The OpenAPI document", body = Object)),
 )]
 pub async fn openapi_json() -> impl IntoResponse {
-    static DOC: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
+    static DOC: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(document);
     Json(&*DOC)
+}
+
+/// The whole document: [`ApiDoc`] with every operation that `crate::routes` serves, each
+/// registered together with its handler (so nothing routed goes undocumented, and nothing
+/// documented goes unrouted), and the `RateLimit-*` headers on tenant answers.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = crate::routes().split_for_parts();
+    RateLimitHeaders.modify(&mut doc);
+    doc
 }
 
 /// An event as a client sends it. Unknown fields are ignored.
@@ -437,138 +424,11 @@ pub(crate) fn loc_schema() -> impl Into<RefOr<Schema>> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
-
-    /// `(method, path)` of every route that `.route(...)` calls in this crate's sources set
-    /// up, read from the code itself so that a new route cannot go undocumented.
-    fn router_routes() -> BTreeSet<(String, String)> {
-        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
-        let mut routes = BTreeSet::new();
-        let mut dirs = vec![std::path::PathBuf::from(src)];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).expect("read src dir") {
-                let path = entry.expect("dir entry").path();
-                if path.is_dir() {
-                    dirs.push(path);
-                } else if path.extension().is_some_and(|ext| ext == "rs")
-                    && !path.ends_with("openapi.rs")
-                {
-                    let source = std::fs::read_to_string(&path).expect("read source");
-                    routes_in(&source, &path.display().to_string(), &mut routes);
-                }
-            }
-        }
-        routes
-    }
-
-    /// Adds the routes of one file; `.route("/path", get(h).post(h2))` gives two.
-    fn routes_in(source: &str, file: &str, routes: &mut BTreeSet<(String, String)>) {
-        let code: String = source
-            .lines()
-            .filter(|line| !line.trim_start().starts_with("//"))
-            .collect::<Vec<_>>()
-            .join("\n");
-        assert!(
-            !code.contains(".nest(")
-                && !code.contains(".nest_service(")
-                && !code.contains(".route_service("),
-            "{file} builds routes in a way this test cannot read; teach it"
-        );
-        for call in code.split(".route(").skip(1) {
-            let call = call.trim_start();
-            let rest = call
-                .strip_prefix('"')
-                .unwrap_or_else(|| panic!("{file}: .route( without a literal path"));
-            let (path, rest) = rest.split_once('"').expect("closing quote");
-            let rest = rest
-                .trim_start()
-                .strip_prefix(',')
-                .expect("comma after path");
-            // Method names are the identifiers called at depth 0 of the method router.
-            let mut depth = 0usize;
-            let mut ident = String::new();
-            for ch in rest.chars() {
-                match ch {
-                    '(' => {
-                        if depth == 0 {
-                            let method = ident.trim().to_owned();
-                            assert!(
-                                [
-                                    "get", "post", "put", "patch", "delete", "head", "options",
-                                    "trace"
-                                ]
-                                .contains(&method.as_str()),
-                                "{file}: route {path} uses {method}(...), which this test cannot read"
-                            );
-                            routes.insert((method, path.to_owned()));
-                        }
-                        depth += 1;
-                        ident.clear();
-                    }
-                    ')' if depth == 0 => break,
-                    ')' => depth -= 1,
-                    c if depth == 0 && (c.is_alphanumeric() || c == '_') => ident.push(c),
-                    _ if depth == 0 => ident.clear(),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    fn documented_routes(doc: &mut utoipa::openapi::OpenApi) -> BTreeSet<(String, String)> {
-        let mut routes = BTreeSet::new();
-        for (path, item) in &mut doc.paths.paths {
-            for (method, _) in operations_mut(item) {
-                routes.insert((method.to_owned(), path.clone()));
-            }
-        }
-        routes
-    }
-
-    #[test]
-    fn the_scanner_reads_method_chains() {
-        let mut routes = BTreeSet::new();
-        routes_in(
-            r#"Router::new()
-                // .route("/commented", get(x))
-                .route(
-                    "/a/{id}",
-                    post(m::f).get(g::h),
-                )
-                .route("/b", delete(k))
-                .route_layer(from_fn(z))"#,
-            "test",
-            &mut routes,
-        );
-        let expected: BTreeSet<_> = [("post", "/a/{id}"), ("get", "/a/{id}"), ("delete", "/b")]
-            .into_iter()
-            .map(|(m, p)| (m.to_owned(), p.to_owned()))
-            .collect();
-        assert_eq!(routes, expected);
-    }
-
-    #[test]
-    fn every_route_of_the_router_is_documented_and_nothing_else() {
-        let routed = router_routes();
-        assert!(routed.len() >= 14, "found only {routed:?}");
-        let documented = documented_routes(&mut ApiDoc::openapi());
-        let undocumented: Vec<_> = routed.difference(&documented).collect();
-        let unrouted: Vec<_> = documented.difference(&routed).collect();
-        assert!(
-            undocumented.is_empty(),
-            "routes missing from ApiDoc (add #[utoipa::path] and list them in paths(...)): {undocumented:?}"
-        );
-        assert!(
-            unrouted.is_empty(),
-            "documented but not routed: {unrouted:?}"
-        );
-    }
 
     #[test]
     fn the_document_is_openapi_3_1_with_bearer_auth() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        let doc = serde_json::to_value(document()).expect("serializes");
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(
             doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
@@ -585,7 +445,7 @@ mod tests {
 
     #[test]
     fn the_limits_in_the_document_are_the_code_s() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        let doc = serde_json::to_value(document()).expect("serializes");
         let schemas = &doc["components"]["schemas"];
         assert_eq!(
             schemas["BatchIn"]["properties"]["events"]["maxItems"],
@@ -603,7 +463,7 @@ mod tests {
         use crate::error::ApiError;
         use http_body_util::BodyExt;
 
-        let doc = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        let doc = serde_json::to_value(document()).expect("serializes");
         let properties = doc["components"]["schemas"]["Problem"]["properties"]
             .as_object()
             .expect("Problem properties")

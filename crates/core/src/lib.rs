@@ -4,16 +4,18 @@
 //! per-field [`FieldError`]s) and defines the identifiers every other crate speaks in.
 
 pub mod address;
+pub mod breaker;
 mod destination;
 mod event;
 mod ids;
 pub mod secret;
 mod tenant;
 
+pub use breaker::{Breaker, Circuit};
 pub use destination::{Destination, DestinationKind, RetryPolicy, glob_matches};
 pub use event::{
     ContentHash, FieldError, MAX_BATCH_EVENTS, MAX_PAYLOAD_DEPTH, MAX_STRING_CHARS, NewEvent,
     WireEvent, format_timestamp, parse_timestamp, wire_error,
 };
 pub use ids::{DestinationId, EventId, IdParseError, KeyId, TenantId};
-pub use tenant::{RateLimit, RateLimitError, Tenant, TenantKey};
+pub use tenant::{RateLimit, RateLimitError, Tenant, TenantChange, TenantChangeError, TenantKey};

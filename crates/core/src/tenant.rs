@@ -60,3 +60,172 @@ pub struct Tenant {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
+
+/// One change to a stored tenant, said as an intent rather than as a new record, so that the
+/// store can apply it to the tenant *as stored* inside one atomic step: two changes made at
+/// once (on one node or on two) both take effect, and a revoked key never comes back.
+#[derive(Debug, Clone)]
+pub enum TenantChange {
+    /// Changes the fields given. A new `per_minute` without `burst` keeps `burst` equal to
+    /// the rate when it was equal before.
+    Update {
+        name: Option<String>,
+        per_minute: Option<u32>,
+        burst: Option<u32>,
+    },
+    /// Adds an API key; the other keys keep working.
+    AddKey(TenantKey),
+    /// Revokes an API key: it stops working at once.
+    RevokeKey(KeyId),
+}
+
+/// Why a [`TenantChange`] cannot apply to the tenant as stored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TenantChangeError {
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
+    #[error("the tenant has no key {0}")]
+    NoSuchKey(KeyId),
+}
+
+impl TenantChange {
+    /// Applies the change to `tenant`; on an error `tenant` is left as it was.
+    ///
+    /// # Errors
+    /// A zero rate or burst, or a key to revoke that the tenant does not have.
+    pub fn apply(&self, tenant: &mut Tenant) -> Result<(), TenantChangeError> {
+        match self {
+            Self::Update {
+                name,
+                per_minute,
+                burst,
+            } => {
+                let rate_limit = if per_minute.is_some() || burst.is_some() {
+                    let current = tenant.rate_limit;
+                    let per_minute = per_minute.unwrap_or(current.per_minute);
+                    // A new rate without a burst keeps burst = rate when that is what it was.
+                    let burst = burst
+                        .or_else(|| (current.burst != current.per_minute).then_some(current.burst));
+                    RateLimit::new(per_minute, burst)?
+                } else {
+                    tenant.rate_limit
+                };
+                tenant.rate_limit = rate_limit;
+                if let Some(name) = name {
+                    tenant.name.clone_from(name);
+                }
+            }
+            Self::AddKey(key) => tenant.keys.push(key.clone()),
+            Self::RevokeKey(id) => {
+                let before = tenant.keys.len();
+                tenant.keys.retain(|key| key.id != *id);
+                if tenant.keys.len() == before {
+                    return Err(TenantChangeError::NoSuchKey(*id));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(per_minute: u32, burst: u32) -> Tenant {
+        Tenant {
+            id: TenantId::random(),
+            name: "t".into(),
+            rate_limit: RateLimit { per_minute, burst },
+            keys: vec![key()],
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn key() -> TenantKey {
+        TenantKey {
+            id: KeyId::random(),
+            hash: "h".into(),
+            prefix: "ps_".into(),
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn update(per_minute: Option<u32>, burst: Option<u32>) -> TenantChange {
+        TenantChange::Update {
+            name: None,
+            per_minute,
+            burst,
+        }
+    }
+
+    #[test]
+    fn a_new_rate_keeps_burst_equal_to_it_only_when_it_was() {
+        let mut equal = tenant(60, 60);
+        update(Some(120), None).apply(&mut equal).unwrap();
+        assert_eq!(
+            equal.rate_limit,
+            RateLimit {
+                per_minute: 120,
+                burst: 120
+            }
+        );
+
+        let mut apart = tenant(60, 10);
+        update(Some(120), None).apply(&mut apart).unwrap();
+        assert_eq!(
+            apart.rate_limit,
+            RateLimit {
+                per_minute: 120,
+                burst: 10
+            }
+        );
+
+        update(None, Some(5)).apply(&mut apart).unwrap();
+        assert_eq!(
+            apart.rate_limit,
+            RateLimit {
+                per_minute: 120,
+                burst: 5
+            }
+        );
+    }
+
+    #[test]
+    fn a_rejected_change_leaves_the_tenant_as_it_was() {
+        let mut stored = tenant(60, 60);
+        let renamed = TenantChange::Update {
+            name: Some("new".into()),
+            per_minute: Some(0),
+            burst: None,
+        };
+        assert_eq!(
+            renamed.apply(&mut stored),
+            Err(TenantChangeError::RateLimit(RateLimitError::ZeroRate))
+        );
+        assert_eq!(
+            (stored.name.as_str(), stored.rate_limit.per_minute),
+            ("t", 60)
+        );
+
+        let missing = KeyId::random();
+        assert_eq!(
+            TenantChange::RevokeKey(missing).apply(&mut stored),
+            Err(TenantChangeError::NoSuchKey(missing))
+        );
+        assert_eq!(stored.keys.len(), 1);
+    }
+
+    #[test]
+    fn keys_are_added_and_revoked_by_id() {
+        let mut stored = tenant(60, 60);
+        let first = stored.keys[0].id;
+        let added = key();
+        TenantChange::AddKey(added.clone())
+            .apply(&mut stored)
+            .unwrap();
+        TenantChange::RevokeKey(first).apply(&mut stored).unwrap();
+        let ids: Vec<KeyId> = stored.keys.iter().map(|key| key.id).collect();
+        assert_eq!(ids, vec![added.id]);
+    }
+}

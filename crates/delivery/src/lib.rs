@@ -9,7 +9,6 @@
 //! a destination that is down for hours costs no memory, and a restart resumes where the
 //! queue stands.
 
-mod breaker;
 mod public_dns;
 mod sink;
 
@@ -17,14 +16,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pulsestream_core::{Breaker, Circuit};
 use pulsestream_core::{Destination, DestinationId, RetryPolicy};
-use pulsestream_store::{Circuit, Delivery, DeliveryQueue, QueuePosition, StoreError};
+use pulsestream_store::{Delivery, DeliveryQueue, DestinationStore, QueuePosition, StoreError};
 use rand::Rng;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use breaker::Breaker;
 pub use public_dns::{AddressRefused, PublicOnlyResolver};
 pub use sink::{NatsSink, SendOutcome, Sink, Sinks, WebhookSink, message_id, signature};
 
@@ -83,12 +82,13 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Starts the dispatcher.
     pub fn spawn(
+        destinations: Arc<dyn DestinationStore>,
         queue: Arc<dyn DeliveryQueue>,
         sink: Arc<dyn Sink>,
         config: DeliveryConfig,
         shutdown: CancellationToken,
     ) -> Self {
-        let task = tokio::spawn(dispatch(queue, sink, config, shutdown));
+        let task = tokio::spawn(dispatch(destinations, queue, sink, config, shutdown));
         Self { task }
     }
 
@@ -99,6 +99,7 @@ impl Dispatcher {
 }
 
 async fn dispatch(
+    destinations: Arc<dyn DestinationStore>,
     queue: Arc<dyn DeliveryQueue>,
     sink: Arc<dyn Sink>,
     config: DeliveryConfig,
@@ -107,16 +108,14 @@ async fn dispatch(
     let mut workers: HashMap<DestinationId, JoinHandle<()>> = HashMap::new();
     loop {
         workers.retain(|_, worker| !worker.is_finished());
-        match queue.all_destinations().await {
-            Ok(destinations) => {
-                for destination in destinations
-                    .into_iter()
-                    .filter(|destination| !destination.disabled)
-                {
+        match destinations.all_destinations().await {
+            Ok(all) => {
+                for destination in all.into_iter().filter(|destination| !destination.disabled) {
                     workers.entry(destination.id).or_insert_with(|| {
                         let worker = Worker {
                             cursor: None,
                             last_full_scan: Instant::now(),
+                            destinations: destinations.clone(),
                             queue: queue.clone(),
                             sink: sink.clone(),
                             breaker: Breaker::new(
@@ -151,6 +150,7 @@ struct Worker {
     /// Where the previous claim ended.
     cursor: Option<QueuePosition>,
     last_full_scan: Instant,
+    destinations: Arc<dyn DestinationStore>,
     queue: Arc<dyn DeliveryQueue>,
     sink: Arc<dyn Sink>,
     breaker: Breaker,
@@ -194,7 +194,7 @@ impl Worker {
     async fn step(&mut self, label: &str) -> Result<Step, StoreError> {
         let id = self.destination.id;
         let Some(current) = self
-            .queue
+            .destinations
             .destinations(self.destination.tenant)
             .await?
             .into_iter()
@@ -250,7 +250,7 @@ impl Worker {
                 tracing::warn!(destination_id = %id, "the receiver answered 410 Gone; disabling the destination");
                 let mut disabled = self.destination.clone();
                 disabled.disabled = true;
-                self.queue.put_destination(&disabled).await?;
+                self.destinations.put_destination(&disabled).await?;
                 self.queue
                     .record_circuit(
                         id,

@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pulsestream_core::{RateLimit, TenantId};
+use pulsestream_core::{Breaker, Circuit, RateLimit, TenantId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::gcra::{Decision, interval_micros};
@@ -72,12 +72,6 @@ end
 return {1, math.floor((capacity - (new_tat - now)) / interval), new_tat - now, 0}
 ";
 
-#[derive(Debug, Clone, Copy)]
-enum Breaker {
-    Closed,
-    Open { until: Instant },
-}
-
 pub(crate) struct RedisBackend {
     client: redis::Client,
     settings: RedisSettings,
@@ -99,26 +93,25 @@ impl RedisBackend {
         let client = redis::Client::open(settings.url.as_str()).map_err(RedisUnavailable)?;
         Ok(Self {
             client,
-            settings,
             script: redis::Script::new(SCRIPT),
             connection: tokio::sync::Mutex::new(None),
-            breaker: Mutex::new(Breaker::Closed),
+            // One failure opens it: a decision must never wait on Redis twice in a row.
+            breaker: Mutex::new(Breaker::new(1, settings.cool_down)),
+            settings,
         })
     }
 
     pub fn is_healthy(&self) -> bool {
-        matches!(
-            *self.breaker.lock().expect("breaker lock is never poisoned"),
-            Breaker::Closed
-        )
+        self.breaker().state(Instant::now()) == Circuit::Closed
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().expect("breaker lock is never poisoned")
     }
 
     /// Decides in Redis, or returns `None` when Redis is not to be used right now.
     pub async fn admit(&self, tenant: TenantId, limit: RateLimit, cost: u32) -> Option<Decision> {
-        let breaker = *self.breaker.lock().expect("breaker lock is never poisoned");
-        if let Breaker::Open { until } = breaker
-            && Instant::now() < until
-        {
+        if !self.breaker().allows(Instant::now()) {
             return None;
         }
         match tokio::time::timeout(self.settings.timeout, self.run(tenant, limit, cost)).await {
@@ -177,23 +170,22 @@ impl RedisBackend {
     }
 
     fn open_breaker(&self, reason: &str) {
-        let mut breaker = self.breaker.lock().expect("breaker lock is never poisoned");
-        if matches!(*breaker, Breaker::Closed) {
+        let now = Instant::now();
+        let mut breaker = self.breaker();
+        // Counted once per outage: a failed probe (half-open) re-opens it silently.
+        let was_closed = breaker.state(now) == Circuit::Closed;
+        breaker.on_failure(now);
+        if was_closed {
             metrics::counter!("pulsestream_rate_limiter_fallbacks_total").increment(1);
             crate::record_backend(crate::Backend::LocalFallback);
             tracing::warn!(reason, cool_down = ?self.settings.cool_down, "Redis rate limiter unreachable; limiting in-process until it is back");
         }
-        *breaker = Breaker::Open {
-            until: Instant::now() + self.settings.cool_down,
-        };
     }
 
     fn close_breaker(&self) {
-        let mut breaker = self.breaker.lock().expect("breaker lock is never poisoned");
-        if matches!(*breaker, Breaker::Open { .. }) {
+        if self.breaker().on_success(Instant::now()).is_some() {
             crate::record_backend(crate::Backend::Redis);
             tracing::info!("Redis rate limiter reachable again; limits are shared once more");
         }
-        *breaker = Breaker::Closed;
     }
 }

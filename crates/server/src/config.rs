@@ -34,17 +34,35 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Every default of `pulsestream serve`, written once: the flags and `ServeConfig::new`
+/// (the settings tests start from) both take them from here.
+pub mod defaults {
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const DATA_DIR: &str = "./pulsestream-data";
+    pub const REDIS_KEY_PREFIX: &str = "pulsestream";
+    pub const DATABASE_POOL_SIZE: usize = 32;
+    pub const DATABASE_TIMEOUT_MS: u64 = 5_000;
+    pub const REDIS_TIMEOUT_MS: u64 = 50;
+    pub const DELIVERY_RETRY_BASE_MS: u64 = 1_000;
+    pub const DELIVERY_BREAKER_COOL_DOWN_MS: u64 = 30_000;
+    pub const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
+    pub const BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
+    pub const REQUEST_TIMEOUT_SECS: u64 = 30;
+    pub const HEADER_READ_TIMEOUT_SECS: u64 = 10;
+    pub const WRITE_QUEUE_CAPACITY: usize = 1024;
+}
+
 /// Settings of `pulsestream serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address to listen on.
-    #[arg(long, env = "PULSESTREAM_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "PULSESTREAM_LISTEN", default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
     /// Directory of the embedded store (used when no database URL is given).
     #[arg(
         long,
         env = "PULSESTREAM_DATA_DIR",
-        default_value = "./pulsestream-data"
+        default_value = defaults::DATA_DIR
     )]
     pub data_dir: PathBuf,
     /// `postgres://user@host:5432/db` selects PostgreSQL instead of the embedded store: every
@@ -52,11 +70,11 @@ pub struct ServeConfig {
     #[arg(long, env = "PULSESTREAM_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
     /// Connections this node keeps to PostgreSQL.
-    #[arg(long, env = "PULSESTREAM_DATABASE_POOL_SIZE", default_value_t = 32)]
+    #[arg(long, env = "PULSESTREAM_DATABASE_POOL_SIZE", default_value_t = defaults::DATABASE_POOL_SIZE)]
     pub database_pool_size: usize,
     /// Longest a PostgreSQL operation may take (connection wait included) before the request
     /// gets 503.
-    #[arg(long, env = "PULSESTREAM_DATABASE_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "PULSESTREAM_DATABASE_TIMEOUT_MS", default_value_t = defaults::DATABASE_TIMEOUT_MS)]
     pub database_timeout_ms: u64,
     /// Redis (`redis://host:6379`) for rate limits shared by several nodes. Unset: limits
     /// are counted in this process.
@@ -66,12 +84,12 @@ pub struct ServeConfig {
     #[arg(
         long,
         env = "PULSESTREAM_REDIS_KEY_PREFIX",
-        default_value = "pulsestream"
+        default_value = defaults::REDIS_KEY_PREFIX
     )]
     pub redis_key_prefix: String,
     /// The longest a rate-limit decision waits for Redis before falling back to in-process
     /// limits, in milliseconds.
-    #[arg(long, env = "PULSESTREAM_REDIS_TIMEOUT_MS", default_value_t = 50)]
+    #[arg(long, env = "PULSESTREAM_REDIS_TIMEOUT_MS", default_value_t = defaults::REDIS_TIMEOUT_MS)]
     pub redis_timeout_ms: u64,
     /// NATS (`nats://host:4222`) for JetStream destinations. Unset: only webhooks.
     #[arg(long, env = "PULSESTREAM_NATS_URL", hide_env_values = true)]
@@ -85,18 +103,18 @@ pub struct ServeConfig {
     #[arg(
         long,
         env = "PULSESTREAM_DELIVERY_RETRY_BASE_MS",
-        default_value_t = 1_000
+        default_value_t = defaults::DELIVERY_RETRY_BASE_MS
     )]
     pub delivery_retry_base_ms: u64,
     /// How long an open circuit waits before probing its destination again, in milliseconds.
     #[arg(
         long,
         env = "PULSESTREAM_DELIVERY_BREAKER_COOL_DOWN_MS",
-        default_value_t = 30_000
+        default_value_t = defaults::DELIVERY_BREAKER_COOL_DOWN_MS
     )]
     pub delivery_breaker_cool_down_ms: u64,
     /// How long a webhook receiver may take to answer, in milliseconds.
-    #[arg(long, env = "PULSESTREAM_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "PULSESTREAM_WEBHOOK_TIMEOUT_MS", default_value_t = defaults::WEBHOOK_TIMEOUT_MS)]
     pub webhook_timeout_ms: u64,
     /// The admin API's bearer token. Unset: generated at first start and written to
     /// `<data-dir>/admin-token`.
@@ -114,10 +132,10 @@ pub struct ServeConfig {
     #[arg(long, env = "PULSESTREAM_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// The largest request body in bytes, after decompression.
-    #[arg(long, env = "PULSESTREAM_BODY_LIMIT_BYTES", default_value_t = 10 * 1024 * 1024)]
+    #[arg(long, env = "PULSESTREAM_BODY_LIMIT_BYTES", default_value_t = defaults::BODY_LIMIT_BYTES)]
     pub body_limit_bytes: usize,
     /// How long one request may take, in seconds, body upload included.
-    #[arg(long, env = "PULSESTREAM_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "PULSESTREAM_REQUEST_TIMEOUT_SECS", default_value_t = defaults::REQUEST_TIMEOUT_SECS)]
     pub request_timeout_secs: u64,
     /// How long a client may take to send a request's headers, in seconds; it also bounds
     /// how long a connection may sit idle between requests. Then the connection is closed,
@@ -125,11 +143,11 @@ pub struct ServeConfig {
     #[arg(
         long,
         env = "PULSESTREAM_HEADER_READ_TIMEOUT_SECS",
-        default_value_t = 10
+        default_value_t = defaults::HEADER_READ_TIMEOUT_SECS
     )]
     pub header_read_timeout_secs: u64,
     /// Requests waiting for the store's writer beyond which new ones get 503.
-    #[arg(long, env = "PULSESTREAM_WRITE_QUEUE_CAPACITY", default_value_t = 1024)]
+    #[arg(long, env = "PULSESTREAM_WRITE_QUEUE_CAPACITY", default_value_t = defaults::WRITE_QUEUE_CAPACITY)]
     pub write_queue_capacity: usize,
     /// Log format.
     #[arg(long, env = "PULSESTREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -143,24 +161,24 @@ impl ServeConfig {
             listen,
             data_dir,
             database_url: None,
-            database_pool_size: 32,
-            database_timeout_ms: 5_000,
+            database_pool_size: defaults::DATABASE_POOL_SIZE,
+            database_timeout_ms: defaults::DATABASE_TIMEOUT_MS,
             redis_url: None,
-            redis_key_prefix: "pulsestream".into(),
-            redis_timeout_ms: 50,
+            redis_key_prefix: defaults::REDIS_KEY_PREFIX.into(),
+            redis_timeout_ms: defaults::REDIS_TIMEOUT_MS,
             nats_url: None,
             allow_private_destinations: false,
-            delivery_retry_base_ms: 1_000,
-            delivery_breaker_cool_down_ms: 30_000,
-            webhook_timeout_ms: 10_000,
+            delivery_retry_base_ms: defaults::DELIVERY_RETRY_BASE_MS,
+            delivery_breaker_cool_down_ms: defaults::DELIVERY_BREAKER_COOL_DOWN_MS,
+            webhook_timeout_ms: defaults::WEBHOOK_TIMEOUT_MS,
             admin_token: None,
             secret_key: None,
             tls_cert: None,
             tls_key: None,
-            body_limit_bytes: 10 * 1024 * 1024,
-            request_timeout_secs: 30,
-            header_read_timeout_secs: 10,
-            write_queue_capacity: 1024,
+            body_limit_bytes: defaults::BODY_LIMIT_BYTES,
+            request_timeout_secs: defaults::REQUEST_TIMEOUT_SECS,
+            header_read_timeout_secs: defaults::HEADER_READ_TIMEOUT_SECS,
+            write_queue_capacity: defaults::WRITE_QUEUE_CAPACITY,
             log_format: LogFormat::Text,
         }
     }

@@ -22,7 +22,7 @@ use pulsestream_delivery::{DeliveryConfig, Dispatcher, NatsSink, Sinks, WebhookS
 use pulsestream_limits::{RateLimiter, RedisSettings};
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use pulsestream_store::postgres::PostgresStore;
-use pulsestream_store::{DeliveryQueue, Store, TenantStore};
+use pulsestream_store::{DeliveryQueue, DestinationStore, Store, TenantStore};
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -75,8 +75,6 @@ impl Server {
         let limiter = Arc::new(rate_limiter(config)?);
         let state = AppState::new(
             store.clone(),
-            store.clone(),
-            store.clone(),
             limiter,
             admin_token_hash,
             api_config,
@@ -122,6 +120,7 @@ impl Server {
         let router = pulsestream_api::router(self.state);
         let workers = shutdown.child_token();
         let dispatcher = Dispatcher::spawn(
+            self.store.clone() as Arc<dyn DestinationStore>,
             self.store.clone() as Arc<dyn DeliveryQueue>,
             self.sinks,
             self.delivery,

@@ -1,14 +1,15 @@
 //! `pulsestream`: `serve` runs the server; `migrate` prepares a PostgreSQL database;
-//! `tenant` manages tenants through a running server's admin API.
+//! `tenant`, `destination` and `events` talk to a running server's API (`cli`).
 
-use std::path::PathBuf;
+mod cli;
+
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pulsestream_server::config::{LogFormat, Secret, ServeConfig};
-use pulsestream_server::{Server, read_admin_token, shutdown_signal, telemetry};
-use serde_json::{Value, json};
+use cli::{AdminAuth, Connection, DestinationCommand, EventsCommand, TenantAuth, TenantCommand};
+use pulsestream_server::config::ServeConfig;
+use pulsestream_server::{Server, shutdown_signal, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// mimalloc instead of the system allocator: the request path allocates per event (JSON,
@@ -34,48 +35,33 @@ enum Command {
     /// Applies pending PostgreSQL schema migrations and exits (`serve` also applies them at
     /// start; safe to run from several nodes at once).
     Migrate(ServeConfig),
-    /// Manages tenants through a running server's admin API.
+    /// Manages tenants through a running server's admin API (with the admin token).
     Tenant {
         #[command(flatten)]
-        admin: AdminClient,
+        connection: Connection,
+        #[command(flatten)]
+        auth: AdminAuth,
         #[command(subcommand)]
         command: TenantCommand,
     },
-}
-
-#[derive(Debug, Subcommand)]
-enum TenantCommand {
-    /// Creates a tenant and prints it with its first API key (shown only this once).
-    Create {
-        #[arg(long)]
-        name: String,
-        /// Events per minute.
-        #[arg(long)]
-        rate_limit_per_minute: Option<u32>,
-        /// Most events at once (default: the per-minute rate).
-        #[arg(long)]
-        burst: Option<u32>,
+    /// Manages a tenant's destinations and dead letters (with the tenant's API key).
+    Destination {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        auth: TenantAuth,
+        #[command(subcommand)]
+        command: DestinationCommand,
     },
-    /// Lists tenants.
-    List,
-}
-
-/// Where the admin API is and how to authenticate to it.
-#[derive(Debug, clap::Args)]
-struct AdminClient {
-    /// Base URL of a running server.
-    #[arg(long, env = "PULSESTREAM_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// The admin token; by default the one the server generated in its data dir.
-    #[arg(long, env = "PULSESTREAM_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<Secret>,
-    /// The server's data dir, to read a generated admin token from.
-    #[arg(
-        long,
-        env = "PULSESTREAM_DATA_DIR",
-        default_value = "./pulsestream-data"
-    )]
-    data_dir: PathBuf,
+    /// Sends, reads and searches a tenant's events (with the tenant's API key).
+    Events {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        auth: TenantAuth,
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,29 +76,56 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(config) => serve(config).await,
-            Command::Migrate(config) => {
-                telemetry::init(config.log_format);
-                let applied = pulsestream_server::migrate(&config).await?;
-                if applied.is_empty() {
-                    println!("the database schema is up to date");
-                } else {
-                    println!("applied migrations {applied:?}");
-                }
-                Ok(())
-            }
-            Command::Tenant { admin, command } => tenant(admin, command).await,
+    let (result, connection) = match cli.command {
+        Command::Serve(config) => (runtime.block_on(serve(config)), None),
+        Command::Migrate(config) => (runtime.block_on(migrate(config)), None),
+        Command::Tenant {
+            connection,
+            auth,
+            command,
+        } => (
+            runtime.block_on(cli::tenant(&connection, auth, command)),
+            Some(connection),
+        ),
+        Command::Destination {
+            connection,
+            auth,
+            command,
+        } => (
+            runtime.block_on(cli::destination(&connection, auth, command)),
+            Some(connection),
+        ),
+        Command::Events {
+            connection,
+            auth,
+            command,
+        } => (
+            runtime.block_on(cli::events(&connection, auth, command)),
+            Some(connection),
+        ),
+    };
+    match (result, connection) {
+        (Ok(()), _) => ExitCode::SUCCESS,
+        (Err(err), Some(connection)) => {
+            connection.report(&err);
+            ExitCode::FAILURE
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        (Err(err), None) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn migrate(config: ServeConfig) -> anyhow::Result<()> {
+    telemetry::init(config.log_format);
+    let applied = pulsestream_server::migrate(&config).await?;
+    if applied.is_empty() {
+        println!("the database schema is up to date");
+    } else {
+        println!("applied migrations {applied:?}");
+    }
+    Ok(())
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -129,49 +142,4 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         trigger.cancel();
     });
     server.run(shutdown).await
-}
-
-async fn tenant(admin: AdminClient, command: TenantCommand) -> anyhow::Result<()> {
-    telemetry::init(LogFormat::Text);
-    let token = match admin.admin_token {
-        Some(token) => token.0,
-        None => read_admin_token(&admin.data_dir).with_context(|| {
-            format!(
-                "no admin token: set PULSESTREAM_ADMIN_TOKEN or point --data-dir at the server's data dir (tried {})",
-                admin.data_dir.join(pulsestream_server::ADMIN_TOKEN_FILE).display()
-            )
-        })?,
-    };
-    let client = reqwest::Client::new();
-    let base = admin.url.trim_end_matches('/');
-    let request = match command {
-        TenantCommand::Create {
-            name,
-            rate_limit_per_minute,
-            burst,
-        } => {
-            let mut body = json!({ "name": name });
-            if let Some(rate) = rate_limit_per_minute {
-                body["rate_limit_per_minute"] = rate.into();
-            }
-            if let Some(burst) = burst {
-                body["burst"] = burst.into();
-            }
-            client.post(format!("{base}/admin/tenants")).json(&body)
-        }
-        TenantCommand::List => client.get(format!("{base}/admin/tenants")),
-    };
-    let response = request
-        .bearer_auth(token)
-        .send()
-        .await
-        .with_context(|| format!("failed to reach the server at {base}"))?;
-    let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .context("the server's answer is not JSON")?;
-    println!("{}", serde_json::to_string_pretty(&body)?);
-    anyhow::ensure!(status.is_success(), "the server answered {status}");
-    Ok(())
 }

@@ -7,6 +7,7 @@
 //! [`embedded`]; a PostgreSQL one can stand behind the same traits.
 
 pub mod embedded;
+mod plan;
 pub mod postgres;
 mod record;
 mod search;
@@ -14,9 +15,14 @@ mod search;
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use pulsestream_core::{Destination, DestinationId, EventId, NewEvent, Tenant, TenantId};
+pub use pulsestream_core::Circuit;
+use pulsestream_core::{
+    Destination, DestinationId, EventId, NewEvent, Tenant, TenantChange, TenantChangeError,
+    TenantId,
+};
 use time::OffsetDateTime;
 
+pub use plan::IDEMPOTENCY_WINDOW;
 pub use search::{Cursor, Order, PayloadFilter, SearchQuery, event_matches};
 
 /// What the store can fail with, as its callers handle it.
@@ -35,6 +41,18 @@ pub enum StoreError {
     /// body, by a request that finished while this one waited: nothing of it was stored.
     #[error("the Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+}
+
+/// Why `TenantStore::change_tenant` changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantChangeFailed {
+    #[error("no such tenant")]
+    NotFound,
+    /// The change does not apply to the tenant as stored (a zero limit, an unknown key).
+    #[error(transparent)]
+    Rejected(#[from] TenantChangeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl StoreError {
@@ -150,8 +168,21 @@ pub trait EventStore: Send + Sync + Debug + 'static {
 /// Tenants, their key hashes and the admin token's hash.
 #[async_trait]
 pub trait TenantStore: Send + Sync + Debug + 'static {
-    /// Stores a tenant, new or changed, durably.
-    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
+    /// Stores a new tenant durably.
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError>;
+
+    /// Applies `change` to the tenant as stored and stores the result durably, as one atomic
+    /// step against every other change on any node (a revoked key never comes back because
+    /// a concurrent change rewrote an older copy). Returns the tenant as changed.
+    ///
+    /// # Errors
+    /// [`TenantChangeFailed::NotFound`], [`TenantChangeFailed::Rejected`] (nothing changed),
+    /// or the store's own failure.
+    async fn change_tenant(
+        &self,
+        id: TenantId,
+        change: &TenantChange,
+    ) -> Result<Tenant, TenantChangeFailed>;
 
     /// Returns every tenant, oldest first.
     async fn tenants(&self) -> Result<Vec<Tenant>, StoreError>;
@@ -169,10 +200,10 @@ pub trait TenantStore: Send + Sync + Debug + 'static {
     async fn set_admin_token_hash(&self, hash: &str) -> Result<(), StoreError>;
 }
 
-/// Everything a server needs from its store: events, tenants and delivery queues.
-pub trait Store: EventStore + TenantStore + DeliveryQueue {}
+/// Everything a server needs from its store: events, tenants, destinations and their queues.
+pub trait Store: EventStore + TenantStore + DestinationStore + DeliveryQueue {}
 
-impl<T: EventStore + TenantStore + DeliveryQueue> Store for T {}
+impl<T: EventStore + TenantStore + DestinationStore + DeliveryQueue> Store for T {}
 
 /// One event waiting for one destination, as claimed by a delivery worker.
 #[derive(Debug, Clone)]
@@ -213,26 +244,6 @@ pub struct DeadLetter {
     pub failed_at: OffsetDateTime,
 }
 
-/// A destination's circuit breaker, as the API shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Circuit {
-    #[default]
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl Circuit {
-    /// The API's name of the state.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-        }
-    }
-}
-
 /// What happened at a destination so far.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryStats {
@@ -243,10 +254,10 @@ pub struct DeliveryStats {
     pub last_error: Option<String>,
 }
 
-/// Destinations and their queues. Entries are enqueued by `EventStore::append_batch`, in
-/// the same commit as their events; delivery workers claim, then record an outcome.
+/// Where a tenant's events go: destinations, as stored. Every event stored after a
+/// destination is put is enqueued for it (when it matches), in the event's own commit.
 #[async_trait]
-pub trait DeliveryQueue: Send + Sync + Debug + 'static {
+pub trait DestinationStore: Send + Sync + Debug + 'static {
     /// Stores a destination, new or changed; events stored from now on are enqueued for it.
     async fn put_destination(&self, destination: &Destination) -> Result<(), StoreError>;
 
@@ -262,7 +273,13 @@ pub trait DeliveryQueue: Send + Sync + Debug + 'static {
         tenant: TenantId,
         id: DestinationId,
     ) -> Result<bool, StoreError>;
+}
 
+/// The delivery queue of each destination. Entries are enqueued by
+/// `EventStore::append_batch`, in the same commit as their events; delivery workers claim,
+/// then record an outcome; what runs out of attempts waits in the dead letters.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync + Debug + 'static {
     /// Returns up to `limit` entries due at `now`, oldest first. Entries stay queued until
     /// an outcome is recorded, so a crash mid-delivery means a redelivery, never a loss.
     ///

@@ -6,7 +6,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use pulsestream_core::{KeyId, RateLimit, Tenant, TenantId, TenantKey};
+use pulsestream_core::{
+    KeyId, RateLimit, RateLimitError, Tenant, TenantChange, TenantChangeError, TenantId, TenantKey,
+};
+use pulsestream_store::TenantChangeFailed;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -174,7 +177,7 @@ pub async fn create(
         keys: vec![key],
         created_at: OffsetDateTime::now_utc(),
     };
-    app.tenants.put_tenant(&tenant).await?;
+    app.tenants.create_tenant(&tenant).await?;
     tracing::info!(tenant_id = %tenant.id, "tenant created");
     let mut view = TenantView::of(&tenant);
     view.key_id = Some(tenant.keys[0].id);
@@ -259,24 +262,13 @@ pub async fn update(
     Path(id): Path<String>,
     extract::Json(request): extract::Json<UpdateTenant>,
 ) -> Result<Response, ApiError> {
-    // Read-modify-write of the whole tenant: one at a time, or a revoke could be undone.
-    let _serial = app.tenant_writes.lock().await;
-    let mut tenant = find(&app, &id).await?;
-    if let Some(name) = request.name {
-        tenant.name = check_name(name)?;
-    }
-    if request.rate_limit_per_minute.is_some() || request.burst.is_some() {
-        let per_minute = request
-            .rate_limit_per_minute
-            .unwrap_or(tenant.rate_limit.per_minute);
-        // A new rate without a burst keeps burst = rate when that is what it was.
-        let burst = request.burst.or_else(|| {
-            (tenant.rate_limit.burst != tenant.rate_limit.per_minute)
-                .then_some(tenant.rate_limit.burst)
-        });
-        tenant.rate_limit = rate_limit(per_minute, burst)?;
-    }
-    app.tenants.put_tenant(&tenant).await?;
+    let name = request.name.map(check_name).transpose()?;
+    let change = TenantChange::Update {
+        name,
+        per_minute: request.rate_limit_per_minute,
+        burst: request.burst,
+    };
+    let tenant = change_tenant(&app, &id, &change).await?;
     Ok(Json(TenantView::of(&tenant)).into_response())
 }
 
@@ -302,15 +294,11 @@ pub async fn create_key(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    // Read-modify-write of the whole tenant: one at a time, or a revoke could be undone.
-    let _serial = app.tenant_writes.lock().await;
-    let mut tenant = find(&app, &id).await?;
     let (api_key, key) = new_key();
     let key_id = key.id;
     let created_at = key.created_at;
     let prefix = key.prefix.clone();
-    tenant.keys.push(key);
-    app.tenants.put_tenant(&tenant).await?;
+    let tenant = change_tenant(&app, &id, &TenantChange::AddKey(key)).await?;
     let body = NewKeyView {
         id: key_id,
         tenant_id: tenant.id,
@@ -346,19 +334,31 @@ pub async fn revoke_key(
     State(app): State<AppState>,
     Path((id, key_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    // Read-modify-write of the whole tenant: one at a time, or a revoke could be undone.
-    let _serial = app.tenant_writes.lock().await;
-    let mut tenant = find(&app, &id).await?;
-    let before = tenant.keys.len();
-    tenant.keys.retain(|key| key.id.to_string() != key_id);
-    if tenant.keys.len() == before {
-        return Err(ApiError::not_found(format!(
-            "tenant {} has no key {key_id:?}",
-            tenant.id
-        )));
-    }
-    app.tenants.put_tenant(&tenant).await?;
+    let no_such_key = || ApiError::not_found(format!("tenant {id} has no key {key_id:?}"));
+    let key = key_id.parse::<KeyId>().map_err(|_| no_such_key())?;
+    change_tenant(&app, &id, &TenantChange::RevokeKey(key)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Applies `change` in the store, atomically against every other change on any node.
+async fn change_tenant(
+    app: &AppState,
+    id: &str,
+    change: &TenantChange,
+) -> Result<Tenant, ApiError> {
+    let not_found = || ApiError::not_found(format!("no tenant with id {id:?}"));
+    let tenant_id = id.parse::<TenantId>().map_err(|_| not_found())?;
+    match app.tenants.change_tenant(tenant_id, change).await {
+        Ok(tenant) => Ok(tenant),
+        Err(TenantChangeFailed::NotFound) => Err(not_found()),
+        Err(TenantChangeFailed::Rejected(TenantChangeError::NoSuchKey(key))) => Err(
+            ApiError::not_found(format!("tenant {id} has no key \"{key}\"")),
+        ),
+        Err(TenantChangeFailed::Rejected(TenantChangeError::RateLimit(err))) => {
+            Err(rate_limit_error(err))
+        }
+        Err(TenantChangeFailed::Store(err)) => Err(err.into()),
+    }
 }
 
 async fn find(app: &AppState, id: &str) -> Result<Tenant, ApiError> {
@@ -380,13 +380,15 @@ fn check_name(name: String) -> Result<String, ApiError> {
 }
 
 fn rate_limit(per_minute: u32, burst: Option<u32>) -> Result<RateLimit, ApiError> {
-    RateLimit::new(per_minute, burst).map_err(|err| {
-        let field = match err {
-            pulsestream_core::RateLimitError::ZeroRate => "rate_limit_per_minute",
-            pulsestream_core::RateLimitError::ZeroBurst => "burst",
-        };
-        field_error(field, "greater_than_equal", err.to_string())
-    })
+    RateLimit::new(per_minute, burst).map_err(rate_limit_error)
+}
+
+fn rate_limit_error(err: RateLimitError) -> ApiError {
+    let field = match err {
+        RateLimitError::ZeroRate => "rate_limit_per_minute",
+        RateLimitError::ZeroBurst => "burst",
+    };
+    field_error(field, "greater_than_equal", "must be at least 1".into())
 }
 
 fn field_error(field: &str, kind: &str, msg: String) -> ApiError {

@@ -150,7 +150,7 @@ pub async fn create(
         disabled: false,
         created_at: OffsetDateTime::now_utc(),
     };
-    app.deliveries.put_destination(&destination).await?;
+    app.destinations.put_destination(&destination).await?;
     let mut view = view(&destination);
     view["secret"] = secret.into();
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -175,7 +175,7 @@ pub async fn list(
     AuthTenant(tenant): AuthTenant,
 ) -> Result<Response, ApiError> {
     let destinations: Vec<Value> = app
-        .deliveries
+        .destinations
         .destinations(tenant.id)
         .await?
         .iter()
@@ -238,7 +238,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let destination = find(&app, tenant.id, &id).await?;
-    app.deliveries
+    app.destinations
         .delete_destination(tenant.id, destination.id)
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -385,7 +385,7 @@ pub async fn purge(
 async fn find(app: &AppState, tenant: TenantId, id: &str) -> Result<Destination, ApiError> {
     let not_found = || ApiError::not_found(format!("no destination with id {id:?}"));
     let id = id.parse::<DestinationId>().map_err(|_| not_found())?;
-    app.deliveries
+    app.destinations
         .destinations(tenant)
         .await?
         .into_iter()

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::idempotency::{self, Idempotency};
-use super::ingest::{BatchResponse, Checked, Shape, SingleAnswer};
+use super::ingest::{BatchResponse, Checked, Endpoint, SingleAnswer};
 use super::rate_limit;
 use crate::AppState;
 use crate::auth::AuthTenant;
@@ -58,16 +58,7 @@ pub async fn post_event(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received_at = OffsetDateTime::now_utc();
-    let body = read_text_body(&headers, body, app.config.body_limit_bytes, false).await?;
-    ingest(
-        &app,
-        &tenant,
-        &headers,
-        &body,
-        received_at,
-        Endpoint::Single,
-    )
-    .await
+    ingest(&app, &tenant, &headers, body, received_at, Endpoint::Single).await
 }
 
 /// `POST /v1/events/batch`: up to 1,000 events, as JSON or NDJSON.
@@ -116,14 +107,7 @@ pub async fn post_batch(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received_at = OffsetDateTime::now_utc();
-    let body = read_text_body(&headers, body, app.config.body_limit_bytes, true).await?;
-    ingest(&app, &tenant, &headers, &body, received_at, Endpoint::Batch).await
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Endpoint {
-    Single,
-    Batch,
+    ingest(&app, &tenant, &headers, body, received_at, Endpoint::Batch).await
 }
 
 /// The path shared by both ingest endpoints: validate, settle the idempotency key, take the
@@ -132,21 +116,25 @@ async fn ingest(
     app: &AppState,
     tenant: &Tenant,
     headers: &HeaderMap,
-    body: &TextBody,
+    body: Body,
     received_at: OffsetDateTime,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let count = |outcome, n| observe::count_events(&app.tenant_labels, tenant.id, outcome, n);
-    let checked = match endpoint {
-        Endpoint::Single => Checked::single(body).inspect_err(|err| {
-            if err.status() == StatusCode::UNPROCESSABLE_ENTITY {
-                count("rejected", 1);
-            }
-        }),
-        Endpoint::Batch => Checked::batch(body),
-    };
-    let mut checked = checked?;
-    let request_hash = request_hash(checked.shape, body);
+    let body = read_text_body(
+        headers,
+        body,
+        app.config.body_limit_bytes,
+        endpoint.formats(),
+    )
+    .await?;
+    let mut checked = Checked::new(endpoint, &body).inspect_err(|err| {
+        // A single event refused whole was one event rejected; a batch's bad envelope is not.
+        if endpoint == Endpoint::Single && err.status() == StatusCode::UNPROCESSABLE_ENTITY {
+            count("rejected", 1);
+        }
+    })?;
+    let request_hash = request_hash(endpoint, &body);
     let guard = match idempotency::begin(app, tenant.id, headers, request_hash).await? {
         Idempotency::Replay(record) => {
             let mut response = checked
@@ -161,16 +149,17 @@ async fn ingest(
         Idempotency::Absent => None,
     };
     // A request costs every event it carries, rejected ones included; a replay costs nothing.
-    let carried = checked.rejections.len();
+    let carried = checked.carried();
     let decision = rate_limit::admit(app, tenant, carried as u32)
         .await
         .inspect_err(|_| count("rate_limited", carried))?;
-    let statuses = if checked.events.is_empty() {
+    let events = checked.take_events();
+    let statuses = if events.is_empty() {
         Vec::new()
     } else {
         let batch = AppendBatch {
             tenant: tenant.id,
-            events: std::mem::take(&mut checked.events),
+            events,
             received_at,
             idempotency: guard.as_ref().map(|guard| guard.claim.clone()),
         };
@@ -201,12 +190,12 @@ async fn ingest(
 
 /// Hashes what makes two requests "the same" for an `Idempotency-Key`: the endpoint, the
 /// body's format and its (decompressed) text.
-fn request_hash(shape: Shape, body: &TextBody) -> u128 {
+fn request_hash(endpoint: Endpoint, body: &TextBody) -> u128 {
     let mut hasher = Xxh3::new();
-    hasher.update(match shape {
-        Shape::Single => b"single",
-        Shape::Batch(BodyFormat::Json) => b"batch:j",
-        Shape::Batch(BodyFormat::Ndjson) => b"batch:n",
+    hasher.update(match (endpoint, body.format) {
+        (Endpoint::Single, _) => b"single",
+        (Endpoint::Batch, BodyFormat::Json) => b"batch:j",
+        (Endpoint::Batch, BodyFormat::Ndjson) => b"batch:n",
     });
     hasher.update(body.text.as_bytes());
     hasher.digest128()

@@ -11,14 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::HeaderMap;
 use pulsestream_core::TenantId;
-use pulsestream_store::{IdempotencyClaim, IdempotencyRecord};
-use time::{Duration, OffsetDateTime};
+use pulsestream_store::{IDEMPOTENCY_WINDOW, IdempotencyClaim, IdempotencyRecord};
+use time::OffsetDateTime;
 
 use crate::AppState;
 use crate::error::ApiError;
 
-/// How long a key's outcome is kept.
-const RETENTION: Duration = Duration::hours(24);
 const MAX_KEY_CHARS: usize = 255;
 
 /// Keys of requests being processed right now, per tenant.
@@ -104,7 +102,7 @@ async fn finished(
     let Some(record) = app.events.idempotency_record(tenant, key).await? else {
         return Ok(None);
     };
-    if record.created_at + RETENTION < OffsetDateTime::now_utc() {
+    if record.created_at + IDEMPOTENCY_WINDOW <= OffsetDateTime::now_utc() {
         return Ok(None);
     }
     if record.request_hash != request_hash {

@@ -16,36 +16,81 @@ use utoipa::ToSchema;
 use crate::body::{BodyFormat, TextBody};
 use crate::error::{ApiError, ErrorItem};
 
-/// Which endpoint the events came through; it decides the shape of the answer.
+/// Which endpoint the events came through: it decides which bodies are read and the shape
+/// of the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
+pub enum Endpoint {
+    /// `POST /v1/events`: one JSON event.
     Single,
-    Batch(BodyFormat),
+    /// `POST /v1/events/batch`: `{"events": [...]}` or NDJSON.
+    Batch,
+}
+
+impl Endpoint {
+    /// The body formats the endpoint reads.
+    pub fn formats(self) -> &'static [BodyFormat] {
+        match self {
+            Self::Single => &[BodyFormat::Json],
+            Self::Batch => &[BodyFormat::Json, BodyFormat::Ndjson],
+        }
+    }
+}
+
+/// One input item after validation: where it was and whether it is an event to store.
+#[derive(Debug)]
+pub struct Item {
+    /// The `index` of its result and of its `loc`: its place in `events`, or for NDJSON its
+    /// line (blank lines count, so a client can find the line in what it sent).
+    position: usize,
+    /// The client's `event_id`, if it sent a string one.
+    event_id: Option<String>,
+    /// Why it was rejected; `None` when it is one of the request's valid events.
+    rejection: Option<Vec<FieldError>>,
+}
+
+/// What one input item is answered with: its rejection, or what the store did with it.
+enum Answer<'a> {
+    Rejected(&'a [FieldError]),
+    Stored(AppendStatus),
 }
 
 /// The events of one request after validation.
 #[derive(Debug)]
 pub struct Checked {
-    pub shape: Shape,
-    /// Per input item: its place in the body, the `index` of its result and of its `loc`.
-    /// An item's index in `events`, or for NDJSON its line (blank lines count, so a client can
-    /// find the line in what it sent).
-    pub positions: Vec<usize>,
-    /// Per input item: the client's `event_id`, if it sent a string one.
-    pub event_ids: Vec<Option<String>>,
-    /// Per input item: why it was rejected, or `None` if it is in `events`.
-    pub rejections: Vec<Option<Vec<FieldError>>>,
-    /// The valid events, in input order; taken by the store call, so answers are built
-    /// from `event_ids` and `rejections` alone.
-    pub events: Vec<NewEvent>,
+    pub endpoint: Endpoint,
+    pub format: BodyFormat,
+    /// Every input item, in input order: each gets exactly one answer.
+    items: Vec<Item>,
+    /// The valid items' events, in input order; taken by the store call, so answers are
+    /// built from the items and the store's statuses alone.
+    events: Vec<NewEvent>,
 }
 
 impl Checked {
-    /// Parses and validates the body of `POST /v1/events`.
+    /// Parses and validates a body of `endpoint`.
     ///
     /// # Errors
-    /// 400 for JSON that does not parse, 422 for an event that breaks the schema.
-    pub fn single(body: &TextBody) -> Result<Self, ApiError> {
+    /// 400 for JSON that does not parse; 422 for a single event that breaks the schema, or
+    /// a batch's wrong envelope (no `events` array, empty, or over 1,000 events). Bad events
+    /// of a batch do not fail the request; they become rejections.
+    pub fn new(endpoint: Endpoint, body: &TextBody) -> Result<Self, ApiError> {
+        match endpoint {
+            Endpoint::Single => Self::single(body),
+            Endpoint::Batch => Self::batch(body),
+        }
+    }
+
+    /// How many items the request carries (what it costs of the rate limit).
+    pub fn carried(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Takes the valid events, to be stored; the answer needs one status for each.
+    pub fn take_events(&mut self) -> Vec<NewEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn single(body: &TextBody) -> Result<Self, ApiError> {
         let wire = serde_json::from_str::<WireEvent<'_>>(&body.text).map_err(|err| {
             if err.is_data() {
                 let item = wire_error(&err);
@@ -56,10 +101,13 @@ impl Checked {
         })?;
         match NewEvent::from_wire(&wire) {
             Ok(event) => Ok(Self {
-                shape: Shape::Single,
-                positions: vec![0],
-                event_ids: vec![event.event_id.clone()],
-                rejections: vec![None],
+                endpoint: Endpoint::Single,
+                format: body.format,
+                items: vec![Item {
+                    position: 0,
+                    event_id: event.event_id.clone(),
+                    rejection: None,
+                }],
                 events: vec![event],
             }),
             Err(errors) => {
@@ -73,12 +121,7 @@ impl Checked {
         }
     }
 
-    /// Parses and validates the body of `POST /v1/events/batch`: `{"events": [...]}` or NDJSON.
-    ///
-    /// # Errors
-    /// 400 for JSON that does not parse, 422 for a wrong envelope (no `events` array, empty,
-    /// or over 1,000 events). Bad events do not fail the request; they become rejections.
-    pub fn batch(body: &TextBody) -> Result<Self, ApiError> {
+    fn batch(body: &TextBody) -> Result<Self, ApiError> {
         let raw_items: Vec<(usize, RawItem<'_>)> = match body.format {
             BodyFormat::Json => envelope_items(&body.text)?
                 .into_iter()
@@ -104,15 +147,9 @@ impl Checked {
                 ),
             ));
         }
-        let mut checked = Self {
-            shape: Shape::Batch(body.format),
-            positions: Vec::with_capacity(raw_items.len()),
-            event_ids: Vec::with_capacity(raw_items.len()),
-            rejections: Vec::with_capacity(raw_items.len()),
-            events: Vec::with_capacity(raw_items.len()),
-        };
+        let mut items = Vec::with_capacity(raw_items.len());
+        let mut events = Vec::with_capacity(raw_items.len());
         for (position, item) in raw_items {
-            checked.positions.push(position);
             let parsed = item.and_then(|text| {
                 serde_json::from_str::<WireEvent<'_>>(text).map_err(|err| vec![wire_error(&err)])
             });
@@ -125,16 +162,47 @@ impl Checked {
                 }
                 Err(errors) => (None, Err(errors)),
             };
-            checked.event_ids.push(event_id);
-            match result {
+            let rejection = match result {
                 Ok(event) => {
-                    checked.rejections.push(None);
-                    checked.events.push(event);
+                    events.push(event);
+                    None
                 }
-                Err(errors) => checked.rejections.push(Some(errors)),
-            }
+                Err(errors) => Some(errors),
+            };
+            items.push(Item {
+                position,
+                event_id,
+                rejection,
+            });
         }
-        Ok(checked)
+        Ok(Self {
+            endpoint: Endpoint::Batch,
+            format: body.format,
+            items,
+            events,
+        })
+    }
+
+    /// Pairs every item with its answer: its rejection, or the next of `statuses` (one per
+    /// valid item, in order). The one place where the two are matched.
+    fn answers(&self, statuses: &[AppendStatus]) -> Result<Vec<(&Item, Answer<'_>)>, ApiError> {
+        let mut statuses = statuses.iter();
+        let mut answers = Vec::with_capacity(self.items.len());
+        for item in &self.items {
+            let answer = match &item.rejection {
+                Some(errors) => Answer::Rejected(errors),
+                None => Answer::Stored(*statuses.next().ok_or_else(|| {
+                    ApiError::internal("the store answered fewer statuses than events")
+                })?),
+            };
+            answers.push((item, answer));
+        }
+        if statuses.next().is_some() {
+            return Err(ApiError::internal(
+                "the store answered more statuses than events",
+            ));
+        }
+        Ok(answers)
     }
 
     /// Builds the answer from the store's statuses, one per valid event.
@@ -142,45 +210,35 @@ impl Checked {
     /// # Errors
     /// A single event that conflicts (409), or a batch in which everything was rejected (422).
     pub fn respond(&self, statuses: &[AppendStatus]) -> Result<Response, ApiError> {
-        let valid = self
-            .rejections
-            .iter()
-            .filter(|rejection| rejection.is_none())
-            .count();
-        if statuses.len() != valid {
-            return Err(ApiError::internal(format!(
-                "{} statuses for {valid} events",
-                statuses.len()
-            )));
-        }
-        match self.shape {
-            Shape::Single => single_response(self.event_ids[0].as_deref(), statuses[0]),
-            Shape::Batch(format) => self.batch_response(format, statuses),
+        let answers = self.answers(statuses)?;
+        match (self.endpoint, answers.as_slice()) {
+            (Endpoint::Single, [(item, Answer::Stored(status))]) => {
+                single_response(item.event_id.as_deref(), *status)
+            }
+            (Endpoint::Single, _) => Err(ApiError::internal(
+                "a single event's request holds one valid item",
+            )),
+            (Endpoint::Batch, _) => self.batch_response(&answers),
         }
     }
 
-    fn batch_response(
-        &self,
-        format: BodyFormat,
-        statuses: &[AppendStatus],
-    ) -> Result<Response, ApiError> {
-        let mut statuses = statuses.iter();
+    fn batch_response(&self, answers: &[(&Item, Answer<'_>)]) -> Result<Response, ApiError> {
         let mut response = BatchResponse {
             accepted: 0,
             duplicates: 0,
             rejected: 0,
-            results: Vec::new(),
+            results: Vec::with_capacity(answers.len()),
         };
         let mut all_errors = Vec::new();
-        for (item, rejection) in self.rejections.iter().enumerate() {
-            let index = self.positions[item];
-            let prefix: Vec<Value> = match format {
+        for (item, answer) in answers {
+            let index = item.position;
+            let prefix: Vec<Value> = match self.format {
                 BodyFormat::Json => vec!["body".into(), "events".into(), index.into()],
                 BodyFormat::Ndjson => vec!["body".into(), index.into()],
             };
-            let client_event_id = self.event_ids[item].clone();
-            let result = match rejection {
-                Some(errors) => {
+            let client_event_id = item.event_id.clone();
+            let result = match *answer {
+                Answer::Rejected(errors) => {
                     response.rejected += 1;
                     let errors: Vec<ErrorItem> = errors
                         .iter()
@@ -189,48 +247,43 @@ impl Checked {
                     all_errors.extend(errors.iter().cloned());
                     BatchResult::rejected(index, client_event_id, errors, None)
                 }
-                None => match *statuses
-                    .next()
-                    .expect("one status per valid event, checked above")
-                {
-                    AppendStatus::Accepted(id) => {
-                        response.accepted += 1;
-                        BatchResult::stored(
-                            index,
-                            client_event_id.unwrap_or_else(|| id.to_string()),
-                            id,
-                            Outcome::Accepted,
-                        )
-                    }
-                    AppendStatus::Duplicate(id) => {
-                        response.duplicates += 1;
-                        BatchResult::stored(
-                            index,
-                            client_event_id.unwrap_or_default(),
-                            id,
-                            Outcome::Duplicate,
-                        )
-                    }
-                    AppendStatus::Conflict(existing) => {
-                        response.rejected += 1;
-                        let mut loc = prefix.clone();
-                        loc.push("event_id".into());
-                        let error = ErrorItem {
-                            loc,
-                            kind: "conflict".into(),
-                            msg: format!(
-                                "an event with this event_id and different content is stored as {existing}"
-                            ),
-                        };
-                        all_errors.push(error.clone());
-                        BatchResult::rejected(
-                            index,
-                            client_event_id,
-                            vec![error],
-                            Some(existing.to_string()),
-                        )
-                    }
-                },
+                Answer::Stored(AppendStatus::Accepted(id)) => {
+                    response.accepted += 1;
+                    BatchResult::stored(
+                        index,
+                        client_event_id.unwrap_or_else(|| id.to_string()),
+                        id,
+                        Outcome::Accepted,
+                    )
+                }
+                Answer::Stored(AppendStatus::Duplicate(id)) => {
+                    response.duplicates += 1;
+                    BatchResult::stored(
+                        index,
+                        client_event_id.unwrap_or_default(),
+                        id,
+                        Outcome::Duplicate,
+                    )
+                }
+                Answer::Stored(AppendStatus::Conflict(existing)) => {
+                    response.rejected += 1;
+                    let mut loc = prefix.clone();
+                    loc.push("event_id".into());
+                    let error = ErrorItem {
+                        loc,
+                        kind: "conflict".into(),
+                        msg: format!(
+                            "an event with this event_id and different content is stored as {existing}"
+                        ),
+                    };
+                    all_errors.push(error.clone());
+                    BatchResult::rejected(
+                        index,
+                        client_event_id,
+                        vec![error],
+                        Some(existing.to_string()),
+                    )
+                }
             };
             response.results.push(result);
         }

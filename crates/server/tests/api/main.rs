@@ -6,6 +6,7 @@ const BACKEND: harness::Backend = harness::Backend::Embedded;
 
 mod admin;
 mod batch;
+mod cli;
 mod delivery;
 mod dependency_faults;
 mod durability;

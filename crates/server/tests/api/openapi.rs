@@ -322,3 +322,34 @@ async fn the_documented_query_parameters_are_the_ones_search_reads() {
     let response = app.search_raw(&tenant, &format!("limit={}", max + 1)).await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// `docs/API.md`, the reference that ships with the repository, has one heading per
+/// operation (`` ### `POST /v1/events` ``): exactly the operations `/openapi.json` lists.
+#[tokio::test]
+async fn the_api_reference_documents_exactly_the_served_operations() {
+    let app = TestApp::spawn().await;
+    let doc = document(&app).await;
+    let mut served: Vec<String> = operations(&doc)
+        .into_iter()
+        .map(|(method, path)| format!("{} {path}", method.to_uppercase()))
+        .collect();
+    served.sort();
+    let reference = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/API.md"),
+    )
+    .expect("docs/API.md");
+    let mut documented: Vec<String> = reference
+        .lines()
+        .filter_map(|line| line.strip_prefix("### `"))
+        .filter_map(|rest| {
+            rest.split_once('`')
+                .map(|(operation, _)| operation.to_owned())
+        })
+        .collect();
+    documented.sort();
+    assert_eq!(documented, served, "docs/API.md headings vs /openapi.json");
+    assert!(
+        !reference.contains("../shared") && !reference.contains("](http"),
+        "docs/API.md links outside the repository"
+    );
+}

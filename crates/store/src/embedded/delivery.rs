@@ -58,13 +58,12 @@ pub(crate) fn outbox_key(destination: DestinationId, due_micros: i64, event: Eve
     key
 }
 
-fn decode_outbox_key(key: &[u8]) -> (i64, EventId) {
-    let due = (u64::from_be_bytes(key[16..24].try_into().expect("outbox keys are 40 bytes"))
-        ^ (1 << 63)) as i64;
-    (
+fn decode_outbox_key(key: &[u8]) -> Result<(i64, EventId), StoreError> {
+    let due = (u64::from_be_bytes(keys::bytes_at(key, 16, "outbox key")?) ^ (1 << 63)) as i64;
+    Ok((
         due,
-        EventId::from_bytes(key[24..40].try_into().expect("outbox keys are 40 bytes")),
-    )
+        EventId::from_bytes(keys::bytes_at(key, 24, "outbox key")?),
+    ))
 }
 
 /// `outbox` value: attempts so far, then the last error.
@@ -158,7 +157,7 @@ impl Queue {
         let mut claimed = Vec::new();
         for entry in self.outbox.range((low, Bound::Included(high))).take(limit) {
             let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
-            let (due_micros, event) = decode_outbox_key(&key);
+            let (due_micros, event) = decode_outbox_key(&key)?;
             let json = match self
                 .events
                 .get(keys::event_key(number, event))
@@ -325,11 +324,7 @@ impl Queue {
         let mut letters = Vec::new();
         for entry in self.dead_letters.prefix(destination.as_bytes()).take(limit) {
             let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
-            let event = EventId::from_bytes(
-                key[16..32]
-                    .try_into()
-                    .expect("dead letter keys are 32 bytes"),
-            );
+            let event = EventId::from_bytes(keys::bytes_at(&key, 16, "dead letter key")?);
             let value: DeadLetterValue = serde_json::from_slice(&value)
                 .map_err(|err| StoreError::Corrupt(format!("dead letter: {err}")))?;
             letters.push(DeadLetter {
@@ -363,11 +358,11 @@ impl Queue {
                 .prefix(destination.as_bytes())
                 .map(|entry| {
                     let key = entry.key().map_err(StoreError::unavailable)?;
-                    Ok(EventId::from_bytes(
-                        key[16..32]
-                            .try_into()
-                            .expect("dead letter keys are 32 bytes"),
-                    ))
+                    Ok(EventId::from_bytes(keys::bytes_at(
+                        &key,
+                        16,
+                        "dead letter key",
+                    )?))
                 })
                 .collect::<Result<_, StoreError>>()?,
         };

@@ -72,13 +72,29 @@ pub(crate) fn type_value(tenant: TenantNo, event_type: &str) -> [u8; 12] {
     value
 }
 
+/// `N` bytes of a stored key or value from `at`, or a corruption error naming `what` when
+/// it is too short (a damaged file must not panic the server).
+pub(crate) fn bytes_at<const N: usize>(
+    bytes: &[u8],
+    at: usize,
+    what: &str,
+) -> Result<[u8; N], StoreError> {
+    bytes
+        .get(at..at + N)
+        .and_then(|slice| slice.try_into().ok())
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{what} of {} bytes, expected at least {}",
+                bytes.len(),
+                at + N
+            ))
+        })
+}
+
 /// The id at the end of an `events` or `by_type` key.
-pub(crate) fn id_suffix(key: &[u8]) -> EventId {
-    EventId::from_bytes(
-        key[key.len() - 16..]
-            .try_into()
-            .expect("keys end with 16 id bytes"),
-    )
+pub(crate) fn id_suffix(key: &[u8]) -> Result<EventId, StoreError> {
+    let at = key.len().saturating_sub(16);
+    bytes_at(key, at, "index key").map(EventId::from_bytes)
 }
 
 /// `dedup` and `idempotency`: 128-bit hash of the client's string (seeded with the tenant),
@@ -107,8 +123,8 @@ pub(crate) fn decode_dedup(value: &[u8]) -> Result<(EventId, ContentHash), Store
             value.len()
         )));
     }
-    let id = EventId::from_bytes(value[..16].try_into().expect("length checked above"));
-    let hash = u128::from_be_bytes(value[16..].try_into().expect("length checked above"));
+    let id = EventId::from_bytes(bytes_at(value, 0, "dedup value")?);
+    let hash = u128::from_be_bytes(bytes_at(value, 16, "dedup value")?);
     Ok((id, ContentHash(hash)))
 }
 
@@ -135,5 +151,21 @@ pub(crate) fn decode_event_value(value: &[u8]) -> Result<(&[u8], bool), StoreErr
         _ => Err(StoreError::Corrupt(
             "event value with unknown version".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[test]
+    fn short_stored_keys_and_values_are_corruption_not_panics() {
+        assert!(matches!(id_suffix(&[1, 2, 3]), Err(StoreError::Corrupt(_))));
+        assert!(matches!(
+            decode_dedup(&[0; 31]),
+            Err(StoreError::Corrupt(_))
+        ));
+        let id = EventId::from_bytes([7; 16]);
+        assert_eq!(id_suffix(&event_key(TenantNo(1), id)).unwrap(), id);
     }
 }

@@ -18,18 +18,18 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
-use pulsestream_core::{Destination, DestinationId, EventId, Tenant, TenantId};
+use pulsestream_core::{Destination, DestinationId, EventId, Tenant, TenantChange, TenantId};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
 use crate::{
     AppendBatch, AppendOutcome, Circuit, DeadLetter, Delivery, DeliveryQueue, DeliveryStats,
-    EventStore, IdempotencyRecord, QueuePosition, SearchPage, SearchQuery, StoreError, StoredEvent,
-    TenantStore,
+    DestinationStore, EventStore, IdempotencyRecord, QueuePosition, SearchPage, SearchQuery,
+    StoreError, StoredEvent, TenantChangeFailed, TenantStore,
 };
 
 pub use writer::{MAX_GROUP_EVENTS, describe_metrics};
@@ -85,6 +85,9 @@ pub struct EmbeddedStore {
     keyspaces: Keyspaces,
     writer: writer::WriterHandle,
     tenants: Arc<RwLock<TenantCache>>,
+    /// Serialises tenant writes (read the stored tenant, change, persist, publish), so that
+    /// two changes never rewrite the same old copy. One process owns the data dir.
+    tenant_writes: Arc<Mutex<()>>,
     queue: delivery::Queue,
 }
 
@@ -115,6 +118,27 @@ impl TenantCache {
 }
 
 const TENANT_PREFIX: &[u8] = b"tenant/";
+
+impl EmbeddedStore {
+    /// Writes a tenant record durably, then shows it to readers. The caller holds
+    /// `tenant_writes`.
+    fn write_tenant(&self, tenant: Tenant) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(&tenant).map_err(StoreError::unavailable)?;
+        self.keyspaces
+            .meta
+            .insert(tenant_key(tenant.id), value)
+            .map_err(StoreError::unavailable)?;
+        // Admin changes are rare: make each durable before answering.
+        self.db
+            .persist(PersistMode::SyncAll)
+            .map_err(StoreError::unavailable)?;
+        self.tenants
+            .write()
+            .expect("tenant cache lock is never poisoned: no code panics while holding it")
+            .put(tenant);
+        Ok(())
+    }
+}
 const ADMIN_TOKEN_KEY: &[u8] = b"admin_token_sha256";
 
 impl EmbeddedStore {
@@ -182,6 +206,7 @@ impl EmbeddedStore {
             keyspaces,
             writer,
             tenants,
+            tenant_writes: Arc::default(),
             queue,
         })
     }
@@ -328,28 +353,46 @@ impl EventStore for EmbeddedStore {
 
 #[async_trait]
 impl TenantStore for EmbeddedStore {
-    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
         let tenant = tenant.clone();
         self.blocking(move |store| {
-            let value = serde_json::to_vec(&tenant).map_err(StoreError::unavailable)?;
-            store
-                .keyspaces
-                .meta
-                .insert(tenant_key(tenant.id), value)
-                .map_err(StoreError::unavailable)?;
-            // Admin changes are rare: make each durable before answering.
-            store
-                .db
-                .persist(PersistMode::SyncAll)
-                .map_err(StoreError::unavailable)?;
-            store
-                .tenants
-                .write()
-                .expect("tenant cache lock is never poisoned: no code panics while holding it")
-                .put(tenant);
-            Ok(())
+            let _serial = store
+                .tenant_writes
+                .lock()
+                .expect("tenant write lock is never poisoned: no code panics while holding it");
+            store.write_tenant(tenant)
         })
         .await
+    }
+
+    async fn change_tenant(
+        &self,
+        id: TenantId,
+        change: &TenantChange,
+    ) -> Result<Tenant, TenantChangeFailed> {
+        let change = change.clone();
+        let work = self.blocking(move |store| {
+            let _serial = store
+                .tenant_writes
+                .lock()
+                .expect("tenant write lock is never poisoned: no code panics while holding it");
+            let stored = store
+                .tenants
+                .read()
+                .expect("tenant cache lock is never poisoned")
+                .by_id
+                .get(&id)
+                .cloned();
+            let Some(mut tenant) = stored else {
+                return Ok(Err(TenantChangeFailed::NotFound));
+            };
+            if let Err(err) = change.apply(&mut tenant) {
+                return Ok(Err(err.into()));
+            }
+            store.write_tenant(tenant.clone())?;
+            Ok(Ok(tenant))
+        });
+        work.await?
     }
 
     async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
@@ -411,7 +454,7 @@ impl TenantStore for EmbeddedStore {
 }
 
 #[async_trait]
-impl DeliveryQueue for EmbeddedStore {
+impl DestinationStore for EmbeddedStore {
     async fn put_destination(&self, destination: &Destination) -> Result<(), StoreError> {
         let destination = destination.clone();
         self.blocking(move |store| {
@@ -503,7 +546,10 @@ impl DeliveryQueue for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl DeliveryQueue for EmbeddedStore {
     async fn claim_due(
         &self,
         destination: DestinationId,

@@ -175,11 +175,11 @@ fn id_range(
                 entry
                     .key()
                     .map_err(StoreError::unavailable)
-                    .map(|key| keys::id_suffix(&key)),
+                    .and_then(|key| keys::id_suffix(&key)),
             );
         };
         match entry.into_inner() {
-            Ok((key, found)) => (*found == wanted).then(|| Ok(keys::id_suffix(&key))),
+            Ok((key, found)) => (*found == wanted).then(|| keys::id_suffix(&key)),
             Err(err) => Some(Err(StoreError::unavailable(err))),
         }
     };

@@ -31,6 +31,7 @@ use super::Keyspaces;
 use super::dedup_filter::DedupFilter;
 use super::delivery::{self, DestinationCache};
 use super::keys::{self, TenantNo};
+use crate::plan::{Decide, GroupPlan};
 use crate::record::{self, IdGen, same_content, write_event_json};
 use crate::{AppendOutcome, AppendStatus, IdempotencyRecord, StoreError};
 
@@ -234,13 +235,13 @@ struct Writer {
 }
 
 /// What every event of one request shares.
-struct Context<'a> {
+struct Context {
     tenant: TenantNo,
     /// Due time of the group's outbox entries: the commit's start, which only grows from
     /// one group to the next, so delivery workers can scan their queue from where they left.
     enqueue_micros: i64,
     /// The tenant's enabled destinations when the group was committed.
-    destinations: &'a [Destination],
+    destinations: Vec<Destination>,
 }
 
 /// Where an accepted event of a group is: its id, and its request and place in the request.
@@ -395,38 +396,33 @@ impl Writer {
             .expect("filter lock is never poisoned") = filter;
     }
 
-    /// Decides the fate of every event of the group and builds its write batch.
+    /// Decides the fate of every event of the group (by the rules of `plan`) and builds
+    /// its write batch.
     fn decide(
         &mut self,
         batches: &[crate::AppendBatch],
         prepared: &[Vec<Prepared>],
     ) -> Result<Decision, StoreError> {
-        let commit_micros = self.next_commit_micros();
+        let enqueue_micros = self.next_commit_micros();
         let ks = &self.keyspaces;
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        let events: usize = batches.iter().map(|batch| batch.events.len()).sum();
-        let mut accepted: HashMap<DedupKey, Pending> = HashMap::with_capacity(events);
-        let mut outcomes = Vec::with_capacity(batches.len());
-        let mut records: HashMap<DedupKey, IdempotencyRecord> = HashMap::new();
-        for (request, (append, prepared)) in batches.iter().zip(prepared).enumerate() {
+        let mut contexts = Vec::with_capacity(batches.len());
+        let mut dedup_keys: Vec<Vec<DedupKey>> = Vec::with_capacity(batches.len());
+        for (append, prepared) in batches.iter().zip(prepared) {
             let tenant = ks.numbers.get_or_assign(append.tenant)?;
-            // A request whose key already finished (its twin timed out or disconnected
-            // before the answer, and the client retried) gets the recorded outcome and stores
-            // nothing: the in-memory claim alone cannot see requests still queued here.
-            if let Some(claim) = &append.idempotency
-                && let Some(record) = self.recorded(&records, tenant, claim, append.received_at)?
-            {
-                // The same body replays the outcome; another body is refused (422).
-                outcomes.push(if record.request_hash == claim.request_hash {
-                    Ok(AppendOutcome {
-                        statuses: record.statuses,
+            // An event without `event_id` is keyed by its fresh id, so that a later
+            // `event_id` equal to that id finds it.
+            dedup_keys.push(
+                append
+                    .events
+                    .iter()
+                    .zip(prepared)
+                    .map(|(event, prepared)| match &event.event_id {
+                        Some(event_id) => keys::hashed_key(tenant, event_id),
+                        None => keys::hashed_key(tenant, &prepared.id.to_string()),
                     })
-                } else {
-                    Err(StoreError::IdempotencyKeyReused)
-                });
-                continue;
-            }
-            let destinations: Vec<Destination> = self
+                    .collect(),
+            );
+            let destinations = self
                 .destinations
                 .read()
                 .expect("destination cache lock is never poisoned")
@@ -438,64 +434,51 @@ impl Writer {
                         .collect()
                 })
                 .unwrap_or_default();
-            let context = Context {
+            contexts.push(Context {
                 tenant,
-                enqueue_micros: commit_micros,
-                destinations: &destinations,
-            };
-            let mut statuses = Vec::with_capacity(append.events.len());
-            for (index, (event, prepared)) in append.events.iter().zip(prepared).enumerate() {
-                let (dedup_key, known) = match &event.event_id {
-                    Some(event_id) => {
-                        let dedup_key = keys::hashed_key(tenant, event_id);
-                        let earlier = match accepted.get(&dedup_key) {
-                            Some(pending) => {
-                                Some((pending.id, &batches[pending.request].events[pending.index]))
-                            }
-                            None => self.in_flight_event(&dedup_key),
-                        };
-                        let known = match earlier {
-                            Some((id, earlier)) if same_content(earlier, event) => {
-                                Some(AppendStatus::Duplicate(id))
-                            }
-                            Some((id, _)) => Some(AppendStatus::Conflict(id)),
-                            None => self.existing(tenant, &dedup_key, event)?,
-                        };
-                        (dedup_key, known)
-                    }
-                    // A fresh id cannot collide: no lookup needed. Its dedup key is kept with
-                    // the others (a later `event_id` equal to this id must find it).
-                    None => (keys::hashed_key(tenant, &prepared.id.to_string()), None),
-                };
-                let status = known.unwrap_or_else(|| {
-                    self.insert(&mut batch, &context, prepared, event, dedup_key);
-                    accepted.insert(
-                        dedup_key,
-                        Pending {
-                            id: prepared.id,
-                            request,
-                            index,
-                        },
-                    );
-                    AppendStatus::Accepted(prepared.id)
-                });
-                statuses.push(status);
-            }
-            if let Some(claim) = &append.idempotency {
-                let record = IdempotencyRecord {
-                    request_hash: claim.request_hash,
-                    created_at: append.received_at,
-                    statuses: statuses.clone(),
-                };
-                let key = keys::hashed_key(tenant, &claim.key);
-                batch.insert(&ks.idempotency, key, record::encode_idempotency(&record));
-                records.insert(key, record);
-            }
-            outcomes.push(Ok(AppendOutcome { statuses }));
+                enqueue_micros,
+                destinations,
+            });
+        }
+        let requests: Vec<&crate::AppendBatch> = batches.iter().collect();
+        // A request whose key already finished (its twin timed out or disconnected before
+        // the answer, and the client retried) replays the recorded outcome and stores
+        // nothing: the API's in-memory claim alone cannot see requests still queued here.
+        let plan = GroupPlan::new(&requests, &dedup_keys, |request| {
+            let claim = requests[request]
+                .idempotency
+                .as_ref()
+                .expect("the plan asks only about requests with a key");
+            self.recorded(&keys::hashed_key(contexts[request].tenant, &claim.key))
+        })?;
+        let mut deciding = Deciding {
+            writer: self,
+            batches,
+            prepared,
+            dedup_keys: &dedup_keys,
+            contexts: &contexts,
+            batch: self.db.batch().durability(Some(PersistMode::SyncData)),
+            accepted: HashMap::with_capacity(dedup_keys.iter().map(Vec::len).sum()),
+        };
+        let decided = plan.decide(&requests, &mut deciding)?;
+        let Deciding {
+            mut batch,
+            accepted,
+            ..
+        } = deciding;
+        let mut records = HashMap::with_capacity(decided.records.len());
+        for (request, record) in decided.records {
+            let claim = requests[request]
+                .idempotency
+                .as_ref()
+                .expect("records are made for requests with a key");
+            let key = keys::hashed_key(contexts[request].tenant, &claim.key);
+            batch.insert(&ks.idempotency, key, record::encode_idempotency(&record));
+            records.insert(key, record);
         }
         Ok(Decision {
             batch,
-            outcomes,
+            outcomes: decided.outcomes,
             accepted,
             records,
         })
@@ -513,35 +496,42 @@ impl Writer {
         })
     }
 
-    /// Returns the record under the request's `Idempotency-Key` (in this group, in a group
-    /// being committed, or committed within 24 hours), whichever body it was recorded for.
-    fn recorded(
+    /// Returns the record under an `Idempotency-Key` (hashed with its tenant): in a group
+    /// being committed, or committed, whatever its age (the plan applies the window).
+    fn recorded(&self, key: &DedupKey) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let in_flight = self
+            .in_flight
+            .iter()
+            .rev()
+            .find_map(|group| group.records.get(key));
+        if let Some(record) = in_flight {
+            return Ok(Some(record.clone()));
+        }
+        match self
+            .keyspaces
+            .idempotency
+            .get(key)
+            .map_err(StoreError::unavailable)?
+        {
+            Some(value) => Ok(Some(record::decode_idempotency(&value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A duplicate or a conflict if the event is in a group being committed or stored.
+    fn known(
         &self,
-        group_records: &HashMap<DedupKey, IdempotencyRecord>,
         tenant: TenantNo,
-        claim: &crate::IdempotencyClaim,
-        now: OffsetDateTime,
-    ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let key = keys::hashed_key(tenant, &claim.key);
-        let in_flight = || {
-            self.in_flight
-                .iter()
-                .rev()
-                .find_map(|group| group.records.get(&key))
-        };
-        let record = match group_records.get(&key).or_else(in_flight) {
-            Some(record) => Some(record.clone()),
-            None => match self
-                .keyspaces
-                .idempotency
-                .get(key)
-                .map_err(StoreError::unavailable)?
-            {
-                Some(value) => Some(record::decode_idempotency(&value)?),
-                None => None,
-            },
-        };
-        Ok(record.filter(|record| record.created_at + time::Duration::hours(24) > now))
+        dedup_key: &DedupKey,
+        event: &NewEvent,
+    ) -> Result<Option<AppendStatus>, StoreError> {
+        match self.in_flight_event(dedup_key) {
+            Some((id, earlier)) if same_content(earlier, event) => {
+                Ok(Some(AppendStatus::Duplicate(id)))
+            }
+            Some((id, _)) => Ok(Some(AppendStatus::Conflict(id))),
+            None => self.existing(tenant, dedup_key, event),
+        }
     }
 
     /// Looks the event up by its dedup key: a duplicate or a conflict if one is stored.
@@ -596,7 +586,7 @@ impl Writer {
     fn insert(
         &self,
         batch: &mut WriteBatch,
-        context: &Context<'_>,
+        context: &Context,
         prepared: &Prepared,
         event: &NewEvent,
         dedup_key: DedupKey,
@@ -631,6 +621,59 @@ impl Writer {
                 delivery::outbox_value(0, ""),
             );
         }
+    }
+}
+
+/// The writer's answers to what a group's plan leaves to the store.
+struct Deciding<'a> {
+    writer: &'a Writer,
+    batches: &'a [crate::AppendBatch],
+    prepared: &'a [Vec<Prepared>],
+    dedup_keys: &'a [Vec<DedupKey>],
+    contexts: &'a [Context],
+    batch: WriteBatch,
+    accepted: HashMap<DedupKey, Pending>,
+}
+
+impl Decide for Deciding<'_> {
+    fn first(&mut self, request: usize, index: usize) -> Result<AppendStatus, StoreError> {
+        let event = &self.batches[request].events[index];
+        let dedup_key = self.dedup_keys[request][index];
+        let context = &self.contexts[request];
+        // A fresh id cannot collide: no lookup needed.
+        if event.event_id.is_some()
+            && let Some(status) = self.writer.known(context.tenant, &dedup_key, event)?
+        {
+            return Ok(status);
+        }
+        let prepared = &self.prepared[request][index];
+        self.writer
+            .insert(&mut self.batch, context, prepared, event, dedup_key);
+        self.accepted.insert(
+            dedup_key,
+            Pending {
+                id: prepared.id,
+                request,
+                index,
+            },
+        );
+        Ok(AppendStatus::Accepted(prepared.id))
+    }
+
+    fn against_stored(&mut self, request: usize, index: usize) -> Result<AppendStatus, StoreError> {
+        let event = &self.batches[request].events[index];
+        self.writer
+            .known(
+                self.contexts[request].tenant,
+                &self.dedup_keys[request][index],
+                event,
+            )?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "event_id {:?} was found a moment ago and is gone",
+                    event.event_id
+                ))
+            })
     }
 }
 

@@ -21,13 +21,12 @@ mod queue;
 mod search;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use pulsestream_core::{EventId, Tenant, TenantId};
+use pulsestream_core::{Breaker, Circuit, EventId, Tenant, TenantChange, TenantId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -35,7 +34,7 @@ use tokio_postgres::{NoTls, Row};
 use crate::record::IdGen;
 use crate::{
     AppendBatch, AppendOutcome, EventStore, IdempotencyRecord, SearchPage, SearchQuery, StoreError,
-    StoredEvent, TenantStore,
+    StoredEvent, TenantChangeFailed, TenantStore,
 };
 
 pub use migrate::latest_version;
@@ -106,7 +105,7 @@ struct Writes {
 struct Inner {
     pool: Pool,
     config: PostgresConfig,
-    breaker: Breaker,
+    breaker: DatabaseBreaker,
     tenants: Mutex<TenantCache>,
     ids: Mutex<IdGen>,
 }
@@ -192,7 +191,7 @@ impl PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 config: config.clone(),
-                breaker: Breaker::default(),
+                breaker: DatabaseBreaker::default(),
                 tenants: Mutex::new(TenantCache::default()),
                 ids: Mutex::new(IdGen::new()),
             }),
@@ -296,7 +295,9 @@ impl Db {
         let deadline = self.inner.config.operation_timeout;
         let (result, timed_out) = match tokio::time::timeout(deadline, operation).await {
             Ok(result) => {
-                let timed_out = result.as_ref().is_err_and(is_statement_timeout);
+                let timed_out = result
+                    .as_ref()
+                    .is_err_and(|err| Failure::of(err) == Failure::StatementTimeout);
                 (result, timed_out)
             }
             Err(_) => (
@@ -306,9 +307,9 @@ impl Db {
         };
         match &result {
             Err(_) if timed_out && !timeouts_count => {}
-            Err(err) if is_outage(err) => breaker.failure(Instant::now()),
+            Err(err) if Failure::of(err).is_outage() => breaker.failure(Instant::now()),
             Err(_) => {}
-            Ok(_) => breaker.success(),
+            Ok(_) => breaker.success(Instant::now()),
         }
         result
     }
@@ -327,116 +328,103 @@ fn pg_error(err: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::unavailable(err)
 }
 
-/// Returns whether an error means the database is unreachable or not answering (as opposed
-/// to a problem with one statement, or a pool busy with load), which is what the breaker
-/// counts.
-fn is_outage(err: &StoreError) -> bool {
-    let StoreError::Unavailable(source) = err else {
-        return false;
-    };
-    if source.downcast_ref::<Outage>().is_some() {
-        return true;
-    }
-    if let Some(pool) = source.downcast_ref::<deadpool_postgres::PoolError>() {
-        return match pool {
-            // Every connection busy: load, not an outage.
-            deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => false,
-            deadpool_postgres::PoolError::Backend(err) => is_connection_failure(err),
-            _ => true,
+/// What a failed database call means, decided in one place from the driver's error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// Unreachable, closed, shutting down, not answering in time (connection exceptions
+    /// 08…, shutdowns 57P…, no SQLSTATE with a closed or broken socket, our own deadline or
+    /// open breaker): what the breaker counts.
+    Outage,
+    /// `statement_timeout` cancelled the statement (57014): the server is not answering in
+    /// time, an outage for writes; a search that ran out of time is only slow.
+    StatementTimeout,
+    /// A deadlock (40P01) or serialization failure (40001): the transaction lost a race the
+    /// database detected and may be retried.
+    LostRace,
+    /// Anything else: one statement's problem, or every pooled connection busy (load).
+    Other,
+}
+
+impl Failure {
+    fn of(err: &StoreError) -> Self {
+        let StoreError::Unavailable(source) = err else {
+            return Self::Other;
         };
-    }
-    source
-        .downcast_ref::<tokio_postgres::Error>()
-        .is_some_and(is_connection_failure)
-}
-
-fn is_connection_failure(err: &tokio_postgres::Error) -> bool {
-    match err.code() {
-        // Connection exceptions; admin shutdown, crash shutdown, cannot connect now; and the
-        // statement timeout (the server is not answering in time).
-        Some(code) => {
-            code.code().starts_with("08")
-                || code.code().starts_with("57P")
-                || code.code() == "57014"
+        if source.downcast_ref::<Outage>().is_some() {
+            return Self::Outage;
         }
-        // No SQLSTATE: a closed connection or a socket error.
-        None => {
-            err.is_closed()
+        if let Some(pool) = source.downcast_ref::<deadpool_postgres::PoolError>() {
+            return match pool {
+                // Every connection busy: load, not an outage.
+                deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+                    Self::Other
+                }
+                deadpool_postgres::PoolError::Backend(err) => Self::of_driver(err),
+                _ => Self::Outage,
+            };
+        }
+        source
+            .downcast_ref::<tokio_postgres::Error>()
+            .map_or(Self::Other, Self::of_driver)
+    }
+
+    fn of_driver(err: &tokio_postgres::Error) -> Self {
+        match err.code().map(tokio_postgres::error::SqlState::code) {
+            Some("57014") => Self::StatementTimeout,
+            Some("40P01" | "40001") => Self::LostRace,
+            Some(code) if code.starts_with("08") || code.starts_with("57P") => Self::Outage,
+            Some(_) => Self::Other,
+            // No SQLSTATE: a closed connection or a socket error.
+            None if err.is_closed()
                 || std::error::Error::source(err)
-                    .is_some_and(|source| source.is::<std::io::Error>())
+                    .is_some_and(|source| source.is::<std::io::Error>()) =>
+            {
+                Self::Outage
+            }
+            None => Self::Other,
         }
     }
-}
 
-/// Returns whether PostgreSQL cancelled a statement for running past `statement_timeout`.
-fn is_statement_timeout(err: &StoreError) -> bool {
-    let StoreError::Unavailable(source) = err else {
-        return false;
-    };
-    source
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::code)
-        .is_some_and(|code| code.code() == "57014")
-}
-
-/// Returns whether the transaction lost a race the database detected (a deadlock between
-/// two requests inserting overlapping events, a serialization failure) and may be retried.
-fn is_retryable(err: &StoreError) -> bool {
-    let StoreError::Unavailable(source) = err else {
-        return false;
-    };
-    source
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::code)
-        .is_some_and(|code| matches!(code.code(), "40P01" | "40001"))
+    /// Whether the database is down or not answering, as opposed to one statement failing.
+    fn is_outage(self) -> bool {
+        matches!(self, Self::Outage | Self::StatementTimeout)
+    }
 }
 
 /// Consecutive outages that open the breaker, and how long it stays open.
 const BREAKER_THRESHOLD: u32 = 3;
 const BREAKER_PAUSE: Duration = Duration::from_secs(1);
 
-/// Fails calls fast while the database is known to be down.
-#[derive(Default)]
-struct Breaker {
-    failures: AtomicU32,
-    open_until: Mutex<Option<Instant>>,
+/// Fails calls fast while the database is known to be down: the shared breaker, with the
+/// transitions logged and counted.
+struct DatabaseBreaker(Mutex<Breaker>);
+
+impl Default for DatabaseBreaker {
+    fn default() -> Self {
+        Self(Mutex::new(Breaker::new(BREAKER_THRESHOLD, BREAKER_PAUSE)))
+    }
 }
 
-impl Breaker {
+impl DatabaseBreaker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.0.lock().expect("breaker lock is never poisoned")
+    }
+
     fn allows(&self, now: Instant) -> bool {
-        let open_until = self
-            .open_until
-            .lock()
-            .expect("breaker lock is never poisoned");
-        open_until.is_none_or(|until| now >= until)
+        self.lock().allows(now)
     }
 
     fn failure(&self, now: Instant) {
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if failures >= BREAKER_THRESHOLD {
-            let mut open_until = self
-                .open_until
-                .lock()
-                .expect("breaker lock is never poisoned");
-            if open_until.is_none_or(|until| now >= until) {
-                tracing::warn!(
-                    failures,
-                    "PostgreSQL is failing; pausing calls for a second"
-                );
-                metrics::counter!("pulsestream_database_breaker_opened_total").increment(1);
-            }
-            *open_until = Some(now + BREAKER_PAUSE);
+        if self.lock().on_failure(now) == Some(Circuit::Open) {
+            tracing::warn!("PostgreSQL is failing; pausing calls for a second");
+            metrics::counter!("pulsestream_database_breaker_opened_total").increment(1);
         }
     }
 
-    fn success(&self) {
-        if self.failures.swap(0, Ordering::AcqRel) >= BREAKER_THRESHOLD {
+    fn success(&self, now: Instant) {
+        if self.lock().on_success(now).is_some() {
             tracing::info!("PostgreSQL answers again");
         }
-        *self
-            .open_until
-            .lock()
-            .expect("breaker lock is never poisoned") = None;
     }
 }
 
@@ -547,47 +535,72 @@ impl EventStore for PostgresStore {
 
 #[async_trait]
 impl TenantStore for PostgresStore {
-    async fn put_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        let record = serde_json::to_value(tenant).map_err(StoreError::unavailable)?;
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
         self.db
             .guarded(async {
                 let mut client = self.db.client().await?;
                 let transaction = client.transaction().await.map_err(pg_error)?;
+                let record = serde_json::to_value(tenant).map_err(StoreError::unavailable)?;
                 transaction
                     .execute(
-                        "INSERT INTO tenants (id, created_at, record) VALUES ($1, $2, $3)
-                     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record",
+                        "INSERT INTO tenants (id, created_at, record) VALUES ($1, $2, $3)",
                         &[&tenant.id.0, &tenant.created_at, &record],
                     )
                     .await
                     .map_err(pg_error)?;
-                transaction
-                    .execute(
-                        "DELETE FROM tenant_keys WHERE tenant_id = $1",
-                        &[&tenant.id.0],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                let hashes: Vec<&str> = tenant.keys.iter().map(|key| key.hash.as_str()).collect();
-                transaction
-                .execute(
-                    "INSERT INTO tenant_keys (key_hash, tenant_id) SELECT unnest($1::text[]), $2",
-                    &[&hashes, &tenant.id.0],
-                )
-                .await
-                .map_err(pg_error)?;
+                write_tenant_keys(&transaction, tenant).await?;
                 transaction.commit().await.map_err(pg_error)
             })
             .await?;
-        // A change made here is seen here at once; other nodes see it within the TTL.
-        self.db
-            .inner
-            .tenants
-            .lock()
-            .expect("tenant cache lock is never poisoned")
-            .by_key_hash
-            .clear();
+        self.forget_cached_keys();
         Ok(())
+    }
+
+    async fn change_tenant(
+        &self,
+        id: TenantId,
+        change: &TenantChange,
+    ) -> Result<Tenant, TenantChangeFailed> {
+        let changed = self
+            .db
+            .guarded(async {
+                let mut client = self.db.client().await?;
+                let transaction = client.transaction().await.map_err(pg_error)?;
+                // The row lock makes concurrent changes (from any node) take turns, each
+                // applied to the tenant as the one before it left it.
+                let row = transaction
+                    .query_opt(
+                        "SELECT record FROM tenants WHERE id = $1 FOR UPDATE",
+                        &[&id.0],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let Some(row) = row else {
+                    return Ok(Err(TenantChangeFailed::NotFound));
+                };
+                let mut tenant: Tenant = decode_json(row.get(0), "tenant")?;
+                if let Err(err) = change.apply(&mut tenant) {
+                    return Ok(Err(err.into()));
+                }
+                let record = serde_json::to_value(&tenant).map_err(StoreError::unavailable)?;
+                transaction
+                    .execute(
+                        "UPDATE tenants SET record = $2 WHERE id = $1",
+                        &[&id.0, &record],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                transaction
+                    .execute("DELETE FROM tenant_keys WHERE tenant_id = $1", &[&id.0])
+                    .await
+                    .map_err(pg_error)?;
+                write_tenant_keys(&transaction, &tenant).await?;
+                transaction.commit().await.map_err(pg_error)?;
+                Ok(Ok(tenant))
+            })
+            .await??;
+        self.forget_cached_keys();
+        Ok(changed)
     }
 
     async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
@@ -672,6 +685,36 @@ impl TenantStore for PostgresStore {
 }
 
 /// Decodes a JSON record column.
+impl PostgresStore {
+    /// Drops this node's cached key lookups after a tenant write: a change made here is seen
+    /// here at once; other nodes see it within the cache's TTL.
+    fn forget_cached_keys(&self) {
+        self.db
+            .inner
+            .tenants
+            .lock()
+            .expect("tenant cache lock is never poisoned")
+            .by_key_hash
+            .clear();
+    }
+}
+
+/// Inserts the tenant's key hashes, which authentication looks up.
+async fn write_tenant_keys(
+    transaction: &tokio_postgres::Transaction<'_>,
+    tenant: &Tenant,
+) -> Result<(), StoreError> {
+    let hashes: Vec<&str> = tenant.keys.iter().map(|key| key.hash.as_str()).collect();
+    transaction
+        .execute(
+            "INSERT INTO tenant_keys (key_hash, tenant_id) SELECT unnest($1::text[]), $2",
+            &[&hashes, &tenant.id.0],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
 fn decode_json<T: serde::de::DeserializeOwned>(
     value: serde_json::Value,
     what: &str,

@@ -15,7 +15,8 @@ use uuid::Uuid;
 use super::{PostgresStore, decode_json, pg_error};
 use crate::record::micros_of;
 use crate::{
-    Circuit, DeadLetter, Delivery, DeliveryQueue, DeliveryStats, QueuePosition, StoreError,
+    Circuit, DeadLetter, Delivery, DeliveryQueue, DeliveryStats, DestinationStore, QueuePosition,
+    StoreError,
 };
 
 /// Counting a queue stops here: past it, "at least this many" is all an operator needs.
@@ -30,7 +31,7 @@ fn claimed_rows(deliveries: &[Delivery]) -> (Vec<Uuid>, Vec<i64>) {
 }
 
 #[async_trait]
-impl DeliveryQueue for PostgresStore {
+impl DestinationStore for PostgresStore {
     async fn put_destination(&self, destination: &Destination) -> Result<(), StoreError> {
         let record = serde_json::to_value(destination).map_err(StoreError::unavailable)?;
         self.db
@@ -90,7 +91,10 @@ impl DeliveryQueue for PostgresStore {
             .await?;
         Ok(deleted > 0)
     }
+}
 
+#[async_trait]
+impl DeliveryQueue for PostgresStore {
     async fn claim_due(
         &self,
         destination: DestinationId,

@@ -1,14 +1,36 @@
-//! A destination's circuit breaker: closed, open after consecutive failures, half-open once
-//! the cool-down has passed, closed again by a success.
+//! The circuit breaker every dependency call goes through: closed, open after `threshold`
+//! consecutive failures, half-open once the cool-down has passed (calls are let through as
+//! probes), closed again by a success; a failed probe opens it again.
 //!
-//! While open, the worker sends nothing, so no delivery spends an attempt against a
-//! destination known to be down. Time is passed in, so the states are tested without sleeping.
+//! One type serves a destination's delivery worker (while open, nothing is sent, so no
+//! event spends an attempt against a destination known to be down), the PostgreSQL store
+//! (while open, calls fail fast with 503 instead of waiting on a dead database) and the
+//! Redis rate limiter (while open, decisions are made in-process). Time is passed in, so the
+//! states are tested without sleeping.
 
 use std::time::{Duration, Instant};
 
-use pulsestream_store::Circuit;
+/// A circuit's state, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Circuit {
+    #[default]
+    Closed,
+    Open,
+    HalfOpen,
+}
 
-/// The breaker of one destination.
+impl Circuit {
+    /// The API's name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// One circuit breaker.
 #[derive(Debug, Clone)]
 pub struct Breaker {
     threshold: u32,
@@ -35,6 +57,11 @@ impl Breaker {
             Some(until) if now < until => Circuit::Open,
             Some(_) => Circuit::HalfOpen,
         }
+    }
+
+    /// Returns whether a call may be made at `now` (closed, or half-open: a probe).
+    pub fn allows(&self, now: Instant) -> bool {
+        self.state(now) != Circuit::Open
     }
 
     /// Returns how long to wait before the next attempt may be made (zero unless open).

@@ -207,6 +207,13 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.0.status
     }
+
+    /// Adds `code` and `message`, the members Segment's SDKs read from an error answer
+    /// (to log it), to the problem document.
+    pub fn with_segment_members(self) -> Self {
+        let (code, message) = (self.0.code, self.0.detail.clone());
+        self.with_field("code", code).with_field("message", message)
+    }
 }
 
 impl From<StoreError> for ApiError {

@@ -42,6 +42,17 @@ pub struct ApiConfig {
     pub nats_enabled: bool,
     /// Seals webhook signing secrets before they are stored.
     pub secrets: Arc<SecretCipher>,
+    /// The Segment endpoints' size limits.
+    pub segment: SegmentLimits,
+}
+
+/// How large a Segment message and a Segment request may be (Segment's own limits by
+/// default: 32 KB and 500 KB; RudderStack's SDKs send batches of up to 4 MB).
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentLimits {
+    pub max_message_bytes: usize,
+    /// Counted after decompression.
+    pub max_batch_bytes: usize,
 }
 
 /// Renders the process's metrics in Prometheus text format.
@@ -119,6 +130,14 @@ fn tenant_routes() -> OpenApiRouter<AppState> {
 
 fn other_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(v1::segment::track))
+        .routes(routes!(v1::segment::identify))
+        .routes(routes!(v1::segment::page))
+        .routes(routes!(v1::segment::screen))
+        .routes(routes!(v1::segment::group))
+        .routes(routes!(v1::segment::alias))
+        .routes(routes!(v1::segment::batch))
+        .routes(routes!(v1::segment::import))
         .routes(routes!(admin::tenants::create, admin::tenants::list))
         .routes(routes!(admin::tenants::get, admin::tenants::update))
         .routes(routes!(admin::tenants::create_key))

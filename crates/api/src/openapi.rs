@@ -49,6 +49,7 @@ use crate::v1::ingest::BatchResult;
     tags(
         (name = "events", description = "Ingest and read a tenant's events (tenant API key)"),
         (name = "tenants", description = "Tenants and their API keys (admin token)"),
+        (name = "segment", description = "Segment's HTTP Tracking API, for Segment, RudderStack and Jitsu SDKs (write key = tenant API key)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -336,10 +337,16 @@ impl Modify for BearerAuth {
                  (`PULSESTREAM_ADMIN_TOKEN`).",
             ))
             .build();
-        openapi
-            .components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearerAuth", SecurityScheme::Http(scheme));
+        let basic = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Basic)
+            .description(Some(
+                "Segment endpoints: the write key (a tenant API key) as the user name, \
+                 with an empty password.",
+            ))
+            .build();
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearerAuth", SecurityScheme::Http(scheme));
+        components.add_security_scheme("basicAuth", SecurityScheme::Http(basic));
     }
 }
 

@@ -38,6 +38,8 @@ impl std::str::FromStr for Secret {
 /// (the settings tests start from) both take them from here.
 pub mod defaults {
     pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const SEGMENT_MAX_MESSAGE_BYTES: usize = 32 * 1024;
+    pub const SEGMENT_MAX_BATCH_BYTES: usize = 500 * 1024;
     pub const DATA_DIR: &str = "./pulsestream-data";
     pub const REDIS_KEY_PREFIX: &str = "pulsestream";
     pub const DATABASE_POOL_SIZE: usize = 32;
@@ -146,6 +148,21 @@ pub struct ServeConfig {
         default_value_t = defaults::HEADER_READ_TIMEOUT_SECS
     )]
     pub header_read_timeout_secs: u64,
+    /// The largest Segment message (`/v1/track`, … and each message of `/v1/batch`), in bytes.
+    #[arg(
+        long,
+        env = "PULSESTREAM_SEGMENT_MAX_MESSAGE_BYTES",
+        default_value_t = defaults::SEGMENT_MAX_MESSAGE_BYTES
+    )]
+    pub segment_max_message_bytes: usize,
+    /// The largest Segment request body, in bytes after decompression (Segment's limit;
+    /// RudderStack's SDKs send up to 4 MB: set 4194304 for them).
+    #[arg(
+        long,
+        env = "PULSESTREAM_SEGMENT_MAX_BATCH_BYTES",
+        default_value_t = defaults::SEGMENT_MAX_BATCH_BYTES
+    )]
+    pub segment_max_batch_bytes: usize,
     /// Requests waiting for the store's writer beyond which new ones get 503.
     #[arg(long, env = "PULSESTREAM_WRITE_QUEUE_CAPACITY", default_value_t = defaults::WRITE_QUEUE_CAPACITY)]
     pub write_queue_capacity: usize,
@@ -179,6 +196,8 @@ impl ServeConfig {
             request_timeout_secs: defaults::REQUEST_TIMEOUT_SECS,
             header_read_timeout_secs: defaults::HEADER_READ_TIMEOUT_SECS,
             write_queue_capacity: defaults::WRITE_QUEUE_CAPACITY,
+            segment_max_message_bytes: defaults::SEGMENT_MAX_MESSAGE_BYTES,
+            segment_max_batch_bytes: defaults::SEGMENT_MAX_BATCH_BYTES,
             log_format: LogFormat::Text,
         }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pulsestream_api::auth::secret_hash;
-use pulsestream_api::{ApiConfig, AppState, MetricsRender};
+use pulsestream_api::{ApiConfig, AppState, MetricsRender, SegmentLimits};
 use pulsestream_core::RetryPolicy;
 use pulsestream_core::secret::{SecretCipher, SecretKey};
 use pulsestream_delivery::{DeliveryConfig, Dispatcher, NatsSink, Sinks, WebhookSink};
@@ -69,6 +69,10 @@ impl Server {
             allow_private_destinations: config.allow_private_destinations,
             nats_enabled: config.nats_url.is_some(),
             secrets: secrets.clone(),
+            segment: SegmentLimits {
+                max_message_bytes: config.segment_max_message_bytes,
+                max_batch_bytes: config.segment_max_batch_bytes,
+            },
         };
         let metrics = telemetry::metrics();
         let sinks = Arc::new(sinks(config, secrets).await?);

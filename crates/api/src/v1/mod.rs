@@ -5,3 +5,4 @@ pub mod events;
 pub(crate) mod idempotency;
 pub mod ingest;
 pub mod rate_limit;
+pub mod segment;

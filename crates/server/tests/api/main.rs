@@ -20,6 +20,7 @@ mod openapi;
 mod operations;
 mod rate_limits;
 mod receiver;
+mod sdks;
 mod search;
 mod security;
 mod tls;

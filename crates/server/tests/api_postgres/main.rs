@@ -39,6 +39,8 @@ mod operations;
 mod rate_limits;
 #[path = "../api/receiver.rs"]
 mod receiver;
+#[path = "../api/sdks.rs"]
+mod sdks;
 #[path = "../api/search.rs"]
 mod search;
 #[path = "../api/security.rs"]

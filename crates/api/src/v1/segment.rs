@@ -1,0 +1,564 @@
+//! The Segment HTTP Tracking API: `/v1/track`, `/v1/identify`, `/v1/page`, `/v1/screen`,
+//! `/v1/group`, `/v1/alias`, `/v1/batch` and `/v1/import`, as Segment's SDKs (and
+//! RudderStack's and Jitsu's, which speak the same) send them. Only the host and the key
+//! change in the SDK's configuration; every PulseStream guarantee holds, since each message
+//! becomes an ordinary event and goes through the same rate limit and the same store call.
+//!
+//! | Segment | PulseStream |
+//! |---|---|
+//! | the write key (HTTP Basic user name, `Authorization: Bearer`, `X-Write-Key` or the body's `writeKey`) | a tenant API key |
+//! | `messageId` | `event_id` (so an SDK's retry is a duplicate, stored once) |
+//! | `event` of a `track`; the `type` of the other calls | `event_type` |
+//! | `timestamp`, else `originalTimestamp`, as sent | `timestamp` (else the time of receipt) |
+//! | `context.library.name` | `source` |
+//! | the whole message, less `writeKey` and `sentAt` | `payload` |
+//!
+//! Timestamps are kept as sent, not corrected for the client's clock skew: the correction
+//! uses the time of receipt, so a retried message would get another timestamp and read as
+//! a conflict instead of a duplicate. `sentAt` and the write key are left out of the payload
+//! for the same reason and because a key is a secret.
+//!
+//! Answers are what the SDKs expect: 200 `{"success": true}` once the valid messages are
+//! durably stored (with the counts, the rejected messages, and a `PulseStream-Rejected`
+//! header, since SDKs ignore the body); 400 for a body that cannot be read or has no valid
+//! message (SDKs do not retry it); 401 for a missing or unknown key; 429 with `Retry-After`
+//! over the tenant's rate limit (SDKs retry it); 503 while the store cannot write.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use pulsestream_core::{NewEvent, Tenant};
+use pulsestream_store::{AppendBatch, AppendStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+
+use super::rate_limit;
+use crate::AppState;
+use crate::auth::secret_hash;
+use crate::body::{BodyFormat, read_text_body};
+use crate::error::ApiError;
+use crate::observe::{self, RequestFacts};
+use crate::openapi as doc;
+
+/// The most messages one batch may carry, as Segment allows.
+pub const MAX_BATCH_MESSAGES: usize = 2_500;
+
+/// The Segment call types, each with the field it requires besides `userId` or
+/// `anonymousId`.
+const CALLS: [(&str, Option<&str>); 6] = [
+    ("track", Some("event")),
+    ("identify", None),
+    ("page", None),
+    ("screen", None),
+    ("group", Some("groupId")),
+    ("alias", Some("previousId")),
+];
+
+/// Which endpoint a request came to.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    /// One message of this type (`/v1/track`, …).
+    Single(&'static str),
+    /// `{"batch": [...]}` (`/v1/batch`, `/v1/import`).
+    Batch,
+}
+
+macro_rules! single_endpoint {
+    ($name:ident, $call:literal, $summary:literal) => {
+        #[doc = concat!("`POST /v1/", $call, "`: one Segment `", $call, "` message.")]
+        #[utoipa::path(
+            post,
+            path = concat!("/v1/", $call),
+            operation_id = concat!("segment_", $call),
+            tag = "segment",
+            summary = $summary,
+            description = "Segment's HTTP Tracking API: the message as a Segment SDK sends it, \
+                authenticated by the write key (a tenant API key) as the HTTP Basic user name, \
+                a bearer token, `X-Write-Key` or the body's `writeKey`.",
+            request_body(content = Object, content_type = "application/json"),
+            responses(
+                (status = 200, description = "Stored (or a duplicate of a stored message)", body = SegmentAnswer),
+                (status = 400, response = doc::BadRequest),
+                (status = 401, response = doc::Unauthorized),
+                (status = 429, response = doc::RateLimited),
+                (status = 503, response = doc::Unavailable),
+            ),
+            security(("basicAuth" = []), ("bearerAuth" = [])),
+        )]
+        pub async fn $name(
+            State(app): State<AppState>,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Result<Response, ApiError> {
+            ingest(&app, &headers, body, Endpoint::Single($call))
+                .await
+                .map_err(ApiError::with_segment_members)
+        }
+    };
+}
+
+single_endpoint!(track, "track", "Segment: track an event");
+single_endpoint!(identify, "identify", "Segment: identify a user");
+single_endpoint!(page, "page", "Segment: a page view");
+single_endpoint!(screen, "screen", "Segment: a screen view");
+single_endpoint!(group, "group", "Segment: associate a user with a group");
+single_endpoint!(alias, "alias", "Segment: alias one user id to another");
+
+/// `POST /v1/batch`: up to 2,500 Segment messages.
+#[utoipa::path(
+    post,
+    path = "/v1/batch",
+    operation_id = "segment_batch",
+    tag = "segment",
+    summary = "Segment: a batch of messages",
+    description = "`{\"batch\": [...], \"context\": {...}}` as Segment's SDKs send it: each \
+        message has its `type`; a batch-level `context` applies to messages without their \
+        own. Valid messages are stored even when others are rejected; the answer lists the \
+        rejected ones and counts them in the `PulseStream-Rejected` header.",
+    request_body(content = Object, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The valid messages are stored", body = SegmentAnswer),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("basicAuth" = []), ("bearerAuth" = [])),
+)]
+pub async fn batch(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    ingest(&app, &headers, body, Endpoint::Batch)
+        .await
+        .map_err(ApiError::with_segment_members)
+}
+
+/// `POST /v1/import`: the same as `/v1/batch` (Segment's Ruby SDK posts here).
+#[utoipa::path(
+    post,
+    path = "/v1/import",
+    operation_id = "segment_import",
+    tag = "segment",
+    summary = "Segment: a batch of messages (the same as /v1/batch)",
+    request_body(content = Object, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The valid messages are stored", body = SegmentAnswer),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 429, response = doc::RateLimited),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("basicAuth" = []), ("bearerAuth" = [])),
+)]
+pub async fn import(
+    state: State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    batch(state, headers, body).await
+}
+
+/// The answer to every Segment endpoint.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SegmentAnswer {
+    /// Always `true` in a 200: the valid messages are durably stored.
+    success: bool,
+    /// Messages stored now.
+    accepted: usize,
+    /// Messages whose `messageId` was stored before with the same content.
+    duplicates: usize,
+    /// Messages not stored: invalid, too large, or a `messageId` stored with other content.
+    rejected: usize,
+    /// One entry per rejected message.
+    errors: Vec<Rejection>,
+}
+
+/// A message that was not stored, and why.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct Rejection {
+    /// Its place in the batch (0 for a single message).
+    index: usize,
+    /// Its `messageId`, if it had one.
+    #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+    /// `invalid_json`, `unknown_type`, `missing_field`, `too_large`, `invalid` or
+    /// `conflict`.
+    reason: &'static str,
+    msg: String,
+}
+
+/// The body of `/v1/batch`.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    batch: Option<&'a RawValue>,
+    #[serde(borrow)]
+    context: Option<&'a RawValue>,
+    #[serde(rename = "writeKey", borrow, default)]
+    write_key: Option<Cow<'a, str>>,
+}
+
+/// The fields of a message that the mapping and the checks read.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "messageId", borrow, default)]
+    message_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(rename = "originalTimestamp", borrow, default)]
+    original_timestamp: Option<Cow<'a, str>>,
+    #[serde(rename = "writeKey", borrow, default)]
+    write_key: Option<Cow<'a, str>>,
+}
+
+/// `context.library.name`.
+#[derive(Deserialize)]
+struct Context<'a> {
+    #[serde(borrow, default)]
+    library: Option<Library<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Library<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+/// The event a message becomes, in PulseStream's own wire format.
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    event_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<&'a str>,
+    payload: &'a RawValue,
+}
+
+async fn ingest(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    let received_at = OffsetDateTime::now_utc();
+    let limit = app.config.segment.max_batch_bytes;
+    let body = read_text_body(headers, body, limit, &[BodyFormat::Json])
+        .await
+        .map_err(|err| {
+            // SDKs retry a 413 or drop it silently; Segment answers 400, which they log.
+            if err.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::bad_request(
+                    "payload_too_large",
+                    format!("the body is over this server's limit of {limit} bytes"),
+                )
+            } else {
+                err
+            }
+        })?;
+    let (messages, context, body_key) = match endpoint {
+        Endpoint::Batch => {
+            let envelope: Envelope<'_> = serde_json::from_str(&body.text)
+                .map_err(|err| ApiError::bad_request("invalid_json", err.to_string()))?;
+            let batch = envelope.batch.ok_or_else(|| {
+                ApiError::bad_request("invalid_batch", "the body needs a `batch` array")
+            })?;
+            let messages: Vec<&RawValue> = serde_json::from_str(batch.get()).map_err(|_| {
+                ApiError::bad_request("invalid_batch", "`batch` must be an array of messages")
+            })?;
+            (messages, envelope.context, envelope.write_key)
+        }
+        Endpoint::Single(_) => {
+            let message: &RawValue = serde_json::from_str(&body.text)
+                .map_err(|err| ApiError::bad_request("invalid_json", err.to_string()))?;
+            let key = serde_json::from_str::<Message<'_>>(message.get())
+                .ok()
+                .and_then(|message| message.write_key);
+            (vec![message], None, key)
+        }
+    };
+    let tenant = authenticate(app, headers, body_key.as_deref()).await?;
+    if messages.is_empty() || messages.len() > MAX_BATCH_MESSAGES {
+        return Err(ApiError::bad_request(
+            "invalid_batch",
+            format!(
+                "a batch holds 1 to {MAX_BATCH_MESSAGES} messages, got {}",
+                messages.len()
+            ),
+        ));
+    }
+
+    let max_message = app.config.segment.max_message_bytes;
+    let mut rejections = Vec::new();
+    let mut events = Vec::with_capacity(messages.len());
+    // (index in the batch, messageId) of each valid message, in the order of `events`.
+    let mut valid = Vec::with_capacity(messages.len());
+    for (index, raw) in messages.iter().enumerate() {
+        match convert(raw, endpoint, context, max_message) {
+            Ok((event, message_id)) => {
+                events.push(event);
+                valid.push((index, message_id));
+            }
+            Err((reason, msg)) => {
+                let message_id = serde_json::from_str::<Message<'_>>(raw.get())
+                    .ok()
+                    .and_then(|message| message.message_id.map(Cow::into_owned));
+                rejections.push(Rejection {
+                    index,
+                    message_id,
+                    reason,
+                    msg,
+                });
+            }
+        }
+    }
+    let count = |outcome, n| observe::count_events(&app.tenant_labels, tenant.id, outcome, n);
+    for rejection in &rejections {
+        metrics::counter!("pulsestream_segment_rejected_total", "reason" => rejection.reason)
+            .increment(1);
+    }
+    if events.is_empty() {
+        count("rejected", rejections.len());
+        let detail = match rejections.as_slice() {
+            [only] => format!("the message was not stored: {}", only.msg),
+            all => format!("none of the {} messages could be stored", all.len()),
+        };
+        return Err(
+            ApiError::bad_request("no_valid_message", detail).with_field(
+                "errors",
+                serde_json::to_value(&rejections).unwrap_or_default(),
+            ),
+        );
+    }
+
+    // A request costs every message it carries, rejected ones included, as on /v1/events.
+    let carried = messages.len();
+    let decision = rate_limit::admit(app, &tenant, carried as u32)
+        .await
+        .inspect_err(|_| count("rate_limited", carried))?;
+    let statuses = app
+        .events
+        .append_batch(AppendBatch {
+            tenant: tenant.id,
+            events,
+            received_at,
+            idempotency: None,
+        })
+        .await?
+        .statuses;
+    let (mut accepted, mut duplicates) = (0, 0);
+    for ((index, message_id), status) in valid.into_iter().zip(statuses) {
+        match status {
+            AppendStatus::Accepted(_) => accepted += 1,
+            AppendStatus::Duplicate(_) => duplicates += 1,
+            AppendStatus::Conflict(existing) => {
+                metrics::counter!("pulsestream_segment_rejected_total", "reason" => "conflict")
+                    .increment(1);
+                rejections.push(Rejection {
+                    index,
+                    message_id,
+                    reason: "conflict",
+                    msg: format!(
+                        "a message with this messageId and other content is stored as {existing}"
+                    ),
+                });
+            }
+        }
+    }
+    rejections.sort_by_key(|rejection| rejection.index);
+    count("accepted", accepted);
+    count("duplicate", duplicates);
+    count("rejected", rejections.len());
+    metrics::counter!("pulsestream_ingest_messages_total", "protocol" => "segment")
+        .increment(carried as u64);
+    let rejected = rejections.len();
+    let answer = SegmentAnswer {
+        success: true,
+        accepted,
+        duplicates,
+        rejected,
+        errors: rejections,
+    };
+    let mut response = Json(answer).into_response();
+    response
+        .headers_mut()
+        .insert("pulsestream-rejected", HeaderValue::from(rejected));
+    rate_limit::set_headers(response.headers_mut(), tenant.rate_limit, &decision);
+    response.extensions_mut().insert(RequestFacts {
+        tenant: Some(tenant.id),
+        events: Some(carried),
+    });
+    Ok(response)
+}
+
+/// The tenant of the write key: HTTP Basic user name, bearer token, `X-Write-Key`, or the
+/// body's `writeKey`, in that order.
+async fn authenticate(
+    app: &AppState,
+    headers: &HeaderMap,
+    body_key: Option<&str>,
+) -> Result<Tenant, ApiError> {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            let (scheme, credentials) = value.split_once(' ')?;
+            if scheme.eq_ignore_ascii_case("basic") {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(credentials.trim())
+                    .ok()?;
+                let decoded = String::from_utf8(decoded).ok()?;
+                let user = decoded
+                    .split_once(':')
+                    .map_or(decoded.as_str(), |(user, _)| user);
+                Some(user.to_owned())
+            } else if scheme.eq_ignore_ascii_case("bearer") {
+                Some(credentials.trim().to_owned())
+            } else {
+                None
+            }
+        })
+        .or_else(|| {
+            headers
+                .get("x-write-key")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        });
+    let key = from_header
+        .as_deref()
+        .or(body_key)
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "send the write key (a tenant API key) as the HTTP Basic user name, a bearer token, X-Write-Key or writeKey",
+            )
+        })?;
+    app.tenants
+        .tenant_by_key_hash(&secret_hash(key))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown or revoked write key"))
+}
+
+/// One message as an event, with its `messageId`; or why it cannot be stored.
+fn convert(
+    raw: &RawValue,
+    endpoint: Endpoint,
+    batch_context: Option<&RawValue>,
+    max_bytes: usize,
+) -> Result<(NewEvent, Option<String>), (&'static str, String)> {
+    if raw.get().len() > max_bytes {
+        return Err((
+            "too_large",
+            format!(
+                "the message is {} bytes, over the limit of {max_bytes}",
+                raw.get().len()
+            ),
+        ));
+    }
+    let message: Message<'_> = serde_json::from_str(raw.get())
+        .map_err(|err| ("invalid_json", format!("not a message object: {err}")))?;
+    let mut fields: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
+        .map_err(|err| ("invalid_json", format!("not a message object: {err}")))?;
+    let call = match (endpoint, message.kind.as_deref()) {
+        (Endpoint::Single(call), _) => call,
+        (Endpoint::Batch, Some(kind)) => CALLS
+            .iter()
+            .map(|(call, _)| *call)
+            .find(|call| *call == kind)
+            .ok_or((
+                "unknown_type",
+                format!("`type` {kind:?} is not a Segment call"),
+            ))?,
+        (Endpoint::Batch, None) => return Err(("missing_field", "`type` is required".into())),
+    };
+    let present = |name: &str| {
+        fields.get(name).is_some_and(|value| {
+            let text = value.get();
+            text != "null" && text != "\"\""
+        })
+    };
+    if !present("userId") && !present("anonymousId") {
+        return Err((
+            "missing_field",
+            "`userId` or `anonymousId` is required".into(),
+        ));
+    }
+    if let Some((_, Some(required))) = CALLS.iter().find(|(name, _)| *name == call)
+        && !present(required)
+    {
+        return Err((
+            "missing_field",
+            format!("`{required}` is required on {call}"),
+        ));
+    }
+    let event_type = match call {
+        "track" => message
+            .event
+            .clone()
+            .ok_or(("missing_field", "`event` is required on track".into()))?,
+        other => Cow::Borrowed(other),
+    };
+    // What the payload keeps: the message as sent, less what changes between retries
+    // (`sentAt`) or must not be stored (`writeKey`); the batch's context when it has none.
+    fields.remove("writeKey");
+    fields.remove("sentAt");
+    let type_value: Box<RawValue> =
+        serde_json::value::to_raw_value(call).map_err(|err| ("invalid", err.to_string()))?;
+    fields.insert("type".to_owned(), &type_value);
+    if let Some(context) = batch_context {
+        fields.entry("context".to_owned()).or_insert(context);
+    }
+    let source = fields
+        .get("context")
+        .and_then(|context| serde_json::from_str::<Context<'_>>(context.get()).ok())
+        .and_then(|context| context.library)
+        .and_then(|library| library.name)
+        .map(Cow::into_owned);
+    let payload =
+        serde_json::value::to_raw_value(&fields).map_err(|err| ("invalid", err.to_string()))?;
+    let timestamp = message
+        .timestamp
+        .as_deref()
+        .or(message.original_timestamp.as_deref());
+    let wire = serde_json::to_string(&WireEvent {
+        event_id: message.message_id.as_deref(),
+        event_type: &event_type,
+        source: source.as_deref(),
+        timestamp,
+        payload: &payload,
+    })
+    .map_err(|err| ("invalid", err.to_string()))?;
+    let event = NewEvent::from_json(&wire).map_err(|errors| {
+        let msg = errors
+            .iter()
+            .map(|error| {
+                let field = match error.loc.first().map(AsRef::as_ref) {
+                    Some("event_id") => "messageId",
+                    Some("event_type") => "event",
+                    Some("source") => "context.library.name",
+                    Some("timestamp") => "timestamp",
+                    _ => "the message",
+                };
+                format!("{field}: {}", error.msg)
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        ("invalid", msg)
+    })?;
+    Ok((event, message.message_id.map(Cow::into_owned)))
+}

@@ -1,0 +1,414 @@
+//! Real client libraries against the real server: Segment's Python SDK
+//! (`segment-analytics-python`, in `sync_mode`) and Node SDK (`@segment/analytics-node`),
+//! unchanged but for their host and write key.
+//!
+//! The SDKs are installed on first use into `target/sdk-env` (a Python venv and an npm
+//! prefix, pinned versions); `.ci/run` installs them before the tests. Without Python or
+//! npm the tests fail, as a test whose dependency is missing must.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::harness::{TestApp, TestTenant};
+
+const SEGMENT_PYTHON: &str = "segment-analytics-python==2.4.0";
+const SEGMENT_NODE: &str = "@segment/analytics-node@3.1.0";
+
+/// Where the SDKs are installed: `target/sdk-env` of the workspace.
+fn sdk_env() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/sdk-env")
+}
+
+/// One installation at a time, whichever test asks first.
+static INSTALL: Mutex<()> = Mutex::new(());
+
+fn run(command: &mut Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("{what}: cannot run: {err}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The venv's python, with Segment's Python SDK installed.
+fn python() -> PathBuf {
+    let _one = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let venv = sdk_env().join("python");
+    let python = venv.join("bin/python");
+    let marker = venv.join(".installed");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(SEGMENT_PYTHON) {
+        run(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        );
+        run(
+            Command::new(&python).args(["-m", "pip", "install", "-q", SEGMENT_PYTHON]),
+            "pip install",
+        );
+        std::fs::write(&marker, SEGMENT_PYTHON).expect("write the marker");
+    }
+    python
+}
+
+/// The npm prefix with Segment's Node SDK installed.
+fn node_modules() -> PathBuf {
+    let _one = INSTALL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let prefix = sdk_env().join("node");
+    let marker = prefix.join(".installed");
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(SEGMENT_NODE) {
+        std::fs::create_dir_all(&prefix).expect("create the npm prefix");
+        run(
+            Command::new("npm")
+                .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&prefix)
+                .arg(SEGMENT_NODE),
+            "npm install",
+        );
+        std::fs::write(&marker, SEGMENT_NODE).expect("write the marker");
+    }
+    prefix.join("node_modules")
+}
+
+/// Runs a script off the runtime's threads (the server under test runs on them); returns
+/// its stdout, failing on a non-zero exit.
+async fn script(mut command: Command) -> String {
+    let output = tokio::task::spawn_blocking(move || command.output().expect("run the SDK"))
+        .await
+        .expect("task");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the SDK script failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Sends, with the Python SDK in sync mode, one message of every call type; `gzip` as the
+/// SDK offers it. Prints the errors the SDK reported (none expected). Each message has its
+/// own `messageId` and `timestamp` (the SDK stamps "now" otherwise), so a second run sends
+/// exactly the same messages, as an SDK's retry does.
+const PYTHON_ALL_CALLS: &str = r#"
+import json, sys
+from datetime import datetime, timezone
+from segment.analytics.client import Client
+host, key, gzip = sys.argv[1], sys.argv[2], sys.argv[3] == "gzip"
+at = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
+errors = []
+client = Client(key, host=host, sync_mode=True, gzip=gzip, max_retries=5,
+                on_error=lambda error, batch: errors.append(str(error)))
+client.track(user_id="u-1", event="Order Completed", properties={"total": 10, "currency": "EUR"},
+             context={"ip": "203.0.113.9"}, timestamp=at, message_id="py-track-1")
+client.identify(user_id="u-1", traits={"plan": "pro", "email": "ada@example.com"},
+                timestamp=at, message_id="py-identify-1")
+client.page(user_id="u-1", category="Docs", name="Quickstart", properties={"path": "/docs"},
+            timestamp=at, message_id="py-page-1")
+client.screen(user_id="u-1", name="Settings", timestamp=at, message_id="py-screen-1")
+client.group(user_id="u-1", group_id="g-42", traits={"name": "Acme"}, timestamp=at,
+             message_id="py-group-1")
+client.alias(previous_id="anon-7", user_id="u-1", timestamp=at, message_id="py-alias-1")
+client.flush()
+print(json.dumps(errors))
+"#;
+
+async fn send_every_call(app: &TestApp, tenant: &TestTenant, gzip: bool) -> Vec<Value> {
+    let mut command = Command::new(python());
+    command.args([
+        "-c",
+        PYTHON_ALL_CALLS,
+        &app.base,
+        &tenant.api_key,
+        if gzip { "gzip" } else { "plain" },
+    ]);
+    serde_json::from_str(script(command).await.trim()).expect("the errors as JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_segment_python_sdk_stores_every_call_once_and_its_resend_is_a_duplicate() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+
+    let errors = send_every_call(&app, &tenant, false).await;
+    assert!(errors.is_empty(), "the SDK reported {errors:?}");
+    let stored = app.search(&tenant, "limit=100").await;
+    let events = stored["events"].as_array().unwrap();
+    assert_eq!(events.len(), 6, "{stored}");
+
+    let track = &app
+        .search(
+            &tenant,
+            "event_type=Order%20Completed&payload.properties.total=10",
+        )
+        .await["events"][0];
+    assert_eq!(track["event_id"], "py-track-1", "messageId is the event_id");
+    assert_eq!(
+        track["source"], "analytics-python",
+        "the library is the source"
+    );
+    assert_eq!(
+        track["timestamp"], "2026-11-30T12:00:00Z",
+        "the timestamp as sent"
+    );
+    assert_eq!(track["payload"]["type"], "track");
+    assert_eq!(track["payload"]["userId"], "u-1");
+    assert_eq!(track["payload"]["context"]["ip"], "203.0.113.9");
+    assert!(
+        track["payload"].get("writeKey").is_none() && track["payload"].get("sentAt").is_none(),
+        "the key and the send time are not stored: {track}"
+    );
+    for (event_type, message_id) in [
+        ("identify", "py-identify-1"),
+        ("page", "py-page-1"),
+        ("screen", "py-screen-1"),
+        ("group", "py-group-1"),
+        ("alias", "py-alias-1"),
+    ] {
+        let found = app
+            .search(&tenant, &format!("event_type={event_type}"))
+            .await;
+        assert_eq!(found["events"][0]["event_id"], message_id, "{found}");
+    }
+    let identify = app.search(&tenant, "payload.traits.plan=pro").await;
+    assert_eq!(identify["events"].as_array().unwrap().len(), 1);
+
+    // The same messages again, gzipped this time: every one a duplicate, nothing stored.
+    let errors = send_every_call(&app, &tenant, true).await;
+    assert!(errors.is_empty(), "the SDK reported {errors:?}");
+    assert_eq!(app.count_events(&tenant, "").await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_segment_python_sdk_retries_a_429_and_then_succeeds() {
+    let app = TestApp::spawn().await;
+    // Two events at once, then one every half second.
+    let tenant = app
+        .create_tenant_with(
+            serde_json::json!({"name": "slow", "rate_limit_per_minute": 120, "burst": 2}),
+        )
+        .await;
+    let mut command = Command::new(python());
+    command.args([
+        "-c",
+        r#"
+import json, sys
+from segment.analytics.client import Client
+errors = []
+# The SDK's own consumer thread (sync_mode posts once, without retries), one message a
+# request: the third meets the limit, gets 429 + Retry-After, and is sent again.
+client = Client(sys.argv[2], host=sys.argv[1], upload_size=1, max_retries=10,
+                on_error=lambda error, batch: errors.append(str(error)))
+for n in range(5):
+    client.track(user_id="u", event="Tick", properties={"n": n}, message_id=f"tick-{n}")
+client.flush()
+client.join()
+print(json.dumps(errors))
+"#,
+        &app.base,
+        &tenant.api_key,
+    ]);
+    let errors: Vec<Value> = serde_json::from_str(script(command).await.trim()).unwrap();
+    assert!(errors.is_empty(), "the SDK gave up: {errors:?}");
+    assert_eq!(app.count_events(&tenant, "event_type=Tick").await, 5);
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("pulsestream_events_total{")
+                && line.contains("outcome=\"rate_limited\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(refused >= 1.0, "the SDK met a 429 on the way: {metrics}");
+}
+
+/// What the SDKs do not send, by hand: other ways to give the key, bad messages among good
+/// ones, and bodies that cannot be stored.
+#[tokio::test]
+async fn segment_requests_are_authenticated_checked_per_message_and_answered_as_sdks_expect() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let post = |path: &str, body: Value| {
+        app.client
+            .post(app.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    };
+
+    // The key in X-Write-Key, or in the body.
+    let by_header = post(
+        "/v1/track",
+        json!({"userId": "u", "event": "A", "messageId": "k-1"}),
+    )
+    .header("x-write-key", &tenant.api_key)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(by_header.status(), StatusCode::OK);
+    let by_body = post(
+        "/v1/identify",
+        json!({"userId": "u", "writeKey": tenant.api_key, "messageId": "k-2"}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(by_body.status(), StatusCode::OK);
+    let stored = app.search(&tenant, "event_id=k-2").await;
+    assert_eq!(stored["events"][0]["event_type"], "identify");
+    assert!(stored["events"][0]["payload"].get("writeKey").is_none());
+    for (name, request) in [
+        (
+            "no key",
+            post("/v1/track", json!({"userId": "u", "event": "A"})),
+        ),
+        (
+            "unknown key",
+            post("/v1/track", json!({"userId": "u", "event": "A"})).basic_auth("ps_nope", Some("")),
+        ),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["code"], "unauthorized", "{name}: {problem}");
+    }
+
+    // One batch: good messages stored, bad ones rejected alone, each with its reason.
+    let batch = json!({
+        "context": {"library": {"name": "hand-written"}},
+        "batch": [
+            {"type": "track", "userId": "u", "event": "Kept", "messageId": "b-1"},
+            {"type": "track", "userId": "u", "messageId": "b-2"},
+            {"type": "identify", "messageId": "b-3"},
+            {"type": "teleport", "userId": "u", "messageId": "b-4"},
+            {"type": "group", "anonymousId": "a", "messageId": "b-5"},
+            {"type": "alias", "userId": "u", "previousId": "old", "messageId": "b-6"},
+            {"type": "track", "userId": "u", "event": "Kept", "messageId": "b-1",
+             "properties": {"other": true}},
+            {"type": "page", "userId": "u", "messageId": "b-8", "timestamp": "yesterday"},
+            {"type": "track", "userId": "u", "event": "Big", "messageId": "b-9",
+             "properties": {"blob": "x".repeat(40_000)}},
+        ]
+    });
+    let response = post("/v1/batch", batch)
+        .basic_auth(&tenant.api_key, Some(""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["pulsestream-rejected"], "7");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        (&answer["success"], &answer["accepted"], &answer["rejected"]),
+        (&json!(true), &json!(2), &json!(7)),
+        "{answer}"
+    );
+    let reasons: Vec<(u64, &str)> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|error| {
+            (
+                error["index"].as_u64().unwrap(),
+                error["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (1, "missing_field"),
+            (2, "missing_field"),
+            (3, "unknown_type"),
+            (4, "missing_field"),
+            (6, "conflict"),
+            (7, "invalid"),
+            (8, "too_large"),
+        ],
+        "{answer}"
+    );
+    let kept = app.search(&tenant, "event_id=b-1").await;
+    assert_eq!(
+        kept["events"][0]["source"], "hand-written",
+        "the batch's context applies"
+    );
+
+    // Nothing storable, bad JSON, or too large: 400, which SDKs do not retry.
+    for (name, request) in [
+        (
+            "no valid message",
+            post("/v1/batch", json!({"batch": [{"type": "track"}]})),
+        ),
+        (
+            "not JSON",
+            app.client
+                .post(app.url("/v1/batch"))
+                .header("content-type", "application/json")
+                .body("{nope"),
+        ),
+        (
+            "over 500 KB",
+            post(
+                "/v1/batch",
+                json!({"batch": (0..20).map(|n| json!({"type": "track", "userId": "u", "event": "E",
+                    "properties": {"blob": "y".repeat(30_000)}, "messageId": format!("big-{n}")}))
+                    .collect::<Vec<_>>()}),
+            ),
+        ),
+    ] {
+        let response = request
+            .basic_auth(&tenant.api_key, Some(""))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{name}");
+    }
+    assert_eq!(app.count_events(&tenant, "").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_segment_node_sdk_stores_its_batch() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let mut command = Command::new("node");
+    command.env("NODE_PATH", node_modules()).args([
+        "-e",
+        r#"
+const { Analytics } = require('@segment/analytics-node');
+const [host, writeKey] = process.argv.slice(1);
+const analytics = new Analytics({ writeKey, host, path: '/v1/batch', flushAt: 3, maxRetries: 3 });
+analytics.on('error', (error) => { console.error('SDK error', error); process.exitCode = 1; });
+analytics.track({ userId: 'n-1', event: 'Signed Up', properties: { plan: 'pro' } });
+analytics.identify({ userId: 'n-1', traits: { name: 'Ada' } });
+analytics.page({ anonymousId: 'a-9', name: 'Pricing' });
+analytics.closeAndFlush().then(() => console.log('flushed'));
+"#,
+        &app.base,
+        &tenant.api_key,
+    ]);
+    assert_eq!(script(command).await.trim(), "flushed");
+    let signed_up = app.search(&tenant, "event_type=Signed%20Up").await;
+    let event = &signed_up["events"][0];
+    assert_eq!(event["source"], "@segment/analytics-node", "{event}");
+    assert_eq!(event["payload"]["properties"]["plan"], "pro");
+    assert!(event["event_id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert_eq!(app.count_events(&tenant, "").await, 3);
+}

@@ -50,6 +50,7 @@ use crate::v1::ingest::BatchResult;
         (name = "events", description = "Ingest and read a tenant's events (tenant API key)"),
         (name = "tenants", description = "Tenants and their API keys (admin token)"),
         (name = "segment", description = "Segment's HTTP Tracking API, for Segment, RudderStack and Jitsu SDKs (write key = tenant API key)"),
+        (name = "posthog", description = "PostHog's capture API, for PostHog SDKs (project API key = tenant API key)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
@@ -444,7 +445,8 @@ mod tests {
         for (path, item) in doc["paths"].as_object().expect("paths") {
             for (method, operation) in item.as_object().expect("path item") {
                 let secured = operation.get("security").is_some();
-                let private = path.starts_with("/v1/") || path.starts_with("/admin/");
+                let private =
+                    !["/healthz", "/readyz", "/metrics", "/openapi.json"].contains(&path.as_str());
                 assert_eq!(secured, private, "{method} {path}: security");
             }
         }

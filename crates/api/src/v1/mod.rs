@@ -1,8 +1,10 @@
 //! The tenant API, `/v1/...`.
 
+pub(crate) mod compat;
 pub mod destinations;
 pub mod events;
 pub(crate) mod idempotency;
 pub mod ingest;
+pub mod posthog;
 pub mod rate_limit;
 pub mod segment;

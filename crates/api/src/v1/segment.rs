@@ -27,24 +27,20 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
 use base64::Engine;
 use pulsestream_core::{NewEvent, Tenant};
-use pulsestream_store::{AppendBatch, AppendStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-use super::rate_limit;
+use super::compat::{self, Converted, Counts, WireEvent, present};
 use crate::AppState;
-use crate::auth::secret_hash;
 use crate::body::{BodyFormat, read_text_body};
 use crate::error::ApiError;
-use crate::observe::{self, RequestFacts};
 use crate::openapi as doc;
 
 /// The most messages one batch may carry, as Segment allows.
@@ -169,31 +165,12 @@ pub async fn import(
 
 /// The answer to every Segment endpoint.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct SegmentAnswer {
+pub(crate) struct SegmentAnswer<'a> {
     /// Always `true` in a 200: the valid messages are durably stored.
     success: bool,
-    /// Messages stored now.
-    accepted: usize,
-    /// Messages whose `messageId` was stored before with the same content.
-    duplicates: usize,
-    /// Messages not stored: invalid, too large, or a `messageId` stored with other content.
-    rejected: usize,
-    /// One entry per rejected message.
-    errors: Vec<Rejection>,
-}
-
-/// A message that was not stored, and why.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub(crate) struct Rejection {
-    /// Its place in the batch (0 for a single message).
-    index: usize,
-    /// Its `messageId`, if it had one.
-    #[serde(rename = "messageId", skip_serializing_if = "Option::is_none")]
-    message_id: Option<String>,
-    /// `invalid_json`, `unknown_type`, `missing_field`, `too_large`, `invalid` or
-    /// `conflict`.
-    reason: &'static str,
-    msg: String,
+    /// The counts; a rejected message's `id` is its `messageId`.
+    #[serde(flatten)]
+    counts: &'a Counts,
 }
 
 /// The body of `/v1/batch`.
@@ -237,19 +214,6 @@ struct Library<'a> {
     name: Option<Cow<'a, str>>,
 }
 
-/// The event a message becomes, in PulseStream's own wire format.
-#[derive(Serialize)]
-struct WireEvent<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event_id: Option<&'a str>,
-    event_type: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    timestamp: Option<&'a str>,
-    payload: &'a RawValue,
-}
-
 async fn ingest(
     app: &AppState,
     headers: &HeaderMap,
@@ -260,17 +224,7 @@ async fn ingest(
     let limit = app.config.segment.max_batch_bytes;
     let body = read_text_body(headers, body, limit, &[BodyFormat::Json])
         .await
-        .map_err(|err| {
-            // SDKs retry a 413 or drop it silently; Segment answers 400, which they log.
-            if err.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::bad_request(
-                    "payload_too_large",
-                    format!("the body is over this server's limit of {limit} bytes"),
-                )
-            } else {
-                err
-            }
-        })?;
+        .map_err(compat::oversize_is_bad_request(limit))?;
     let (messages, context, body_key) = match endpoint {
         Endpoint::Batch => {
             let envelope: Envelope<'_> = serde_json::from_str(&body.text)
@@ -292,7 +246,7 @@ async fn ingest(
             (vec![message], None, key)
         }
     };
-    let tenant = authenticate(app, headers, body_key.as_deref()).await?;
+    let tenant = authenticate(app, headers, body_key).await?;
     if messages.is_empty() || messages.len() > MAX_BATCH_MESSAGES {
         return Err(ApiError::bad_request(
             "invalid_batch",
@@ -302,108 +256,25 @@ async fn ingest(
             ),
         ));
     }
-
     let max_message = app.config.segment.max_message_bytes;
-    let mut rejections = Vec::new();
-    let mut events = Vec::with_capacity(messages.len());
-    // (index in the batch, messageId) of each valid message, in the order of `events`.
-    let mut valid = Vec::with_capacity(messages.len());
+    let mut converted = Converted::default();
     for (index, raw) in messages.iter().enumerate() {
-        match convert(raw, endpoint, context, max_message) {
-            Ok((event, message_id)) => {
-                events.push(event);
-                valid.push((index, message_id));
-            }
-            Err((reason, msg)) => {
-                let message_id = serde_json::from_str::<Message<'_>>(raw.get())
-                    .ok()
-                    .and_then(|message| message.message_id.map(Cow::into_owned));
-                rejections.push(Rejection {
-                    index,
-                    message_id,
-                    reason,
-                    msg,
-                });
-            }
-        }
-    }
-    let count = |outcome, n| observe::count_events(&app.tenant_labels, tenant.id, outcome, n);
-    for rejection in &rejections {
-        metrics::counter!("pulsestream_segment_rejected_total", "reason" => rejection.reason)
-            .increment(1);
-    }
-    if events.is_empty() {
-        count("rejected", rejections.len());
-        let detail = match rejections.as_slice() {
-            [only] => format!("the message was not stored: {}", only.msg),
-            all => format!("none of the {} messages could be stored", all.len()),
-        };
-        return Err(
-            ApiError::bad_request("no_valid_message", detail).with_field(
-                "errors",
-                serde_json::to_value(&rejections).unwrap_or_default(),
-            ),
+        let message_id = serde_json::from_str::<Message<'_>>(raw.get())
+            .ok()
+            .and_then(|message| message.message_id.map(Cow::into_owned));
+        converted.push(
+            index,
+            message_id,
+            convert(raw, endpoint, context, max_message),
         );
     }
-
-    // A request costs every message it carries, rejected ones included, as on /v1/events.
-    let carried = messages.len();
-    let decision = rate_limit::admit(app, &tenant, carried as u32)
-        .await
-        .inspect_err(|_| count("rate_limited", carried))?;
-    let statuses = app
-        .events
-        .append_batch(AppendBatch {
-            tenant: tenant.id,
-            events,
-            received_at,
-            idempotency: None,
-        })
-        .await?
-        .statuses;
-    let (mut accepted, mut duplicates) = (0, 0);
-    for ((index, message_id), status) in valid.into_iter().zip(statuses) {
-        match status {
-            AppendStatus::Accepted(_) => accepted += 1,
-            AppendStatus::Duplicate(_) => duplicates += 1,
-            AppendStatus::Conflict(existing) => {
-                metrics::counter!("pulsestream_segment_rejected_total", "reason" => "conflict")
-                    .increment(1);
-                rejections.push(Rejection {
-                    index,
-                    message_id,
-                    reason: "conflict",
-                    msg: format!(
-                        "a message with this messageId and other content is stored as {existing}"
-                    ),
-                });
-            }
-        }
-    }
-    rejections.sort_by_key(|rejection| rejection.index);
-    count("accepted", accepted);
-    count("duplicate", duplicates);
-    count("rejected", rejections.len());
-    metrics::counter!("pulsestream_ingest_messages_total", "protocol" => "segment")
-        .increment(carried as u64);
-    let rejected = rejections.len();
+    let carried = converted.carried;
+    let outcome = compat::store(app, &tenant, "segment", received_at, converted).await?;
     let answer = SegmentAnswer {
         success: true,
-        accepted,
-        duplicates,
-        rejected,
-        errors: rejections,
+        counts: &outcome.counts,
     };
-    let mut response = Json(answer).into_response();
-    response
-        .headers_mut()
-        .insert("pulsestream-rejected", HeaderValue::from(rejected));
-    rate_limit::set_headers(response.headers_mut(), tenant.rate_limit, &decision);
-    response.extensions_mut().insert(RequestFacts {
-        tenant: Some(tenant.id),
-        events: Some(carried),
-    });
-    Ok(response)
+    Ok(outcome.respond(answer, &tenant, carried))
 }
 
 /// The tenant of the write key: HTTP Basic user name, bearer token, `X-Write-Key`, or the
@@ -411,7 +282,7 @@ async fn ingest(
 async fn authenticate(
     app: &AppState,
     headers: &HeaderMap,
-    body_key: Option<&str>,
+    body_key: Option<Cow<'_, str>>,
 ) -> Result<Tenant, ApiError> {
     let from_header = headers
         .get(header::AUTHORIZATION)
@@ -439,28 +310,21 @@ async fn authenticate(
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned)
         });
-    let key = from_header
-        .as_deref()
-        .or(body_key)
-        .filter(|key| !key.is_empty())
-        .ok_or_else(|| {
-            ApiError::unauthorized(
-                "send the write key (a tenant API key) as the HTTP Basic user name, a bearer token, X-Write-Key or writeKey",
-            )
-        })?;
-    app.tenants
-        .tenant_by_key_hash(&secret_hash(key))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("unknown or revoked write key"))
+    compat::tenant_of_key(
+        app,
+        from_header.map(Cow::Owned).or(body_key),
+        "the write key: the HTTP Basic user name, a bearer token, X-Write-Key or writeKey",
+    )
+    .await
 }
 
-/// One message as an event, with its `messageId`; or why it cannot be stored.
+/// One message as an event, or why it cannot be stored.
 fn convert(
     raw: &RawValue,
     endpoint: Endpoint,
     batch_context: Option<&RawValue>,
     max_bytes: usize,
-) -> Result<(NewEvent, Option<String>), (&'static str, String)> {
+) -> Result<NewEvent, (&'static str, String)> {
     if raw.get().len() > max_bytes {
         return Err((
             "too_large",
@@ -486,12 +350,7 @@ fn convert(
             ))?,
         (Endpoint::Batch, None) => return Err(("missing_field", "`type` is required".into())),
     };
-    let present = |name: &str| {
-        fields.get(name).is_some_and(|value| {
-            let text = value.get();
-            text != "null" && text != "\"\""
-        })
-    };
+    let present = |name: &str| present(fields.get(name));
     if !present("userId") && !present("anonymousId") {
         return Err((
             "missing_field",
@@ -535,30 +394,12 @@ fn convert(
         .timestamp
         .as_deref()
         .or(message.original_timestamp.as_deref());
-    let wire = serde_json::to_string(&WireEvent {
+    WireEvent {
         event_id: message.message_id.as_deref(),
         event_type: &event_type,
         source: source.as_deref(),
         timestamp,
         payload: &payload,
-    })
-    .map_err(|err| ("invalid", err.to_string()))?;
-    let event = NewEvent::from_json(&wire).map_err(|errors| {
-        let msg = errors
-            .iter()
-            .map(|error| {
-                let field = match error.loc.first().map(AsRef::as_ref) {
-                    Some("event_id") => "messageId",
-                    Some("event_type") => "event",
-                    Some("source") => "context.library.name",
-                    Some("timestamp") => "timestamp",
-                    _ => "the message",
-                };
-                format!("{field}: {}", error.msg)
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        ("invalid", msg)
-    })?;
-    Ok((event, message.message_id.map(Cow::into_owned)))
+    }
+    .check(["messageId", "event", "context.library.name", "timestamp"])
 }

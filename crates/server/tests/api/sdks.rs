@@ -1,6 +1,6 @@
 //! Real client libraries against the real server: Segment's Python SDK
-//! (`segment-analytics-python`, in `sync_mode`) and Node SDK (`@segment/analytics-node`),
-//! unchanged but for their host and write key.
+//! (`segment-analytics-python`) and Node SDK (`@segment/analytics-node`), and PostHog's
+//! Python SDK (`posthog`), unchanged but for their host and key.
 //!
 //! The SDKs are installed on first use into `target/sdk-env` (a Python venv and an npm
 //! prefix, pinned versions); `.ci/run` installs them before the tests. Without Python or
@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::harness::{TestApp, TestTenant};
 
 const SEGMENT_PYTHON: &str = "segment-analytics-python==2.4.0";
+const POSTHOG_PYTHON: &str = "posthog==7.91.1";
 const SEGMENT_NODE: &str = "@segment/analytics-node@3.1.0";
 
 /// Where the SDKs are installed: `target/sdk-env` of the workspace.
@@ -38,7 +39,7 @@ fn run(command: &mut Command, what: &str) {
     );
 }
 
-/// The venv's python, with Segment's Python SDK installed.
+/// The venv's python, with the Python SDKs installed.
 fn python() -> PathBuf {
     let _one = INSTALL
         .lock()
@@ -46,16 +47,24 @@ fn python() -> PathBuf {
     let venv = sdk_env().join("python");
     let python = venv.join("bin/python");
     let marker = venv.join(".installed");
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(SEGMENT_PYTHON) {
+    let wanted = format!("{SEGMENT_PYTHON} {POSTHOG_PYTHON}");
+    if std::fs::read_to_string(&marker).ok() != Some(wanted.clone()) {
         run(
             Command::new("python3").args(["-m", "venv"]).arg(&venv),
             "python3 -m venv",
         );
         run(
-            Command::new(&python).args(["-m", "pip", "install", "-q", SEGMENT_PYTHON]),
+            Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                SEGMENT_PYTHON,
+                POSTHOG_PYTHON,
+            ]),
             "pip install",
         );
-        std::fs::write(&marker, SEGMENT_PYTHON).expect("write the marker");
+        std::fs::write(&marker, wanted).expect("write the marker");
     }
     python
 }
@@ -221,6 +230,14 @@ print(json.dumps(errors))
     let errors: Vec<Value> = serde_json::from_str(script(command).await.trim()).unwrap();
     assert!(errors.is_empty(), "the SDK gave up: {errors:?}");
     assert_eq!(app.count_events(&tenant, "event_type=Tick").await, 5);
+    assert!(
+        rate_limited_events(&app).await >= 1.0,
+        "the SDK met a 429 on the way"
+    );
+}
+
+/// Events answered 429 so far, from `/metrics`.
+async fn rate_limited_events(app: &TestApp) -> f64 {
     let metrics = app
         .client
         .get(app.url("/metrics"))
@@ -230,15 +247,14 @@ print(json.dumps(errors))
         .text()
         .await
         .unwrap();
-    let refused: f64 = metrics
+    metrics
         .lines()
         .filter(|line| {
             line.starts_with("pulsestream_events_total{")
                 && line.contains("outcome=\"rate_limited\"")
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(refused >= 1.0, "the SDK met a 429 on the way: {metrics}");
+        .sum()
 }
 
 /// What the SDKs do not send, by hand: other ways to give the key, bad messages among good
@@ -411,4 +427,185 @@ analytics.closeAndFlush().then(() => console.log('flushed'));
     assert_eq!(event["payload"]["properties"]["plan"], "pro");
     assert!(event["event_id"].as_str().is_some_and(|id| !id.is_empty()));
     assert_eq!(app.count_events(&tenant, "").await, 3);
+}
+
+/// PostHog's Python SDK: captures (plain and gzipped) stored once each, mapped, and a
+/// resend of the same `uuid` stored nothing new.
+const POSTHOG_CAPTURES: &str = r#"
+import json, sys
+from datetime import datetime, timezone
+from posthog import Posthog
+host, key, gzip = sys.argv[1], sys.argv[2], sys.argv[3] == "gzip"
+at = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
+errors = []
+posthog = Posthog(key, host=host, sync_mode=True, gzip=gzip, max_retries=5,
+                  on_error=lambda error, batch: errors.append(str(error)))
+posthog.capture("signed up", distinct_id="d-1", properties={"plan": "pro", "seats": 3},
+                timestamp=at, uuid="0190a8c4-0000-7000-8000-00000000aaa1")
+posthog.capture("$pageview", distinct_id="d-1", properties={"$current_url": "https://example.com/"},
+                timestamp=at, uuid="0190a8c4-0000-7000-8000-00000000aaa2")
+posthog.flush()
+print(json.dumps(errors))
+"#;
+
+async fn posthog_captures(app: &TestApp, tenant: &TestTenant, gzip: bool) {
+    let mut command = Command::new(python());
+    command.args([
+        "-c",
+        POSTHOG_CAPTURES,
+        &app.base,
+        &tenant.api_key,
+        if gzip { "gzip" } else { "plain" },
+    ]);
+    let errors: Vec<Value> = serde_json::from_str(script(command).await.trim()).unwrap();
+    assert!(errors.is_empty(), "the SDK reported {errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_posthog_python_sdk_stores_captures_once_and_its_resend_is_a_duplicate() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    posthog_captures(&app, &tenant, false).await;
+    assert_eq!(app.count_events(&tenant, "").await, 2);
+    let signed_up = app
+        .search(&tenant, "event_type=signed%20up&payload.properties.seats=3")
+        .await;
+    let event = &signed_up["events"][0];
+    assert_eq!(
+        event["event_id"], "0190a8c4-0000-7000-8000-00000000aaa1",
+        "uuid is the event_id"
+    );
+    assert_eq!(event["source"], "posthog-python", "$lib is the source");
+    assert_eq!(event["timestamp"], "2026-11-30T12:00:00Z");
+    assert_eq!(event["payload"]["distinct_id"], "d-1");
+    assert!(
+        event["payload"].get("api_key").is_none(),
+        "the key is not stored: {event}"
+    );
+    let pageview = app.search(&tenant, "event_type=%24pageview").await;
+    assert_eq!(
+        pageview["events"][0]["payload"]["properties"]["$current_url"],
+        "https://example.com/"
+    );
+    // The same captures again, gzipped: duplicates, nothing stored.
+    posthog_captures(&app, &tenant, true).await;
+    assert_eq!(app.count_events(&tenant, "").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_posthog_python_sdk_retries_a_429_and_then_succeeds() {
+    let app = TestApp::spawn().await;
+    let tenant = app
+        .create_tenant_with(json!({"name": "slow", "rate_limit_per_minute": 120, "burst": 2}))
+        .await;
+    let mut command = Command::new(python());
+    command.args([
+        "-c",
+        r#"
+import json, sys
+from posthog import Posthog
+errors = []
+# The SDK's consumer thread (it retries 429 after Retry-After), one event a request.
+posthog = Posthog(sys.argv[2], host=sys.argv[1], flush_at=1, max_retries=10,
+                  on_error=lambda error, batch: errors.append(str(error)))
+for n in range(5):
+    posthog.capture("tick", distinct_id="d", properties={"n": n})
+posthog.flush()
+posthog.shutdown()
+print(json.dumps(errors))
+"#,
+        &app.base,
+        &tenant.api_key,
+    ]);
+    let errors: Vec<Value> = serde_json::from_str(script(command).await.trim()).unwrap();
+    assert!(errors.is_empty(), "the SDK gave up: {errors:?}");
+    assert_eq!(app.count_events(&tenant, "event_type=tick").await, 5);
+    assert!(
+        rate_limited_events(&app).await >= 1.0,
+        "the SDK met a 429 on the way"
+    );
+}
+
+/// What the PostHog SDKs send in other shapes: posthog-js's `?compression=gzip-js` with
+/// text/plain, a single event on `/i/v0/e/`, an array on `/e/`, and events without a key
+/// or a distinct_id.
+#[tokio::test]
+async fn posthog_bodies_of_every_shape_are_read_and_checked_per_event() {
+    use std::io::Write as _;
+
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let key = tenant.api_key.as_str();
+    let body = json!({"api_key": key, "batch": [
+        {"event": "a", "distinct_id": "d", "uuid": "0190a8c4-0000-7000-8000-00000000bbb1"},
+        {"event": "b", "properties": {"distinct_id": "d", "$lib": "web"}},
+        {"event": "c"},
+        {"distinct_id": "d"},
+        {"event": "e", "distinct_id": "d", "api_key": "ps_someone_else"},
+    ]});
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.to_string().as_bytes()).unwrap();
+    let response = app
+        .client
+        .post(app.url("/batch/?compression=gzip-js&ver=1.0"))
+        .header("content-type", "text/plain")
+        .body(gz.finish().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        (&answer["status"], &answer["accepted"]),
+        (&json!(1), &json!(2)),
+        "{answer}"
+    );
+    let reasons: Vec<&str> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|error| error["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["missing_field", "missing_field", "other_key"]);
+    let web = app.search(&tenant, "event_type=b").await;
+    assert_eq!(web["events"][0]["source"], "web");
+
+    let single = app
+        .client
+        .post(app.url("/i/v0/e/"))
+        .json(&json!({"api_key": key, "event": "single", "distinct_id": "d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(single.status(), StatusCode::OK);
+    let array = app
+        .client
+        .post(app.url("/e/"))
+        .json(
+            &json!([{"api_key": key, "event": "arr", "distinct_id": "d"},
+                      {"api_key": key, "event": "arr", "distinct_id": "e"}]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(array.status(), StatusCode::OK);
+    assert_eq!(app.count_events(&tenant, "event_type=arr").await, 2);
+
+    let no_key = app
+        .client
+        .post(app.url("/capture/"))
+        .json(&json!({"event": "x", "distinct_id": "d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_key.status(), StatusCode::UNAUTHORIZED);
+    let nothing_valid = app
+        .client
+        .post(app.url("/batch/"))
+        .json(&json!({"api_key": key, "batch": [{"event": "no distinct id"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nothing_valid.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(app.count_events(&tenant, "").await, 5);
 }

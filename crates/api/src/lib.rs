@@ -119,6 +119,7 @@ fn tenant_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(v1::events::post_event, v1::events::list_events))
         .routes(routes!(v1::events::post_batch))
         .routes(routes!(v1::events::get_event))
+        .routes(routes!(v1::cloudevents::post_cloudevents))
         .routes(routes!(v1::destinations::create, v1::destinations::list))
         .routes(routes!(v1::destinations::get, v1::destinations::delete))
         .routes(routes!(

@@ -68,6 +68,14 @@ pub fn describe_metrics() {
         "pulsestream_events_total",
         "Events by outcome (accepted, duplicate, rejected, rate_limited) and tenant"
     );
+    metrics::describe_counter!(
+        "pulsestream_ingest_messages_total",
+        "Messages received through another product's wire format, by protocol (segment, posthog, cloudevents)"
+    );
+    metrics::describe_counter!(
+        "pulsestream_compat_rejected_total",
+        "Messages of another product's wire format not stored, by protocol and reason"
+    );
 }
 
 /// Middleware around every route.

@@ -1,5 +1,6 @@
 //! The tenant API, `/v1/...`.
 
+pub mod cloudevents;
 pub(crate) mod compat;
 pub mod destinations;
 pub mod events;

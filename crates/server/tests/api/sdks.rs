@@ -17,6 +17,8 @@ use crate::harness::{TestApp, TestTenant};
 
 const SEGMENT_PYTHON: &str = "segment-analytics-python==2.4.0";
 const POSTHOG_PYTHON: &str = "posthog==7.91.1";
+const CLOUDEVENTS_PYTHON: &str = "cloudevents==2.2.0";
+const CLOUDEVENTS_NODE: &str = "cloudevents@10.0.0";
 const SEGMENT_NODE: &str = "@segment/analytics-node@3.1.0";
 
 /// Where the SDKs are installed: `target/sdk-env` of the workspace.
@@ -47,7 +49,7 @@ fn python() -> PathBuf {
     let venv = sdk_env().join("python");
     let python = venv.join("bin/python");
     let marker = venv.join(".installed");
-    let wanted = format!("{SEGMENT_PYTHON} {POSTHOG_PYTHON}");
+    let wanted = format!("{SEGMENT_PYTHON} {POSTHOG_PYTHON} {CLOUDEVENTS_PYTHON}");
     if std::fs::read_to_string(&marker).ok() != Some(wanted.clone()) {
         run(
             Command::new("python3").args(["-m", "venv"]).arg(&venv),
@@ -61,6 +63,7 @@ fn python() -> PathBuf {
                 "-q",
                 SEGMENT_PYTHON,
                 POSTHOG_PYTHON,
+                CLOUDEVENTS_PYTHON,
             ]),
             "pip install",
         );
@@ -69,23 +72,24 @@ fn python() -> PathBuf {
     python
 }
 
-/// The npm prefix with Segment's Node SDK installed.
+/// The npm prefix with the Node SDKs installed.
 fn node_modules() -> PathBuf {
     let _one = INSTALL
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let prefix = sdk_env().join("node");
     let marker = prefix.join(".installed");
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(SEGMENT_NODE) {
+    let wanted = format!("{SEGMENT_NODE} {CLOUDEVENTS_NODE}");
+    if std::fs::read_to_string(&marker).ok() != Some(wanted.clone()) {
         std::fs::create_dir_all(&prefix).expect("create the npm prefix");
         run(
             Command::new("npm")
                 .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
                 .arg(&prefix)
-                .arg(SEGMENT_NODE),
+                .args([SEGMENT_NODE, CLOUDEVENTS_NODE]),
             "npm install",
         );
-        std::fs::write(&marker, SEGMENT_NODE).expect("write the marker");
+        std::fs::write(&marker, wanted).expect("write the marker");
     }
     prefix.join("node_modules")
 }
@@ -608,4 +612,130 @@ async fn posthog_bodies_of_every_shape_are_read_and_checked_per_event() {
         .unwrap();
     assert_eq!(nothing_valid.status(), StatusCode::BAD_REQUEST);
     assert_eq!(app.count_events(&tenant, "").await, 5);
+}
+
+/// CloudEvents' Python SDK: structured and binary mode (JSON data, and bytes that are kept
+/// as `data_base64`), a batched body built by hand (the SDKs do not emit one), and a resend.
+const CLOUDEVENTS_PYTHON_SCRIPT: &str = r#"
+import json, sys, requests
+from datetime import datetime, timezone
+from cloudevents.core.v1.event import CloudEvent
+from cloudevents.core.bindings import http
+url, key = sys.argv[1] + "/v1/cloudevents", sys.argv[2]
+auth = {"Authorization": "Bearer " + key}
+at = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
+def send(message):
+    response = requests.post(url, data=message.body, headers={**message.headers, **auth})
+    return [response.status_code, response.json()]
+order = CloudEvent(attributes={"type": "order.created", "source": "/shop", "id": "o-1",
+                               "time": at, "region": "eu"}, data={"total": 10})
+blob = CloudEvent(attributes={"type": "file.uploaded", "source": "/files", "id": "f-1",
+                              "time": at, "datacontenttype": "application/octet-stream"},
+                  data=b"\x00\x01raw")
+answers = [send(http.to_structured_event(order)), send(http.to_binary_event(blob)),
+           send(http.to_binary_event(order))]
+batch = [json.loads(http.to_structured_event(CloudEvent(
+            attributes={"type": "tick", "source": "/clock", "id": f"t-{n}", "time": at},
+            data={"n": n})).body) for n in range(3)]
+batch.append({"specversion": "1.0", "id": "bad", "type": "tick"})
+response = requests.post(url, data=json.dumps(batch),
+                         headers={"content-type": "application/cloudevents-batch+json", **auth})
+answers.append([response.status_code, response.json()])
+print(json.dumps(answers))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloudevents_python_sdk_stores_structured_binary_and_batched_events_once() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let mut command = Command::new(python());
+    command.args(["-c", CLOUDEVENTS_PYTHON_SCRIPT, &app.base, &tenant.api_key]);
+    let answers: Value = serde_json::from_str(script(command).await.trim()).unwrap();
+    assert_eq!(
+        answers[0],
+        json!([200, {"accepted": 1, "duplicates": 0, "rejected": 0, "errors": []}])
+    );
+    assert_eq!(answers[1][1]["accepted"], 1, "{answers}");
+    assert_eq!(
+        answers[2][1]["duplicates"], 1,
+        "the same event in binary mode is a duplicate: {answers}"
+    );
+    assert_eq!(answers[3][0], 200, "{answers}");
+    assert_eq!(
+        (&answers[3][1]["accepted"], &answers[3][1]["rejected"]),
+        (&json!(3), &json!(1)),
+        "{answers}"
+    );
+    assert_eq!(answers[3][1]["errors"][0]["reason"], "missing_field");
+
+    let order = &app.search(&tenant, "event_type=order.created").await["events"][0];
+    assert_eq!(order["event_id"], "/shop#o-1", "source#id is the event_id");
+    assert_eq!(order["source"], "/shop");
+    assert_eq!(order["timestamp"], "2026-11-30T12:00:00Z");
+    assert_eq!(order["payload"]["data"]["total"], 10);
+    assert_eq!(order["payload"]["region"], "eu", "extensions are kept");
+    let file = &app.search(&tenant, "event_type=file.uploaded").await["events"][0];
+    assert_eq!(file["payload"]["data_base64"], "AAFyYXc=", "{file}");
+    assert_eq!(
+        file["payload"]["datacontenttype"],
+        "application/octet-stream"
+    );
+    assert_eq!(app.count_events(&tenant, "event_type=tick").await, 3);
+    assert_eq!(app.count_events(&tenant, "").await, 5);
+
+    // Without a key: 401, as on every /v1 route.
+    let anonymous = app
+        .client
+        .post(app.url("/v1/cloudevents"))
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"specversion":"1.0","id":"x","source":"/s","type":"t"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloudevents_node_sdk_emits_structured_and_binary_events() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let mut command = Command::new("node");
+    command.env("NODE_PATH", node_modules()).args([
+        "-e",
+        r#"
+const { CloudEvent, emitterFor, httpTransport, Mode } = require('cloudevents');
+const [base, key] = process.argv.slice(1);
+const options = { headers: { Authorization: `Bearer ${key}` } };
+const transport = httpTransport(`${base}/v1/cloudevents`);
+const structured = emitterFor(transport, { mode: Mode.STRUCTURED });
+const binary = emitterFor(transport, { mode: Mode.BINARY });
+(async () => {
+  const answers = [];
+  const signup = new CloudEvent({ type: 'user.signup', source: '/auth', id: 's-1',
+                                  data: { plan: 'pro' }, tenantregion: 'eu' });
+  answers.push(JSON.parse((await structured(signup, options)).body));
+  const login = new CloudEvent({ type: 'user.login', source: '/auth', id: 'l-1', data: { ok: true } });
+  answers.push(JSON.parse((await binary(login, options)).body));
+  answers.push(JSON.parse((await binary(signup, options)).body));
+  console.log(JSON.stringify(answers));
+})().catch((error) => { console.error(error); process.exit(1); });
+"#,
+        &app.base,
+        &tenant.api_key,
+    ]);
+    let answers: Value = serde_json::from_str(script(command).await.trim()).unwrap();
+    assert_eq!(answers[0]["accepted"], 1, "{answers}");
+    assert_eq!(answers[1]["accepted"], 1, "{answers}");
+    assert_eq!(
+        answers[2]["duplicates"], 1,
+        "a resend in another mode: {answers}"
+    );
+    let signup = &app.search(&tenant, "event_type=user.signup").await["events"][0];
+    assert_eq!(signup["event_id"], "/auth#s-1");
+    assert_eq!(signup["payload"]["data"]["plan"], "pro");
+    assert_eq!(signup["payload"]["tenantregion"], "eu");
+    let login = &app
+        .search(&tenant, "event_type=user.login&payload.data.ok=true")
+        .await;
+    assert_eq!(login["events"].as_array().unwrap().len(), 1, "{login}");
 }

@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use pulsestream_core::Tenant;
+use pulsestream_core::{KeyScope, Tenant};
 use pulsestream_limits::Decision;
 
 use crate::observe::RequestFacts;
@@ -75,11 +75,27 @@ impl FromRequestParts<AppState> for AuthTenant {
 }
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthTenant, ApiError> {
-    let key = bearer(parts)?;
-    match state.tenants.tenant_by_key_hash(&secret_hash(key)).await? {
-        Some(tenant) => Ok(AuthTenant(tenant)),
-        None => Err(ApiError::unauthorized("unknown or revoked API key")),
+    let hash = secret_hash(bearer(parts)?);
+    let Some(tenant) = state.tenants.tenant_by_key_hash(&hash).await? else {
+        return Err(ApiError::unauthorized("unknown or revoked API key"));
+    };
+    // An ingest-only key (made for browser and mobile SDKs, where anyone can read it) may
+    // send events and nothing else: not read them, not manage destinations.
+    if tenant.key_scope(&hash) == Some(KeyScope::Ingest) && !sends_events(parts) {
+        return Err(ApiError::forbidden(
+            "this key may only send events (its scope is ingest); read and manage with a full key",
+        ));
     }
+    Ok(AuthTenant(tenant))
+}
+
+/// The requests an ingest-only key may make.
+fn sends_events(parts: &Parts) -> bool {
+    parts.method == axum::http::Method::POST
+        && matches!(
+            parts.uri.path(),
+            "/v1/events" | "/v1/events/batch" | "/v1/cloudevents"
+        )
 }
 
 /// Middleware of every tenant route: authenticates once (401 otherwise), and puts the

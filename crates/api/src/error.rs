@@ -76,6 +76,11 @@ impl ApiError {
         )
     }
 
+    /// 403: the credentials are good but may not do this (an ingest-only key reading).
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
     /// 404: no such resource for this tenant.
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "Not found", detail)

@@ -18,4 +18,6 @@ pub use event::{
     WireEvent, format_timestamp, parse_timestamp, wire_error,
 };
 pub use ids::{DestinationId, EventId, IdParseError, KeyId, TenantId};
-pub use tenant::{RateLimit, RateLimitError, Tenant, TenantChange, TenantChangeError, TenantKey};
+pub use tenant::{
+    KeyScope, RateLimit, RateLimitError, Tenant, TenantChange, TenantChangeError, TenantKey,
+};

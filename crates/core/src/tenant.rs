@@ -38,6 +38,18 @@ impl RateLimit {
     }
 }
 
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyScope {
+    /// Everything a tenant may do: send, read and search events, manage destinations.
+    #[default]
+    Full,
+    /// Send events only (`POST` of events, and the Segment, PostHog and CloudEvents
+    /// endpoints): the key to put in browser and mobile apps, where anyone can read it.
+    Ingest,
+}
+
 /// One API key of a tenant: only its SHA-256 is kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TenantKey {
@@ -48,6 +60,19 @@ pub struct TenantKey {
     pub prefix: String,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Keys stored before scopes existed are full keys.
+    #[serde(default)]
+    pub scope: KeyScope,
+}
+
+impl Tenant {
+    /// The scope of the tenant's key with this hash, if it is one of its keys.
+    pub fn key_scope(&self, hash: &str) -> Option<KeyScope> {
+        self.keys
+            .iter()
+            .find(|key| key.hash == hash)
+            .map(|key| key.scope)
+    }
 }
 
 /// A tenant as stored.
@@ -148,6 +173,7 @@ mod tests {
             hash: "h".into(),
             prefix: "ps_".into(),
             created_at: OffsetDateTime::UNIX_EPOCH,
+            scope: KeyScope::Full,
         }
     }
 

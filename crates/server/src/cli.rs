@@ -93,7 +93,13 @@ pub enum TenantCommand {
         burst: Option<u32>,
     },
     /// Issues a new API key (shown only this once); the other keys keep working.
-    AddKey { id: String },
+    AddKey {
+        id: String,
+        /// `ingest`: the key may only send events (for browser and mobile SDKs, where anyone
+        /// can read it); `full` (the default): everything.
+        #[arg(long, value_parser = ["full", "ingest"], default_value = "full")]
+        scope: String,
+    },
     /// Revokes an API key: it stops working at once.
     RevokeKey { id: String, key_id: String },
 }
@@ -395,14 +401,17 @@ pub async fn tenant(
             let answer = client.call(Method::PATCH, &path, Some(body)).await?;
             client.print(&answer, tenant_text)
         }
-        TenantCommand::AddKey { id } => {
+        TenantCommand::AddKey { id, scope } => {
             let path = format!("/admin/tenants/{}/keys", segment(&id));
-            let answer = client.call(Method::POST, &path, None).await?;
+            let answer = client
+                .call(Method::POST, &path, Some(json!({ "scope": scope })))
+                .await?;
             client.print(&answer, |key| {
                 fields(&[
                     ("key id", text(&key["id"])),
                     ("tenant", text(&key["tenant_id"])),
                     ("api key", text(&key["api_key"])),
+                    ("scope", text(&key["scope"])),
                     ("created", text(&key["created_at"])),
                 ]) + "The API key is shown only this once: keep it now.\n"
             })
@@ -783,13 +792,14 @@ fn tenant_text(tenant: &Value) -> String {
             vec![
                 text(&key["id"]),
                 text(&key["prefix"]),
+                text(&key["scope"]),
                 text(&key["created_at"]),
             ]
         })
         .collect();
     let _ = writeln!(out, "keys");
     out.push_str(&table(
-        &["  KEY ID", "PREFIX", "CREATED"],
+        &["  KEY ID", "PREFIX", "SCOPE", "CREATED"],
         keys.into_iter().map(indent),
     ));
     if let Some(api_key) = tenant["api_key"].as_str() {

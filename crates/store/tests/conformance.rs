@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pulsestream_core::{
-    Destination, DestinationId, DestinationKind, EventId, KeyId, NewEvent, RateLimit, Tenant,
-    TenantChange, TenantChangeError, TenantId, TenantKey,
+    Destination, DestinationId, DestinationKind, EventId, KeyId, KeyScope, NewEvent, RateLimit,
+    Tenant, TenantChange, TenantChangeError, TenantId, TenantKey,
 };
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use pulsestream_store::postgres::{PostgresConfig, PostgresStore};
@@ -209,6 +209,7 @@ fn key(hash: &str) -> TenantKey {
         hash: hash.into(),
         prefix: "ps_test".into(),
         created_at: OffsetDateTime::now_utc(),
+        scope: KeyScope::Full,
     }
 }
 

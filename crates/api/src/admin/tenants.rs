@@ -7,7 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use pulsestream_core::{
-    KeyId, RateLimit, RateLimitError, Tenant, TenantChange, TenantChangeError, TenantId, TenantKey,
+    KeyId, KeyScope, RateLimit, RateLimitError, Tenant, TenantChange, TenantChangeError, TenantId,
+    TenantKey,
 };
 use pulsestream_store::TenantChangeFailed;
 use rand::RngCore;
@@ -56,6 +57,16 @@ pub struct UpdateTenant {
     burst: Option<u32>,
 }
 
+/// The body of `POST /admin/tenants/{id}/keys` (optional).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// `full` (the default): everything a tenant may do. `ingest`: send events only.
+    #[serde(default)]
+    #[schema(value_type = String, example = "ingest")]
+    scope: KeyScope,
+}
+
 /// One API key of a tenant; the key itself is never shown again.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct KeyView {
@@ -67,6 +78,9 @@ pub(crate) struct KeyView {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     created_at: OffsetDateTime,
+    /// `full` or `ingest` (send events only).
+    #[schema(value_type = String)]
+    scope: KeyScope,
 }
 
 /// A tenant. `api_key` and `key_id` are present only in the answer that creates it.
@@ -114,6 +128,9 @@ pub(crate) struct NewKeyView {
     prefix: String,
     #[schema(format = DateTime)]
     created_at: String,
+    /// `full` or `ingest` (send events only).
+    #[schema(value_type = String)]
+    scope: KeyScope,
 }
 
 impl TenantView {
@@ -131,6 +148,7 @@ impl TenantView {
                     id: key.id,
                     prefix: key.prefix.clone(),
                     created_at: key.created_at,
+                    scope: key.scope,
                 })
                 .collect(),
             api_key: None,
@@ -169,7 +187,7 @@ pub async fn create(
             .unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE),
         request.burst,
     )?;
-    let (api_key, key) = new_key();
+    let (api_key, key) = new_key(KeyScope::Full);
     let tenant = Tenant {
         id: TenantId::random(),
         name,
@@ -279,10 +297,14 @@ pub async fn update(
     operation_id = "create_tenant_key",
     tag = "tenants",
     summary = "Issue a new API key",
-    description = "The tenant's other keys keep working until they are revoked.",
+    description = "The tenant's other keys keep working until they are revoked. \
+        `{\"scope\": \"ingest\"}` makes a key that can only send events (for browser and \
+        mobile SDKs, where anyone can read it); without a body the key can do everything.",
     params(("id" = String, Path, format = "uuid", description = "The tenant's id")),
+    request_body(content = Option<CreateKey>, content_type = "application/json"),
     responses(
         (status = 201, description = "Created; `api_key` is shown only here", body = NewKeyView),
+        (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
         (status = 404, response = doc::NotFound),
         (status = 503, response = doc::Unavailable),
@@ -293,8 +315,10 @@ pub async fn create_key(
     _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
+    request: Option<extract::Json<CreateKey>>,
 ) -> Result<Response, ApiError> {
-    let (api_key, key) = new_key();
+    let scope = request.map_or(KeyScope::Full, |extract::Json(request)| request.scope);
+    let (api_key, key) = new_key(scope);
     let key_id = key.id;
     let created_at = key.created_at;
     let prefix = key.prefix.clone();
@@ -305,6 +329,7 @@ pub async fn create_key(
         api_key,
         prefix,
         created_at: pulsestream_core::format_timestamp(created_at),
+        scope,
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -403,7 +428,7 @@ fn field_error(field: &str, kind: &str, msg: String) -> ApiError {
 }
 
 /// Makes a new API key: `ps_` and 32 random bytes in hex. Returns it and what is stored of it.
-fn new_key() -> (String, TenantKey) {
+fn new_key(scope: KeyScope) -> (String, TenantKey) {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let mut api_key = String::from("ps_");
@@ -415,6 +440,7 @@ fn new_key() -> (String, TenantKey) {
         hash: secret_hash(&api_key),
         prefix: api_key[..10].to_owned(),
         created_at: OffsetDateTime::now_utc(),
+        scope,
     };
     (api_key, key)
 }

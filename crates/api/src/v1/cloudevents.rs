@@ -11,7 +11,7 @@
 //!
 //! | CloudEvents | PulseStream |
 //! |---|---|
-//! | `source` + `id` (the spec's uniqueness key) | `event_id` = `source#id` (a `#` or `%` in `source` percent-encoded), so a resend is a duplicate |
+//! | `source` + `id` (the spec's uniqueness key) | `event_id` = `source#id` (a `#` or `%` in `source` percent-encoded), so a resend of JSON data is a duplicate |
 //! | `type` | `event_type` |
 //! | `time` | `timestamp` (else the time of receipt) |
 //! | `source` | `source` |
@@ -30,8 +30,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use base64::Engine;
 use pulsestream_core::NewEvent;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
@@ -57,18 +56,26 @@ pub(crate) struct CloudEventsAnswer<'a> {
 }
 
 /// The attributes every CloudEvent has, as the mapping reads them.
-#[derive(Deserialize)]
 struct Attributes<'a> {
-    #[serde(borrow, default)]
     specversion: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     source: Option<Cow<'a, str>>,
-    #[serde(rename = "type", borrow, default)]
     kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     time: Option<Cow<'a, str>>,
+}
+
+impl<'a> Attributes<'a> {
+    /// Reads them from a structured event's members; an attribute that is not a string is
+    /// `invalid`, naming it.
+    fn of(fields: &compat::Fields<'a>) -> Result<Self, (&'static str, String)> {
+        Ok(Self {
+            specversion: compat::text(fields, "specversion")?,
+            id: compat::text(fields, "id")?,
+            source: compat::text(fields, "source")?,
+            kind: compat::text(fields, "type")?,
+            time: compat::text(fields, "time")?,
+        })
+    }
 }
 
 /// `POST /v1/cloudevents`.
@@ -102,18 +109,18 @@ pub async fn post_cloudevents(
     body: Body,
 ) -> Result<Response, ApiError> {
     let received_at = OffsetDateTime::now_utc();
-    let content_type = headers
+    let full_content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .map(|value| {
-            value
-                .split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let content_type = full_content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     let mode = match content_type.as_str() {
         STRUCTURED => Mode::Structured,
         BATCHED => Mode::Batched,
@@ -155,10 +162,29 @@ pub async fn post_cloudevents(
             }
         }
         Mode::Binary => {
-            let data = axum::body::to_bytes(body, limit)
-                .await
-                .map_err(|_| ApiError::too_large(format!("the body is over {limit} bytes")))?;
-            let (id, result) = binary(&headers, &content_type, &data);
+            // The body is the event's data, kept as sent: no content coding is undone here.
+            if headers
+                .get(header::CONTENT_ENCODING)
+                .is_some_and(|value| !value.as_bytes().eq_ignore_ascii_case(b"identity"))
+            {
+                return Err(ApiError::unsupported_media_type(
+                    "binary-mode CloudEvents take no Content-Encoding: send the data as it is, or use structured mode",
+                ));
+            }
+            let data = axum::body::to_bytes(body, limit).await.map_err(|err| {
+                let too_long = std::error::Error::source(&err)
+                    .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+                if too_long {
+                    ApiError::too_large(format!("the body is over {limit} bytes"))
+                        .with_field("limit_bytes", limit)
+                } else {
+                    ApiError::bad_request(
+                        "body_read",
+                        "the request body could not be read to its end",
+                    )
+                }
+            })?;
+            let (id, result) = binary(&headers, &content_type, &full_content_type, &data);
             converted.push(0, id, result);
         }
     }
@@ -192,11 +218,10 @@ fn event_id(source: &str, id: &str) -> String {
 
 /// One structured-mode event: (its key, the event or why not).
 fn structured(raw: &RawValue) -> (Option<String>, Result<NewEvent, (&'static str, String)>) {
-    let Ok(attributes) = serde_json::from_str::<Attributes<'_>>(raw.get()) else {
-        return (
-            None,
-            Err(("invalid_json", "an event must be a JSON object".into())),
-        );
+    let parsed = compat::fields(raw).and_then(|fields| Ok((Attributes::of(&fields)?, fields)));
+    let (attributes, mut fields) = match parsed {
+        Ok(parsed) => parsed,
+        Err(err) => return (None, Err(err)),
     };
     let key = match (&attributes.source, &attributes.id) {
         (Some(source), Some(id)) => Some(event_id(source, id)),
@@ -204,14 +229,8 @@ fn structured(raw: &RawValue) -> (Option<String>, Result<NewEvent, (&'static str
     };
     let result = (|| {
         check(&attributes)?;
-        let mut fields: BTreeMap<String, &RawValue> =
-            serde_json::from_str(raw.get()).map_err(|err| ("invalid_json", err.to_string()))?;
         // JSON is the default: one event sent in either mode is stored alike.
-        if fields
-            .get("datacontenttype")
-            .and_then(|value| serde_json::from_str::<Cow<'_, str>>(value.get()).ok())
-            .is_some_and(|value| is_json_default(&value))
-        {
+        if compat::text(&fields, "datacontenttype")?.is_some_and(|value| is_json_default(&value)) {
             fields.remove("datacontenttype");
         }
         let payload =
@@ -221,13 +240,17 @@ fn structured(raw: &RawValue) -> (Option<String>, Result<NewEvent, (&'static str
     (key, result)
 }
 
-/// A binary-mode event: attributes from `ce-*` headers, the body as `data`.
+/// A binary-mode event: attributes from `ce-*` headers, the body as `data`: JSON data as
+/// the JSON sent (its bytes kept, as structured mode keeps them), text as a string, anything
+/// else as `data_base64`. `content_type` is the media type alone, `full_content_type` with its
+/// parameters (what `datacontenttype` keeps).
 fn binary(
     headers: &HeaderMap,
     content_type: &str,
+    full_content_type: &str,
     data: &[u8],
 ) -> (Option<String>, Result<NewEvent, (&'static str, String)>) {
-    let mut fields: BTreeMap<String, Value> = BTreeMap::new();
+    let mut attributes_sent: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
         let Some(attribute) = name.as_str().strip_prefix("ce-") else {
             continue;
@@ -235,10 +258,13 @@ fn binary(
         let Ok(value) = value.to_str() else {
             continue;
         };
-        let decoded = percent_decode(value);
-        fields.insert(attribute.to_owned(), Value::String(decoded));
+        attributes_sent.insert(attribute.to_owned(), percent_decode(value));
     }
-    let text = |name: &str| fields.get(name).and_then(Value::as_str).map(Cow::Borrowed);
+    let text = |name: &str| {
+        attributes_sent
+            .get(name)
+            .map(|value| Cow::Borrowed(value.as_str()))
+    };
     let attributes = Attributes {
         specversion: text("specversion"),
         id: text("id"),
@@ -252,29 +278,56 @@ fn binary(
     };
     let result = (|| {
         check(&attributes)?;
-        let mut payload = fields.clone();
+        let invalid = |err: serde_json::Error| ("invalid", err.to_string());
+        let mut payload: BTreeMap<String, Box<RawValue>> = BTreeMap::new();
+        for (name, value) in &attributes_sent {
+            payload.insert(
+                name.clone(),
+                serde_json::value::to_raw_value(value).map_err(invalid)?,
+            );
+        }
         // JSON is the default: one event sent in either mode is stored alike.
-        if !content_type.is_empty() && !is_json_default(content_type) {
-            payload.insert("datacontenttype".into(), Value::String(content_type.into()));
+        if !full_content_type.is_empty() && !is_json_default(content_type) {
+            payload.insert(
+                "datacontenttype".into(),
+                serde_json::value::to_raw_value(full_content_type).map_err(invalid)?,
+            );
         }
         let json_data = content_type.is_empty()
             || is_json_default(content_type)
             || content_type.ends_with("+json")
             || content_type == "text/json";
-        match serde_json::from_slice::<Value>(data) {
-            _ if data.is_empty() => {}
-            Ok(value) if json_data => {
-                payload.insert("data".into(), value);
-            }
-            _ => {
-                payload.insert(
-                    "data_base64".into(),
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
-                );
-            }
+        let utf8 = std::str::from_utf8(data).ok();
+        if !data.is_empty() {
+            let value = match utf8 {
+                Some(text) if json_data => {
+                    let json: &RawValue = serde_json::from_str(text).map_err(|err| {
+                        (
+                            "invalid",
+                            format!("the data is not the JSON its type says: {err}"),
+                        )
+                    })?;
+                    Some(("data", json.to_owned()))
+                }
+                Some(text) if content_type.starts_with("text/") => Some((
+                    "data",
+                    serde_json::value::to_raw_value(text).map_err(invalid)?,
+                )),
+                _ => None,
+            };
+            let (name, value) = match value {
+                Some(value) => value,
+                None => (
+                    "data_base64",
+                    serde_json::value::to_raw_value(
+                        &base64::engine::general_purpose::STANDARD.encode(data),
+                    )
+                    .map_err(invalid)?,
+                ),
+            };
+            payload.insert(name.into(), value);
         }
-        let payload = serde_json::value::to_raw_value(&payload)
-            .map_err(|err| ("invalid", err.to_string()))?;
+        let payload = serde_json::value::to_raw_value(&payload).map_err(invalid)?;
         to_event(&attributes, key.as_deref(), &payload)
     })();
     (key, result)

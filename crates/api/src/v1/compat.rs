@@ -4,6 +4,7 @@
 //! module only says how its messages map to events and how its answers look.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use pulsestream_core::{NewEvent, Tenant};
 use pulsestream_limits::Decision;
@@ -70,14 +71,17 @@ impl WireEvent<'_> {
     }
 }
 
-/// The tenant whose API key this is; 401 for none or an unknown one.
-pub(crate) async fn tenant_of_key(
+/// The tenant whose API key is the first non-empty one of `keys` (in the protocol's order
+/// of precedence); 401 for none or an unknown one. Any scope may send.
+pub(crate) async fn tenant_of_key<'a>(
     app: &AppState,
-    key: Option<Cow<'_, str>>,
+    keys: impl IntoIterator<Item = Option<Cow<'a, str>>>,
     how: &str,
 ) -> Result<Tenant, ApiError> {
-    let key = key
-        .filter(|key| !key.is_empty())
+    let key = keys
+        .into_iter()
+        .flatten()
+        .find(|key| !key.trim().is_empty())
         .ok_or_else(|| ApiError::unauthorized(format!("send a tenant API key as {how}")))?;
     app.tenants
         .tenant_by_key_hash(&secret_hash(&key))
@@ -156,6 +160,9 @@ impl Outcome {
             axum::http::HeaderValue::from(self.counts.rejected),
         );
         rate_limit::set_headers(response.headers_mut(), tenant.rate_limit, &self.decision);
+        // Read by `auth::tenant_context` (on routes behind it), which would otherwise ask
+        // the limiter again.
+        response.extensions_mut().insert(self.decision);
         response.extensions_mut().insert(observe::RequestFacts {
             tenant: Some(tenant.id),
             events: Some(carried),
@@ -259,6 +266,41 @@ pub(crate) fn oversize_is_bad_request(limit: usize) -> impl FnOnce(ApiError) -> 
         } else {
             err
         }
+    }
+}
+
+/// A message's members, as sent.
+pub(crate) type Fields<'a> = BTreeMap<String, &'a RawValue>;
+
+/// The members of a message; `invalid_json` when it is not a JSON object.
+pub(crate) fn fields(raw: &RawValue) -> Result<Fields<'_>, (&'static str, String)> {
+    serde_json::from_str(raw.get())
+        .map_err(|_| ("invalid_json", "a message must be a JSON object".into()))
+}
+
+/// A string member: `None` when absent or null, `invalid` (naming it) when not a string.
+pub(crate) fn text<'a>(
+    fields: &Fields<'a>,
+    name: &str,
+) -> Result<Option<Cow<'a, str>>, (&'static str, String)> {
+    match fields.get(name) {
+        None => Ok(None),
+        Some(value) if value.get() == "null" => Ok(None),
+        Some(value) => serde_json::from_str::<Cow<'a, str>>(value.get())
+            .map(Some)
+            .map_err(|_| ("invalid", format!("`{name}` must be a string"))),
+    }
+}
+
+/// `other_key` when a message carries a key that is not one of the tenant's own: a message
+/// of another project must not be stored under this one.
+pub(crate) fn own_key(tenant: &Tenant, key: Option<&str>) -> Result<(), (&'static str, String)> {
+    match key {
+        Some(key) if !key.is_empty() && tenant.key_scope(&secret_hash(key)).is_none() => Err((
+            "other_key",
+            "the message carries a key that is not this tenant's".into(),
+        )),
+        _ => Ok(()),
     }
 }
 

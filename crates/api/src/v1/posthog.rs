@@ -19,13 +19,12 @@
 //! `Retry-After`, which the SDKs retry — never a 200 that drops events.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
-use pulsestream_core::NewEvent;
+use pulsestream_core::{NewEvent, Tenant};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -100,30 +99,23 @@ struct Envelope<'a> {
     token: Option<Cow<'a, str>>,
 }
 
-/// The fields of an event that the mapping and the checks read.
-#[derive(Deserialize)]
-struct Event<'a> {
-    #[serde(borrow, default)]
-    event: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    uuid: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    timestamp: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    api_key: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    token: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    properties: Option<&'a RawValue>,
-}
-
-/// `properties.distinct_id` and `properties.$lib`.
-#[derive(Deserialize)]
-struct Properties<'a> {
-    #[serde(borrow, default)]
-    distinct_id: Option<&'a RawValue>,
-    #[serde(rename = "$lib", borrow, default)]
-    lib: Option<Cow<'a, str>>,
+/// The key an event carries: `api_key`, `token`, or (posthog-js) `properties.token`.
+fn event_key(raw: &RawValue) -> Option<String> {
+    let fields = compat::fields(raw).ok()?;
+    let own = |fields: &compat::Fields<'_>| {
+        compat::text(fields, "api_key")
+            .ok()
+            .flatten()
+            .or_else(|| compat::text(fields, "token").ok().flatten())
+            .map(Cow::into_owned)
+    };
+    own(&fields).or_else(|| {
+        let properties = compat::fields(fields.get("properties")?).ok()?;
+        compat::text(&properties, "token")
+            .ok()
+            .flatten()
+            .map(Cow::into_owned)
+    })
 }
 
 async fn ingest(
@@ -155,11 +147,8 @@ async fn ingest(
     let (events, body_key): (Vec<&RawValue>, Option<Cow<'_, str>>) = if text.starts_with('[') {
         let events: Vec<&RawValue> = serde_json::from_str(text)
             .map_err(|err| ApiError::bad_request("invalid_json", err.to_string()))?;
-        let key = events
-            .first()
-            .and_then(|first| serde_json::from_str::<Event<'_>>(first.get()).ok())
-            .and_then(|first| first.api_key.or(first.token));
-        (events, key)
+        let key = events.first().and_then(|first| event_key(first));
+        (events, key.map(Cow::Owned))
     } else {
         let envelope: Envelope<'_> = serde_json::from_str(text)
             .map_err(|err| ApiError::bad_request("invalid_json", err.to_string()))?;
@@ -171,13 +160,12 @@ async fn ingest(
                 })?,
                 key,
             ),
-            None => (
-                vec![
-                    serde_json::from_str(text)
-                        .map_err(|err| ApiError::bad_request("invalid_json", err.to_string()))?,
-                ],
-                key,
-            ),
+            None => {
+                let event: &RawValue = serde_json::from_str(text)
+                    .map_err(|err| ApiError::bad_request("invalid_json", err.to_string()))?;
+                let key = key.or_else(|| event_key(event).map(Cow::Owned));
+                (vec![event], key)
+            }
         }
     };
     let bearer = headers
@@ -186,10 +174,12 @@ async fn ingest(
         .and_then(|value| value.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| Cow::Owned(token.trim().to_owned()));
-    let key = bearer.or(body_key);
-    let tenant_key = key.as_deref().map(str::to_owned);
-    let tenant =
-        compat::tenant_of_key(app, key, "`api_key` in the body, or a bearer token").await?;
+    let tenant = compat::tenant_of_key(
+        app,
+        [bearer, body_key],
+        "`api_key` in the body (or an event's `properties.token`), or a bearer token",
+    )
+    .await?;
     if events.is_empty() || events.len() > MAX_BATCH_EVENTS {
         return Err(ApiError::bad_request(
             "invalid_batch",
@@ -201,10 +191,11 @@ async fn ingest(
     }
     let mut converted = Converted::default();
     for (index, raw) in events.iter().enumerate() {
-        let uuid = serde_json::from_str::<Event<'_>>(raw.get())
+        let uuid = compat::fields(raw)
             .ok()
-            .and_then(|event| event.uuid.map(Cow::into_owned));
-        converted.push(index, uuid, convert(raw, tenant_key.as_deref()));
+            .and_then(|fields| compat::text(&fields, "uuid").ok().flatten())
+            .map(Cow::into_owned);
+        converted.push(index, uuid, convert(raw, &tenant));
     }
     let carried = converted.carried;
     let outcome = compat::store(app, &tenant, "posthog", received_at, converted).await?;
@@ -216,50 +207,44 @@ async fn ingest(
 }
 
 /// One event as a PulseStream event, or why it cannot be stored.
-fn convert(raw: &RawValue, tenant_key: Option<&str>) -> Result<NewEvent, (&'static str, String)> {
-    let event: Event<'_> = serde_json::from_str(raw.get())
-        .map_err(|err| ("invalid_json", format!("not an event object: {err}")))?;
+fn convert(raw: &RawValue, tenant: &Tenant) -> Result<NewEvent, (&'static str, String)> {
+    let mut fields = compat::fields(raw)?;
     // An event may carry its own key; one of another project is not this tenant's to store.
-    if let Some(own) = event.api_key.as_deref().or(event.token.as_deref())
-        && Some(own) != tenant_key
-    {
-        return Err((
-            "other_key",
-            "the event carries another project's api_key".into(),
-        ));
-    }
-    let mut fields: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
-        .map_err(|err| ("invalid_json", format!("not an event object: {err}")))?;
-    let event_type = event
-        .event
-        .clone()
-        .ok_or(("missing_field", "`event` is required".into()))?;
-    let properties = event
-        .properties
-        .and_then(|properties| serde_json::from_str::<Properties<'_>>(properties.get()).ok());
-    let distinct_id = fields.get("distinct_id").copied().or_else(|| {
-        properties
-            .as_ref()
-            .and_then(|properties| properties.distinct_id)
-    });
-    if !present(distinct_id.as_ref()) {
+    compat::own_key(tenant, event_key(raw).as_deref())?;
+    let event_type =
+        compat::text(&fields, "event")?.ok_or(("missing_field", "`event` is required".into()))?;
+    let uuid = compat::text(&fields, "uuid")?;
+    let timestamp = compat::text(&fields, "timestamp")?;
+    let mut properties = match fields.get("properties") {
+        Some(properties) if properties.get() != "null" => compat::fields(properties)
+            .map_err(|_| ("invalid", "`properties` must be an object".to_owned()))?,
+        _ => compat::Fields::new(),
+    };
+    if !present(fields.get("distinct_id")) && !present(properties.get("distinct_id")) {
         return Err((
             "missing_field",
             "`distinct_id` (or `properties.distinct_id`) is required".into(),
         ));
     }
-    // The payload: the event as sent, less its key and the per-attempt `sent_at`.
+    let source = compat::text(&properties, "$lib")?.map(Cow::into_owned);
+    // The payload: the event as sent, less its key (posthog-js puts it in
+    // `properties.token`) and the per-attempt `sent_at`.
+    let cleaned_properties;
+    if properties.remove("token").is_some() {
+        cleaned_properties = serde_json::value::to_raw_value(&properties)
+            .map_err(|err| ("invalid", err.to_string()))?;
+        fields.insert("properties".to_owned(), &cleaned_properties);
+    }
     for volatile in ["api_key", "token", "sent_at"] {
         fields.remove(volatile);
     }
     let payload =
         serde_json::value::to_raw_value(&fields).map_err(|err| ("invalid", err.to_string()))?;
-    let source = properties.and_then(|properties| properties.lib);
     WireEvent {
-        event_id: event.uuid.as_deref(),
+        event_id: uuid.as_deref(),
         event_type: &event_type,
         source: source.as_deref(),
-        timestamp: event.timestamp.as_deref(),
+        timestamp: timestamp.as_deref(),
         payload: &payload,
     }
     .check(["uuid", "event", "properties.$lib", "timestamp"])

@@ -25,7 +25,6 @@
 //! over the tenant's rate limit (SDKs retry it); 503 while the store cannot write.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -184,23 +183,6 @@ struct Envelope<'a> {
     write_key: Option<Cow<'a, str>>,
 }
 
-/// The fields of a message that the mapping and the checks read.
-#[derive(Deserialize)]
-struct Message<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(rename = "messageId", borrow, default)]
-    message_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    event: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    timestamp: Option<Cow<'a, str>>,
-    #[serde(rename = "originalTimestamp", borrow, default)]
-    original_timestamp: Option<Cow<'a, str>>,
-    #[serde(rename = "writeKey", borrow, default)]
-    write_key: Option<Cow<'a, str>>,
-}
-
 /// `context.library.name`.
 #[derive(Deserialize)]
 struct Context<'a> {
@@ -240,9 +222,10 @@ async fn ingest(
         Endpoint::Single(_) => {
             let message: &RawValue = serde_json::from_str(&body.text)
                 .map_err(|err| ApiError::bad_request("invalid_json", err.to_string()))?;
-            let key = serde_json::from_str::<Message<'_>>(message.get())
+            let key = compat::fields(message)
                 .ok()
-                .and_then(|message| message.write_key);
+                .and_then(|fields| compat::text(&fields, "writeKey").ok().flatten())
+                .map(|key| Cow::Owned(key.into_owned()));
             (vec![message], None, key)
         }
     };
@@ -259,13 +242,14 @@ async fn ingest(
     let max_message = app.config.segment.max_message_bytes;
     let mut converted = Converted::default();
     for (index, raw) in messages.iter().enumerate() {
-        let message_id = serde_json::from_str::<Message<'_>>(raw.get())
+        let message_id = compat::fields(raw)
             .ok()
-            .and_then(|message| message.message_id.map(Cow::into_owned));
+            .and_then(|fields| compat::text(&fields, "messageId").ok().flatten())
+            .map(Cow::into_owned);
         converted.push(
             index,
             message_id,
-            convert(raw, endpoint, context, max_message),
+            convert(raw, endpoint, context, max_message, &tenant),
         );
     }
     let carried = converted.carried;
@@ -284,35 +268,32 @@ async fn authenticate(
     headers: &HeaderMap,
     body_key: Option<Cow<'_, str>>,
 ) -> Result<Tenant, ApiError> {
-    let from_header = headers
+    let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            let (scheme, credentials) = value.split_once(' ')?;
-            if scheme.eq_ignore_ascii_case("basic") {
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(credentials.trim())
-                    .ok()?;
-                let decoded = String::from_utf8(decoded).ok()?;
-                let user = decoded
-                    .split_once(':')
-                    .map_or(decoded.as_str(), |(user, _)| user);
-                Some(user.to_owned())
-            } else if scheme.eq_ignore_ascii_case("bearer") {
-                Some(credentials.trim().to_owned())
-            } else {
-                None
-            }
-        })
-        .or_else(|| {
-            headers
-                .get("x-write-key")
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned)
+        .and_then(|value| value.split_once(' '));
+    let basic = authorization
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .and_then(|(_, credentials)| {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(credentials.trim())
+                .ok()?;
+            let decoded = String::from_utf8(decoded).ok()?;
+            let user = decoded
+                .split_once(':')
+                .map_or(decoded.as_str(), |(user, _)| user);
+            Some(Cow::Owned(user.to_owned()))
         });
+    let bearer = authorization
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| Cow::Owned(token.trim().to_owned()));
+    let header_key = headers
+        .get("x-write-key")
+        .and_then(|value| value.to_str().ok())
+        .map(|key| Cow::Owned(key.to_owned()));
     compat::tenant_of_key(
         app,
-        from_header.map(Cow::Owned).or(body_key),
+        [basic, bearer, header_key, body_key],
         "the write key: the HTTP Basic user name, a bearer token, X-Write-Key or writeKey",
     )
     .await
@@ -324,6 +305,7 @@ fn convert(
     endpoint: Endpoint,
     batch_context: Option<&RawValue>,
     max_bytes: usize,
+    tenant: &Tenant,
 ) -> Result<NewEvent, (&'static str, String)> {
     if raw.get().len() > max_bytes {
         return Err((
@@ -334,11 +316,16 @@ fn convert(
             ),
         ));
     }
-    let message: Message<'_> = serde_json::from_str(raw.get())
-        .map_err(|err| ("invalid_json", format!("not a message object: {err}")))?;
-    let mut fields: BTreeMap<String, &RawValue> = serde_json::from_str(raw.get())
-        .map_err(|err| ("invalid_json", format!("not a message object: {err}")))?;
-    let call = match (endpoint, message.kind.as_deref()) {
+    let mut fields = compat::fields(raw)?;
+    compat::own_key(tenant, compat::text(&fields, "writeKey")?.as_deref())?;
+    let kind = compat::text(&fields, "type")?;
+    let message_id = compat::text(&fields, "messageId")?;
+    let timestamp = match compat::text(&fields, "timestamp")? {
+        Some(timestamp) => Some(timestamp),
+        None => compat::text(&fields, "originalTimestamp")?,
+    };
+    let event = compat::text(&fields, "event")?;
+    let call = match (endpoint, kind.as_deref()) {
         (Endpoint::Single(call), _) => call,
         (Endpoint::Batch, Some(kind)) => CALLS
             .iter()
@@ -366,10 +353,7 @@ fn convert(
         ));
     }
     let event_type = match call {
-        "track" => message
-            .event
-            .clone()
-            .ok_or(("missing_field", "`event` is required on track".into()))?,
+        "track" => event.ok_or(("missing_field", "`event` is required on track".into()))?,
         other => Cow::Borrowed(other),
     };
     // What the payload keeps: the message as sent, less what changes between retries
@@ -390,15 +374,11 @@ fn convert(
         .map(Cow::into_owned);
     let payload =
         serde_json::value::to_raw_value(&fields).map_err(|err| ("invalid", err.to_string()))?;
-    let timestamp = message
-        .timestamp
-        .as_deref()
-        .or(message.original_timestamp.as_deref());
     WireEvent {
-        event_id: message.message_id.as_deref(),
+        event_id: message_id.as_deref(),
         event_type: &event_type,
         source: source.as_deref(),
-        timestamp,
+        timestamp: timestamp.as_deref(),
         payload: &payload,
     }
     .check(["messageId", "event", "context.library.name", "timestamp"])

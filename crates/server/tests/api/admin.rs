@@ -220,3 +220,83 @@ async fn concurrent_key_changes_lose_nothing() {
         "every issued key is kept"
     );
 }
+
+/// An ingest-only key (for browser and mobile SDKs, where anyone can read it) sends events
+/// through every ingest route and the compatible formats, and is refused everything else.
+#[tokio::test]
+async fn an_ingest_only_key_sends_events_and_can_read_nothing() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let created = app
+        .client
+        .post(app.url(&format!("/admin/tenants/{}/keys", tenant.id)))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"scope": "ingest"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created = body(created).await;
+    assert_eq!(created["scope"], "ingest");
+    let ingest = TestTenant {
+        id: tenant.id.clone(),
+        api_key: created["api_key"].as_str().unwrap().to_owned(),
+    };
+    let shown = body(
+        app.client
+            .get(app.url(&format!("/admin/tenants/{}", tenant.id)))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let scopes: Vec<&str> = shown["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["scope"].as_str().unwrap())
+        .collect();
+    assert_eq!(scopes, ["full", "ingest"]);
+
+    let sent = app
+        .post_event(&ingest, &json!({"event_type": "from.browser"}))
+        .await;
+    assert_eq!(sent.status(), StatusCode::CREATED);
+    let batch = app
+        .post_batch(&ingest, &[json!({"event_type": "from.browser"})])
+        .await;
+    assert_eq!(batch.status(), StatusCode::OK);
+    let segment = app
+        .client
+        .post(app.url("/v1/track"))
+        .basic_auth(&ingest.api_key, Some(""))
+        .json(&json!({"userId": "u", "event": "from.browser"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(segment.status(), StatusCode::OK);
+
+    let id = body(sent).await["id"].as_str().unwrap().to_owned();
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/events".to_owned()),
+        (reqwest::Method::GET, format!("/v1/events/{id}")),
+        (reqwest::Method::GET, "/v1/destinations".to_owned()),
+        (reqwest::Method::POST, "/v1/destinations".to_owned()),
+    ] {
+        let response = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .bearer_auth(&ingest.api_key)
+            .json(&json!({"kind": "webhook", "url": "https://example.com/"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{method} {path}");
+        assert_eq!(body(response).await["type"], "/problems/forbidden");
+    }
+    assert_eq!(
+        app.count_events(&tenant, "event_type=from.browser").await,
+        3
+    );
+}

@@ -440,7 +440,12 @@ async fn pending_deliveries_resume_after_a_restart() {
     )
     .await;
     assert_eq!(receiver.delivered_events()[0]["event_id"], "p-1");
-    assert_eq!(destination(&app, &tenant, &id).await["pending"], 0);
+    // The worker records the outcome once the receiver has answered: a moment after the
+    // receiver saw the event (asserting at once raced with it on a loaded machine).
+    wait_until("the delivery is recorded", PATIENCE, || async {
+        destination(&app, &tenant, &id).await["pending"] == 0
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -739,3 +739,104 @@ const binary = emitterFor(transport, { mode: Mode.BINARY });
         .await;
     assert_eq!(login["events"].as_array().unwrap().len(), 1, "{login}");
 }
+
+/// What reviewing the formats found: posthog-js puts its key in `properties.token` (and it is
+/// not stored), an event or message carrying another tenant's real key is rejected, a
+/// binary-mode CloudEvent refuses a content coding, and JSON data with several members is
+/// one event in both CloudEvents modes.
+#[tokio::test]
+async fn keys_inside_messages_codings_and_modes_are_handled_as_documented() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let other = app.create_tenant().await;
+    let key = tenant.api_key.as_str();
+
+    // posthog-js: an array of events, the key in each event's properties.token.
+    let js = app
+        .client
+        .post(app.url("/e/"))
+        .json(&json!([
+            {"event": "$pageview", "properties": {"distinct_id": "d", "token": key, "$lib": "web"}},
+            {"event": "$pageview", "properties": {"distinct_id": "d", "token": other.api_key}},
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), StatusCode::OK);
+    let answer: Value = js.json().await.unwrap();
+    assert_eq!(
+        (&answer["accepted"], &answer["errors"][0]["reason"]),
+        (&json!(1), &json!("other_key")),
+        "{answer}"
+    );
+    let stored = app.search(&tenant, "event_type=%24pageview").await;
+    let properties = &stored["events"][0]["payload"]["properties"];
+    assert_eq!(properties["distinct_id"], "d");
+    assert!(
+        properties.get("token").is_none(),
+        "the key is not stored: {stored}"
+    );
+
+    // Segment: a message carrying another tenant's writeKey is not this tenant's.
+    let segment = app
+        .client
+        .post(app.url("/v1/batch"))
+        .basic_auth(key, Some(""))
+        .json(&json!({"batch": [
+            {"type": "track", "userId": "u", "event": "mine"},
+            {"type": "track", "userId": "u", "event": "theirs", "writeKey": other.api_key},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = segment.json().await.unwrap();
+    assert_eq!(
+        (&answer["accepted"], &answer["errors"][0]["reason"]),
+        (&json!(1), &json!("other_key")),
+        "{answer}"
+    );
+    assert_eq!(app.count_events(&other, "").await, 0);
+
+    // CloudEvents: binary mode stores the data as sent, so a coding is refused...
+    let coded = app
+        .client
+        .post(app.url("/v1/cloudevents"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "z-1")
+        .header("ce-source", "/z")
+        .header("ce-type", "zipped")
+        .body(vec![0x1f, 0x8b, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(coded.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    // ... and JSON data with several members, sent in each mode, is one event.
+    let structured = app
+        .client
+        .post(app.url("/v1/cloudevents"))
+        .bearer_auth(key)
+        .header("content-type", "application/cloudevents+json")
+        .body(r#"{"specversion":"1.0","id":"m-1","source":"/m","type":"multi","data":{"b":1,"a":[2,3]}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(structured.json::<Value>().await.unwrap()["accepted"], 1);
+    let binary = app
+        .client
+        .post(app.url("/v1/cloudevents"))
+        .bearer_auth(key)
+        .header("content-type", "application/json; charset=utf-8")
+        .header("ce-specversion", "1.0")
+        .header("ce-id", "m-1")
+        .header("ce-source", "/m")
+        .header("ce-type", "multi")
+        .body(r#"{"b": 1, "a": [2, 3]}"#)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = binary.json().await.unwrap();
+    assert_eq!(answer["duplicates"], 1, "{answer}");
+}

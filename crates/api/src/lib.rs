@@ -177,4 +177,5 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(observe::observe))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(axum::middleware::from_fn(observe::drop_unsafe_request_id))
 }

@@ -78,6 +78,30 @@ pub fn describe_metrics() {
     );
 }
 
+/// The longest client `X-Request-Id` kept.
+const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// Outermost middleware: a client's `X-Request-Id` that is empty, longer than 128
+/// characters, or holds anything but letters, digits and `-_.:/+=` is dropped, so that a new
+/// one is made for the request. The id is logged and echoed: a quote or a space in it could
+/// forge fields in a text log line (`abc" status=200 injected="1`), and its length is the
+/// client's to choose.
+pub async fn drop_unsafe_request_id(mut request: Request, next: Next) -> Response {
+    let unsafe_id = request.headers().get_all("x-request-id").iter().count() > 1
+        || request.headers().get("x-request-id").is_some_and(|value| {
+            let bytes = value.as_bytes();
+            bytes.is_empty()
+                || bytes.len() > MAX_REQUEST_ID_CHARS
+                || !bytes
+                    .iter()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"-_.:/+=".contains(byte))
+        });
+    if unsafe_id {
+        request.headers_mut().remove("x-request-id");
+    }
+    next.run(request).await
+}
+
 /// Middleware around every route.
 pub async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();

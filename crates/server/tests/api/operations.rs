@@ -176,4 +176,22 @@ async fn request_ids_are_echoed_or_made() {
 
     assert_eq!(given.headers()["x-request-id"], "req-42");
     assert_eq!(made.headers()["x-request-id"].to_str().unwrap().len(), 36);
+
+    // An id that could forge log fields, or of any length the client likes, is replaced.
+    for forged in [
+        "abc\" status=200 injected=\"1".to_owned(),
+        "x".repeat(129),
+        "tab\there".to_owned(),
+    ] {
+        let response = app
+            .client
+            .get(app.url("/healthz"))
+            .header("x-request-id", forged.as_str())
+            .send()
+            .await
+            .unwrap();
+        let echoed = response.headers()["x-request-id"].to_str().unwrap();
+        assert_ne!(echoed, forged);
+        assert_eq!(echoed.len(), 36, "a fresh id instead of {forged:?}");
+    }
 }

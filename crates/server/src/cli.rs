@@ -364,7 +364,18 @@ pub async fn tenant(
             client.print(&answer, tenant_text)
         }
         TenantCommand::List => {
-            let answer = client.call(Method::GET, "/admin/tenants", None).await?;
+            // Every page, in one list.
+            let mut tenants = Vec::new();
+            let mut path = "/admin/tenants?limit=1000".to_owned();
+            loop {
+                let page = client.call(Method::GET, &path, None).await?;
+                tenants.extend(items(&page, "tenants").cloned());
+                match page["next_cursor"].as_str() {
+                    Some(cursor) => path = format!("/admin/tenants?limit=1000&cursor={cursor}"),
+                    None => break,
+                }
+            }
+            let answer = json!({ "tenants": tenants });
             client.print(&answer, |answer| {
                 let rows = items(answer, "tenants").map(|tenant| {
                     vec![

@@ -184,8 +184,13 @@ pub trait TenantStore: Send + Sync + Debug + 'static {
         change: &TenantChange,
     ) -> Result<Tenant, TenantChangeFailed>;
 
-    /// Returns every tenant, oldest first.
-    async fn tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+    /// Returns up to `limit` tenants, oldest first, starting after the tenant `after` (the
+    /// last of the previous page).
+    async fn tenants(
+        &self,
+        after: Option<TenantId>,
+        limit: usize,
+    ) -> Result<Vec<Tenant>, StoreError>;
 
     /// Returns one tenant.
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError>;

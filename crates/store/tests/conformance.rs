@@ -817,14 +817,24 @@ async fn tenants_are_created_found_by_key_and_changed(store: &Arc<dyn Store>) {
             .expect("find")
             .is_none()
     );
-    assert!(
-        store
-            .tenants()
-            .await
-            .expect("list")
-            .iter()
-            .any(|tenant| tenant.id == acme.id)
-    );
+    // Pages, oldest first, each after the last of the one before.
+    let mut created = vec![acme.id];
+    for n in 0..3 {
+        let more = tenant(&format!("t{n}"), &format!("hash-t{n}"));
+        store.create_tenant(&more).await.expect("create");
+        created.push(more.id);
+    }
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.tenants(after, 3).await.expect("list");
+        listed.extend(page.iter().map(|tenant| tenant.id));
+        match page.last() {
+            Some(last) if page.len() == 3 => after = Some(last.id),
+            _ => break,
+        }
+    }
+    assert_eq!(listed, created, "every tenant once, in creation order");
 
     let changed = store
         .change_tenant(

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use crate::AppState;
 use crate::auth::{Admin, secret_hash};
 use crate::error::{ApiError, ErrorItem};
-use crate::extract::{self, Path};
+use crate::extract::{self, Path, Query};
 use crate::openapi as doc;
 
 /// The limit given to a tenant created without one: 6,000 events a minute.
@@ -112,6 +112,10 @@ pub(crate) struct TenantView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TenantList {
     tenants: Vec<TenantView>,
+    /// Present when more tenants follow: send it as `cursor` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    next_cursor: Option<String>,
 }
 
 /// A new API key; `api_key` is shown here only.
@@ -203,29 +207,72 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-/// `GET /admin/tenants`.
+/// The query of `GET /admin/tenants`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct TenantListQuery {
+    /// Tenants per page, 1 to 1000 (default 100).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// `GET /admin/tenants`: a page of tenants, oldest first.
 #[utoipa::path(
     get,
     path = "/admin/tenants",
     operation_id = "list_tenants",
     tag = "tenants",
-    summary = "List tenants",
+    summary = "List tenants, a page at a time",
+    params(TenantListQuery),
     responses(
-        (status = 200, description = "Every tenant", body = TenantList),
+        (status = 200, description = "A page of tenants, oldest first; `next_cursor` when more follow", body = TenantList),
         (status = 401, response = doc::Unauthorized),
+        (status = 422, response = doc::ValidationFailed),
         (status = 503, response = doc::Unavailable),
     ),
     security(("bearerAuth" = [])),
 )]
-pub async fn list(_: Admin, State(app): State<AppState>) -> Result<Response, ApiError> {
-    let tenants: Vec<TenantView> = app
-        .tenants
-        .tenants()
-        .await?
-        .iter()
-        .map(TenantView::of)
-        .collect();
-    Ok(Json(TenantList { tenants }).into_response())
+pub async fn list(
+    _: Admin,
+    State(app): State<AppState>,
+    Query(query): Query<TenantListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1_000).contains(&limit) {
+        return Err(query_error("limit", "must be an integer from 1 to 1000"));
+    }
+    let after = match &query.cursor {
+        None => None,
+        Some(cursor) => Some(
+            cursor
+                .parse::<TenantId>()
+                .map_err(|_| query_error("cursor", "must be a next_cursor of this list"))?,
+        ),
+    };
+    // One more than the page tells whether another page follows.
+    let mut page = app.tenants.tenants(after, limit + 1).await?;
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next_cursor = more
+        .then(|| page.last().map(|tenant| tenant.id.to_string()))
+        .flatten();
+    let tenants = page.iter().map(TenantView::of).collect();
+    Ok(Json(TenantList {
+        tenants,
+        next_cursor,
+    })
+    .into_response())
+}
+
+fn query_error(field: &str, msg: &str) -> ApiError {
+    ApiError::validation(
+        format!("{field} {msg}"),
+        vec![ErrorItem {
+            loc: vec!["query".into(), field.into()],
+            kind: "value_error".into(),
+            msg: msg.into(),
+        }],
+    )
 }
 
 /// `GET /admin/tenants/{id}`.

@@ -300,3 +300,50 @@ async fn an_ingest_only_key_sends_events_and_can_read_nothing() {
         3
     );
 }
+
+/// `GET /admin/tenants` pages like search: `limit`, then `next_cursor` until the last page.
+#[tokio::test]
+async fn the_tenant_list_is_paginated() {
+    let app = TestApp::spawn().await;
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        created.push(app.create_tenant().await.id);
+    }
+    let mut listed = Vec::new();
+    let mut query = "limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = body(
+            app.client
+                .get(app.url(&format!("/admin/tenants?{query}")))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        pages += 1;
+        let tenants = page["tenants"].as_array().unwrap();
+        assert!(tenants.len() <= 2, "{page}");
+        listed.extend(tenants.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        (listed, pages),
+        (created, 3),
+        "every tenant once, oldest first"
+    );
+    for bad in ["limit=0", "limit=1001", "cursor=nope"] {
+        let response = app
+            .client
+            .get(app.url(&format!("/admin/tenants?{bad}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+}

@@ -395,14 +395,25 @@ impl TenantStore for EmbeddedStore {
         work.await?
     }
 
-    async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+    async fn tenants(
+        &self,
+        after: Option<TenantId>,
+        limit: usize,
+    ) -> Result<Vec<Tenant>, StoreError> {
         let cache = self
             .tenants
             .read()
             .expect("tenant cache lock is never poisoned");
-        let mut tenants: Vec<Tenant> = cache.by_id.values().cloned().collect();
+        let after = after
+            .and_then(|id| cache.by_id.get(&id))
+            .map(|tenant| (tenant.created_at, tenant.id));
+        let mut tenants: Vec<&Tenant> = cache
+            .by_id
+            .values()
+            .filter(|tenant| after.is_none_or(|after| (tenant.created_at, tenant.id) > after))
+            .collect();
         tenants.sort_by_key(|tenant| (tenant.created_at, tenant.id));
-        Ok(tenants)
+        Ok(tenants.into_iter().take(limit).cloned().collect())
     }
 
     async fn tenant(&self, id: TenantId) -> Result<Option<Tenant>, StoreError> {

@@ -603,10 +603,22 @@ impl TenantStore for PostgresStore {
         Ok(changed)
     }
 
-    async fn tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+    async fn tenants(
+        &self,
+        after: Option<TenantId>,
+        limit: usize,
+    ) -> Result<Vec<Tenant>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let after = after.map(|id| id.0);
         let rows = self
             .db
-            .query("SELECT record FROM tenants ORDER BY created_at, id", &[])
+            .query(
+                "SELECT record FROM tenants
+                 WHERE $1::uuid IS NULL
+                    OR (created_at, id) > (SELECT created_at, id FROM tenants WHERE id = $1)
+                 ORDER BY created_at, id LIMIT $2",
+                &[&after, &limit],
+            )
             .await?;
         rows.iter()
             .map(|row| decode_json(row.get(0), "tenant"))

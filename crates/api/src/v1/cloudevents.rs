@@ -65,6 +65,11 @@ struct Attributes<'a> {
 }
 
 impl<'a> Attributes<'a> {
+    /// The event's `source#id`, when it has both.
+    fn key(&self) -> Option<String> {
+        Some(event_id(self.source.as_deref()?, self.id.as_deref()?))
+    }
+
     /// Reads them from a structured event's members; an attribute that is not a string is
     /// `invalid`, naming it.
     fn of(fields: &compat::Fields<'a>) -> Result<Self, (&'static str, String)> {
@@ -223,10 +228,7 @@ fn structured(raw: &RawValue) -> (Option<String>, Result<NewEvent, (&'static str
         Ok(parsed) => parsed,
         Err(err) => return (None, Err(err)),
     };
-    let key = match (&attributes.source, &attributes.id) {
-        (Some(source), Some(id)) => Some(event_id(source, id)),
-        _ => None,
-    };
+    let key = attributes.key();
     let result = (|| {
         check(&attributes)?;
         // JSON is the default: one event sent in either mode is stored alike.
@@ -272,10 +274,7 @@ fn binary(
         kind: text("type"),
         time: text("time"),
     };
-    let key = match (&attributes.source, &attributes.id) {
-        (Some(source), Some(id)) => Some(event_id(source, id)),
-        _ => None,
-    };
+    let key = attributes.key();
     let result = (|| {
         check(&attributes)?;
         let invalid = |err: serde_json::Error| ("invalid", err.to_string());

@@ -272,6 +272,21 @@ pub(crate) fn oversize_is_bad_request(limit: usize) -> impl FnOnce(ApiError) -> 
 /// A message's members, as sent.
 pub(crate) type Fields<'a> = BTreeMap<String, &'a RawValue>;
 
+/// Reads a message's members once: its id (member `id_name`, for the answer, even when the
+/// message is rejected) and the members, or `invalid_json` when it is not a JSON object.
+pub(crate) fn read<'a>(
+    raw: &'a RawValue,
+    id_name: &str,
+) -> (Option<String>, Result<Fields<'a>, (&'static str, String)>) {
+    let fields = fields(raw);
+    let id = fields
+        .as_ref()
+        .ok()
+        .and_then(|fields| text(fields, id_name).ok().flatten())
+        .map(Cow::into_owned);
+    (id, fields)
+}
+
 /// The members of a message; `invalid_json` when it is not a JSON object.
 pub(crate) fn fields(raw: &RawValue) -> Result<Fields<'_>, (&'static str, String)> {
     serde_json::from_str(raw.get())

@@ -100,8 +100,7 @@ struct Envelope<'a> {
 }
 
 /// The key an event carries: `api_key`, `token`, or (posthog-js) `properties.token`.
-fn event_key(raw: &RawValue) -> Option<String> {
-    let fields = compat::fields(raw).ok()?;
+fn event_key(fields: &compat::Fields<'_>) -> Option<String> {
     let own = |fields: &compat::Fields<'_>| {
         compat::text(fields, "api_key")
             .ok()
@@ -109,7 +108,7 @@ fn event_key(raw: &RawValue) -> Option<String> {
             .or_else(|| compat::text(fields, "token").ok().flatten())
             .map(Cow::into_owned)
     };
-    own(&fields).or_else(|| {
+    own(fields).or_else(|| {
         let properties = compat::fields(fields.get("properties")?).ok()?;
         compat::text(&properties, "token")
             .ok()
@@ -147,7 +146,10 @@ async fn ingest(
     let (events, body_key): (Vec<&RawValue>, Option<Cow<'_, str>>) = if text.starts_with('[') {
         let events: Vec<&RawValue> = serde_json::from_str(text)
             .map_err(|err| ApiError::bad_request("invalid_json", err.to_string()))?;
-        let key = events.first().and_then(|first| event_key(first));
+        let key = events
+            .first()
+            .and_then(|first| compat::fields(first).ok())
+            .and_then(|first| event_key(&first));
         (events, key.map(Cow::Owned))
     } else {
         let envelope: Envelope<'_> = serde_json::from_str(text)
@@ -163,7 +165,12 @@ async fn ingest(
             None => {
                 let event: &RawValue = serde_json::from_str(text)
                     .map_err(|err| ApiError::bad_request("invalid_json", err.to_string()))?;
-                let key = key.or_else(|| event_key(event).map(Cow::Owned));
+                let key = key.or_else(|| {
+                    compat::fields(event)
+                        .ok()
+                        .and_then(|fields| event_key(&fields))
+                        .map(Cow::Owned)
+                });
                 (vec![event], key)
             }
         }
@@ -191,11 +198,12 @@ async fn ingest(
     }
     let mut converted = Converted::default();
     for (index, raw) in events.iter().enumerate() {
-        let uuid = compat::fields(raw)
-            .ok()
-            .and_then(|fields| compat::text(&fields, "uuid").ok().flatten())
-            .map(Cow::into_owned);
-        converted.push(index, uuid, convert(raw, &tenant));
+        let (uuid, fields) = compat::read(raw, "uuid");
+        converted.push(
+            index,
+            uuid,
+            fields.and_then(|fields| convert(fields, &tenant)),
+        );
     }
     let carried = converted.carried;
     let outcome = compat::store(app, &tenant, "posthog", received_at, converted).await?;
@@ -206,11 +214,13 @@ async fn ingest(
     Ok(outcome.respond(answer, &tenant, carried))
 }
 
-/// One event as a PulseStream event, or why it cannot be stored.
-fn convert(raw: &RawValue, tenant: &Tenant) -> Result<NewEvent, (&'static str, String)> {
-    let mut fields = compat::fields(raw)?;
+/// One event (its members) as a PulseStream event, or why it cannot be stored.
+fn convert(
+    fields: compat::Fields<'_>,
+    tenant: &Tenant,
+) -> Result<NewEvent, (&'static str, String)> {
     // An event may carry its own key; one of another project is not this tenant's to store.
-    compat::own_key(tenant, event_key(raw).as_deref())?;
+    compat::own_key(tenant, event_key(&fields).as_deref())?;
     let event_type =
         compat::text(&fields, "event")?.ok_or(("missing_field", "`event` is required".into()))?;
     let uuid = compat::text(&fields, "uuid")?;
@@ -230,6 +240,8 @@ fn convert(raw: &RawValue, tenant: &Tenant) -> Result<NewEvent, (&'static str, S
     // The payload: the event as sent, less its key (posthog-js puts it in
     // `properties.token`) and the per-attempt `sent_at`.
     let cleaned_properties;
+    // Rebound so it may also hold values of this function (`cleaned_properties`).
+    let mut fields: compat::Fields<'_> = fields;
     if properties.remove("token").is_some() {
         cleaned_properties = serde_json::value::to_raw_value(&properties)
             .map_err(|err| ("invalid", err.to_string()))?;

@@ -242,15 +242,19 @@ async fn ingest(
     let max_message = app.config.segment.max_message_bytes;
     let mut converted = Converted::default();
     for (index, raw) in messages.iter().enumerate() {
-        let message_id = compat::fields(raw)
-            .ok()
-            .and_then(|fields| compat::text(&fields, "messageId").ok().flatten())
-            .map(Cow::into_owned);
-        converted.push(
-            index,
-            message_id,
-            convert(raw, endpoint, context, max_message, &tenant),
-        );
+        let (message_id, fields) = compat::read(raw, "messageId");
+        let result = if raw.get().len() > max_message {
+            Err((
+                "too_large",
+                format!(
+                    "the message is {} bytes, over the limit of {max_message}",
+                    raw.get().len()
+                ),
+            ))
+        } else {
+            fields.and_then(|fields| convert(fields, endpoint, context, &tenant))
+        };
+        converted.push(index, message_id, result);
     }
     let carried = converted.carried;
     let outcome = compat::store(app, &tenant, "segment", received_at, converted).await?;
@@ -299,24 +303,13 @@ async fn authenticate(
     .await
 }
 
-/// One message as an event, or why it cannot be stored.
-fn convert(
-    raw: &RawValue,
+/// One message (its members) as an event, or why it cannot be stored.
+fn convert<'a>(
+    fields: compat::Fields<'a>,
     endpoint: Endpoint,
-    batch_context: Option<&RawValue>,
-    max_bytes: usize,
+    batch_context: Option<&'a RawValue>,
     tenant: &Tenant,
 ) -> Result<NewEvent, (&'static str, String)> {
-    if raw.get().len() > max_bytes {
-        return Err((
-            "too_large",
-            format!(
-                "the message is {} bytes, over the limit of {max_bytes}",
-                raw.get().len()
-            ),
-        ));
-    }
-    let mut fields = compat::fields(raw)?;
     compat::own_key(tenant, compat::text(&fields, "writeKey")?.as_deref())?;
     let kind = compat::text(&fields, "type")?;
     let message_id = compat::text(&fields, "messageId")?;
@@ -358,10 +351,12 @@ fn convert(
     };
     // What the payload keeps: the message as sent, less what changes between retries
     // (`sentAt`) or must not be stored (`writeKey`); the batch's context when it has none.
-    fields.remove("writeKey");
-    fields.remove("sentAt");
     let type_value: Box<RawValue> =
         serde_json::value::to_raw_value(call).map_err(|err| ("invalid", err.to_string()))?;
+    // Rebound so it may also hold values of this function (`type_value`).
+    let mut fields: compat::Fields<'_> = fields;
+    fields.remove("writeKey");
+    fields.remove("sentAt");
     fields.insert("type".to_owned(), &type_value);
     if let Some(context) = batch_context {
         fields.entry("context".to_owned()).or_insert(context);

@@ -145,6 +145,8 @@ struct Insert<'a> {
     event_id: &'a str,
     event: &'a NewEvent,
     body: String,
+    /// Whether the insert stored it (else the row existed): set once the insert has run.
+    inserted: bool,
 }
 
 /// Commits a group by the rules of `plan`; per request, its outcome or why it was refused.
@@ -194,12 +196,15 @@ async fn commit_group(
 
     // The first copy of every event is inserted; the constraint decides against what is
     // stored (or being stored by another node).
+    let received_at: Vec<String> = batches
+        .iter()
+        .map(|batch| format_timestamp(batch.received_at))
+        .collect();
     let mut inserts: Vec<Insert<'_>> = Vec::new();
     let mut slots: HashMap<(usize, usize), usize> = HashMap::new();
     for (request, index) in plan.firsts() {
         let batch = batches[request];
         let (tenant, event_id) = &keys[request][index];
-        let received_at = format_timestamp(batch.received_at);
         let event = &batch.events[index];
         let id = ids[request][index];
         slots.insert((request, index), inserts.len());
@@ -208,14 +213,18 @@ async fn commit_group(
             id,
             event_id,
             event,
-            body: event_body(id, event, event_id, &received_at)?,
+            body: event_body(id, event, event_id, &received_at[request])?,
+            inserted: false,
         });
     }
     let inserted = insert_events(&transaction, &inserts).await?;
+    for row in &mut inserts {
+        row.inserted = inserted.contains(&(row.tenant, row.event_id.to_owned()));
+    }
     // The rows the insert skipped: stored before (or by a concurrent transaction).
     let skipped: Vec<(Uuid, &str)> = inserts
         .iter()
-        .filter(|row| !inserted.contains(&(row.tenant, row.event_id.to_owned())))
+        .filter(|row| !row.inserted)
         .map(|row| (row.tenant, row.event_id))
         .collect();
     let stored = stored_events(&transaction, &skipped).await?;
@@ -226,14 +235,13 @@ async fn commit_group(
             keys: &keys,
             inserts: &inserts,
             slots: &slots,
-            inserted: &inserted,
             stored: &stored,
         },
     )?;
 
     // Save and enqueue atomically: the outbox rows and the keys' outcomes ride in the same
     // transaction; commit before answering, since a 2xx promises they survive a crash.
-    enqueue(&transaction, &inserts, &inserted, &destinations).await?;
+    enqueue(&transaction, &inserts, &destinations).await?;
     record_outcomes(&transaction, batches, &decided.records).await?;
     transaction.commit().await.map_err(pg_error)?;
     Ok(decided.outcomes)
@@ -394,14 +402,10 @@ async fn insert_events(
 async fn enqueue(
     transaction: &deadpool_postgres::Transaction<'_>,
     inserts: &[Insert<'_>],
-    inserted: &HashSet<(Uuid, String)>,
     destinations: &HashMap<Uuid, Vec<Destination>>,
 ) -> Result<(), StoreError> {
     let mut queued: (Vec<Uuid>, Vec<Uuid>, Vec<Uuid>) = Default::default();
-    for row in inserts
-        .iter()
-        .filter(|row| inserted.contains(&(row.tenant, row.event_id.to_owned())))
-    {
+    for row in inserts.iter().filter(|row| row.inserted) {
         for destination in destinations
             .get(&row.tenant)
             .into_iter()
@@ -472,17 +476,13 @@ struct Inserted<'a> {
     keys: &'a [Vec<(Uuid, String)>],
     inserts: &'a [Insert<'a>],
     slots: &'a HashMap<(usize, usize), usize>,
-    inserted: &'a HashSet<(Uuid, String)>,
     stored: &'a HashMap<(Uuid, String), Stored>,
 }
 
 impl Decide for Inserted<'_> {
     fn first(&mut self, request: usize, index: usize) -> Result<AppendStatus, StoreError> {
         let row = &self.inserts[self.slots[&(request, index)]];
-        if self
-            .inserted
-            .contains(&(row.tenant, row.event_id.to_owned()))
-        {
+        if row.inserted {
             Ok(AppendStatus::Accepted(row.id))
         } else {
             self.against_stored(request, index)

@@ -9,8 +9,10 @@
 //! a destination that is down for hours costs no memory, and a restart resumes where the
 //! queue stands.
 
+mod brokers;
 mod public_dns;
 mod sink;
+mod table;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +26,10 @@ use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use brokers::{AmqpSink, MqttSink};
 pub use public_dns::{AddressRefused, PublicOnlyResolver};
 pub use sink::{NatsSink, SendOutcome, Sink, Sinks, WebhookSink, message_id, signature};
+pub use table::{PostgresSink, create_statement, insert_statement, quote_name};
 
 /// Settings of the delivery workers.
 #[derive(Debug, Clone)]
@@ -223,10 +227,16 @@ impl Worker {
             self.cursor = None;
             self.last_full_scan = Instant::now();
         }
-        let due = self
-            .queue
-            .claim_due(id, OffsetDateTime::now_utc(), self.cursor, limit)
-            .await?;
+        let due = if self.destination.ordering.is_some() {
+            // In order: what is claimed depends on what waits before it, so no cursor.
+            self.queue
+                .claim_ordered(id, OffsetDateTime::now_utc(), limit)
+                .await?
+        } else {
+            self.queue
+                .claim_due(id, OffsetDateTime::now_utc(), self.cursor, limit)
+                .await?
+        };
         let Some(last) = due.last() else {
             return Ok(Step::Idle(self.config.poll_interval));
         };

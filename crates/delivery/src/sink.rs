@@ -18,7 +18,9 @@ use pulsestream_store::Delivery;
 use sha2::Sha256;
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::brokers::{AmqpSink, MqttSink};
 use crate::public_dns::{PublicOnlyResolver, refusal_in, refused_literal};
+use crate::table::PostgresSink;
 
 /// How a send went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,11 +41,36 @@ pub trait Sink: Send + Sync + std::fmt::Debug {
     async fn send(&self, destination: &Destination, deliveries: &[Delivery]) -> SendOutcome;
 }
 
-/// Sends to webhooks and, when configured, to NATS.
-#[derive(Debug, Clone)]
+/// Sends each destination through the sink of its kind.
+#[derive(Debug)]
 pub struct Sinks {
     pub webhook: WebhookSink,
+    /// Present when the server is configured with NATS.
     pub nats: Option<NatsSink>,
+    pub amqp: AmqpSink,
+    pub mqtt: MqttSink,
+    pub postgres: PostgresSink,
+}
+
+impl Sinks {
+    /// Every sink kind, with requests timing out after `timeout`; NATS when `nats` is given.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built (no TLS backend).
+    pub fn new(
+        timeout: Duration,
+        allow_private: bool,
+        secrets: Arc<SecretCipher>,
+        nats: Option<NatsSink>,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            webhook: WebhookSink::new(timeout, allow_private, secrets.clone())?,
+            nats,
+            amqp: AmqpSink::new(timeout, allow_private, secrets.clone()),
+            mqtt: MqttSink::new(timeout, allow_private, secrets.clone()),
+            postgres: PostgresSink::new(timeout, allow_private, secrets),
+        })
+    }
 }
 
 #[async_trait]
@@ -58,6 +85,11 @@ impl Sink for Sinks {
                 error: "this server runs without NATS (set PULSESTREAM_NATS_URL)".into(),
                 retry_after: None,
             },
+            (DestinationKind::Amqp { .. }, _) => self.amqp.send(destination, deliveries).await,
+            (DestinationKind::Mqtt { .. }, _) => self.mqtt.send(destination, deliveries).await,
+            (DestinationKind::Postgres { .. }, _) => {
+                self.postgres.send(destination, deliveries).await
+            }
         }
     }
 }

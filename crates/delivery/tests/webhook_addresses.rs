@@ -53,6 +53,8 @@ fn webhook(url: String) -> Destination {
         max_attempts: 3,
         secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
         disabled: false,
+        filter: None,
+        ordering: None,
         created_at: time::OffsetDateTime::now_utc(),
     }
 }
@@ -64,6 +66,7 @@ fn one_delivery(tenant: TenantId) -> Vec<Delivery> {
         attempts: 0,
         due_micros: 1_700_000_000_000_000,
         json: br#"{"id":"x","event_type":"t"}"#.to_vec(),
+        order_key: None,
     }]
 }
 

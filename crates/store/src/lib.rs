@@ -221,6 +221,8 @@ pub struct Delivery {
     pub due_micros: i64,
     /// The event's JSON, as the API returns it.
     pub json: Vec<u8>,
+    /// The event's ordering key, for a destination that delivers in order.
+    pub order_key: Option<i64>,
 }
 
 /// A place in a destination's queue: entries are ordered by due time, then event id.
@@ -296,6 +298,18 @@ pub trait DeliveryQueue: Send + Sync + Debug + 'static {
         destination: DestinationId,
         now: OffsetDateTime,
         after: Option<QueuePosition>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// For a destination that delivers in order: up to `limit` entries, in ingest order,
+    /// each of which is due and has no earlier entry with the same ordering key still
+    /// queued (waiting for a retry, or claimed and not yet recorded). Several entries of
+    /// one key may come in one claim, in order. Costs a scan of the destination's whole
+    /// queue. On a shared store, claims of one destination are serialised across nodes.
+    async fn claim_ordered(
+        &self,
+        destination: DestinationId,
+        now: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError>;
 

@@ -4,6 +4,8 @@
 //! that no index serves (source, payload paths, full text) are checked here on the stored
 //! JSON, the same way for every backend.
 
+pub use pulsestream_core::filter::PayloadFilter;
+use pulsestream_core::filter::{path_equals, text_matches};
 use pulsestream_core::{EventId, parse_timestamp};
 use serde::Deserialize;
 use serde_json::Value;
@@ -16,13 +18,6 @@ pub enum Order {
     #[default]
     Desc,
     Asc,
-}
-
-/// Equality on a JSON path inside the payload: `payload.user.id=42`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PayloadFilter {
-    pub path: Vec<String>,
-    pub value: String,
 }
 
 /// Where the previous page stopped: the last event's id (which carries its timestamp).
@@ -122,66 +117,6 @@ pub fn event_matches(json: &[u8], query: &SearchQuery) -> bool {
             .text
             .as_deref()
             .is_none_or(|text| text_matches(&payload, text))
-}
-
-fn path_equals(payload: &Value, filter: &PayloadFilter) -> bool {
-    let mut node = payload;
-    for segment in &filter.path {
-        node = match node {
-            Value::Object(map) => match map.get(segment) {
-                Some(next) => next,
-                None => return false,
-            },
-            Value::Array(items) => match segment.parse::<usize>().ok().and_then(|i| items.get(i)) {
-                Some(next) => next,
-                None => return false,
-            },
-            _ => return false,
-        };
-    }
-    scalar_equals(node, &filter.value)
-}
-
-/// Compares a JSON scalar with a query-string value: strings as text, numbers by value,
-/// booleans and null by their JSON spelling.
-fn scalar_equals(node: &Value, wanted: &str) -> bool {
-    match node {
-        Value::String(text) => text == wanted,
-        Value::Number(number) => match (number.as_i64(), wanted.parse::<i64>()) {
-            (Some(a), Ok(b)) => a == b,
-            _ => match (number.as_f64(), wanted.parse::<f64>()) {
-                (Some(a), Ok(b)) => a == b,
-                _ => false,
-            },
-        },
-        Value::Bool(flag) => wanted == if *flag { "true" } else { "false" },
-        Value::Null => wanted == "null",
-        Value::Array(_) | Value::Object(_) => false,
-    }
-}
-
-fn text_matches(payload: &Value, text: &str) -> bool {
-    let mut haystack = String::new();
-    collect_text(payload, &mut haystack);
-    let haystack = haystack.to_lowercase();
-    text.split_whitespace()
-        .all(|term| haystack.contains(&term.to_lowercase()))
-}
-
-fn collect_text(node: &Value, out: &mut String) {
-    match node {
-        Value::String(text) => {
-            out.push_str(text);
-            out.push('\n');
-        }
-        Value::Number(number) => {
-            out.push_str(&number.to_string());
-            out.push('\n');
-        }
-        Value::Array(items) => items.iter().for_each(|item| collect_text(item, out)),
-        Value::Object(map) => map.values().for_each(|value| collect_text(value, out)),
-        Value::Bool(_) | Value::Null => {}
-    }
 }
 
 #[cfg(test)]

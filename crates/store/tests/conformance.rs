@@ -5,13 +5,13 @@
 //! by default `postgres://postgres@127.0.0.1:5432/test`). A new store, or a new layout of an
 //! existing one, passes this suite before any HTTP test runs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pulsestream_core::{
-    Destination, DestinationId, DestinationKind, EventId, KeyId, KeyScope, NewEvent, RateLimit,
-    Tenant, TenantChange, TenantChangeError, TenantId, TenantKey,
+    Destination, DestinationId, DestinationKind, EventFilter, EventId, KeyId, KeyScope, NewEvent,
+    OrderingKey, RateLimit, Tenant, TenantChange, TenantChangeError, TenantId, TenantKey,
 };
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use pulsestream_store::postgres::{PostgresConfig, PostgresStore};
@@ -57,6 +57,8 @@ conformance!(
     search_filters_agree,
     search_pages_walk_every_event_once_in_both_orders,
     an_event_is_enqueued_for_each_matching_destination_in_its_commit,
+    a_destination_filter_chooses_what_is_enqueued,
+    ordered_claims_hold_a_key_until_its_earlier_event_is_done,
     outcomes_move_entries_delivered_rescheduled_dead_lettered_replayed_purged,
     deleting_a_destination_drops_its_queue,
     tenants_are_created_found_by_key_and_changed,
@@ -183,6 +185,8 @@ fn webhook(tenant: TenantId, event_types: &[&str], max_attempts: u32) -> Destina
         max_attempts,
         secret: "whsec_test".into(),
         disabled: false,
+        filter: None,
+        ordering: None,
         created_at: OffsetDateTime::now_utc(),
     }
 }
@@ -654,6 +658,145 @@ async fn an_event_is_enqueued_for_each_matching_destination_in_its_commit(store:
     }
     let stats = store.delivery_stats(orders.id).await.expect("stats");
     assert_eq!(stats.pending, 1);
+}
+
+async fn a_destination_filter_chooses_what_is_enqueued(store: &Arc<dyn Store>) {
+    let tenant = TenantId::random();
+    let mut filtered = webhook(tenant, &["order.*"], 3);
+    filtered.filter = Some(EventFilter {
+        source: Some("web".into()),
+        payload: vec![PayloadFilter {
+            path: vec!["plan".into(), "seats".into()],
+            value: "5".into(),
+        }],
+        text: Some("ada".into()),
+    });
+    store.put_destination(&filtered).await.expect("put");
+    let shown = store.destinations(tenant).await.expect("list");
+    assert_eq!(shown[0].filter, filtered.filter, "the filter is stored");
+    let statuses = append(
+        store,
+        tenant,
+        vec![
+            // Numbers compare by value, text case-insensitively: this one matches.
+            json!({"event_id": "yes", "event_type": "order.paid", "source": "web",
+                   "payload": {"plan": {"seats": 5.0}, "name": "Ada Lovelace"}}),
+            json!({"event_id": "type", "event_type": "user.signup", "source": "web",
+                   "payload": {"plan": {"seats": 5}, "name": "Ada"}}),
+            json!({"event_id": "source", "event_type": "order.paid", "source": "ios",
+                   "payload": {"plan": {"seats": 5}, "name": "Ada"}}),
+            json!({"event_id": "path", "event_type": "order.paid", "source": "web",
+                   "payload": {"plan": {"seats": 6}, "name": "Ada"}}),
+            json!({"event_id": "text", "event_type": "order.paid", "source": "web",
+                   "payload": {"plan": {"seats": 5}, "name": "Grace"}}),
+            json!({"event_id": "nosource", "event_type": "order.paid",
+                   "payload": {"plan": {"seats": 5}, "name": "Ada"}}),
+        ],
+    )
+    .await;
+    let queued: Vec<EventId> = due(store, filtered.id, far_future())
+        .await
+        .iter()
+        .map(|d| d.event)
+        .collect();
+    assert_eq!(queued, vec![accepted(statuses[0])]);
+}
+
+async fn ordered_claims_hold_a_key_until_its_earlier_event_is_done(store: &Arc<dyn Store>) {
+    let tenant = TenantId::random();
+    let mut ordered = webhook(tenant, &[], 2);
+    ordered.ordering = Some(OrderingKey::Payload(vec!["user".into()]));
+    store.put_destination(&ordered).await.expect("put");
+    // One request per event: ingest order is the order of these calls.
+    let mut ids = HashMap::new();
+    for (event_id, user) in [
+        ("a1", "a"),
+        ("b1", "b"),
+        ("a2", "a"),
+        ("b2", "b"),
+        ("a3", "a"),
+    ] {
+        let status = append(
+            store,
+            tenant,
+            vec![json!({"event_id": event_id, "event_type": "t", "payload": {"user": user}})],
+        )
+        .await;
+        ids.insert(accepted(status[0]), event_id);
+    }
+    let names = |claimed: &[pulsestream_store::Delivery]| -> Vec<&str> {
+        claimed
+            .iter()
+            .map(|delivery| ids[&delivery.event])
+            .collect()
+    };
+    let now = OffsetDateTime::now_utc() + Duration::from_secs(1);
+    let first = store
+        .claim_ordered(ordered.id, now, 1)
+        .await
+        .expect("claim");
+    assert_eq!(names(&first), ["a1"]);
+    assert!(first[0].order_key.is_some());
+    // a1 fails and waits a minute: a2 and a3 wait behind it, b keeps flowing.
+    store
+        .reschedule(
+            ordered.id,
+            &first,
+            now + Duration::from_secs(60),
+            "HTTP 500",
+        )
+        .await
+        .expect("reschedule");
+    let flowing = store
+        .claim_ordered(ordered.id, now, 100)
+        .await
+        .expect("claim");
+    assert_eq!(names(&flowing), ["b1", "b2"]);
+    store
+        .record_delivered(ordered.id, &flowing)
+        .await
+        .expect("delivered");
+    assert!(
+        store
+            .claim_ordered(ordered.id, now, 100)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a's later events wait for a1"
+    );
+    // Once a1 is dead-lettered, a2 and a3 go, in order.
+    let a1 = store
+        .claim_ordered(ordered.id, now + Duration::from_secs(61), 1)
+        .await
+        .expect("claim");
+    assert_eq!(names(&a1), ["a1"]);
+    store
+        .dead_letter(ordered.id, &a1, "HTTP 500")
+        .await
+        .expect("dead letter");
+    let rest = store
+        .claim_ordered(ordered.id, now, 100)
+        .await
+        .expect("claim");
+    assert_eq!(names(&rest), ["a2", "a3"]);
+    store
+        .record_delivered(ordered.id, &rest)
+        .await
+        .expect("delivered");
+    // A replayed dead letter keeps its key.
+    assert_eq!(
+        store
+            .replay_dead_letters(ordered.id, None)
+            .await
+            .expect("replay"),
+        1
+    );
+    let replayed = store
+        .claim_ordered(ordered.id, far_future(), 100)
+        .await
+        .expect("claim");
+    assert_eq!(names(&replayed), ["a1"]);
+    assert_eq!(replayed[0].order_key, a1[0].order_key);
 }
 
 async fn outcomes_move_entries_delivered_rescheduled_dead_lettered_replayed_purged(

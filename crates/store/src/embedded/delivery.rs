@@ -66,15 +66,36 @@ fn decode_outbox_key(key: &[u8]) -> Result<(i64, EventId), StoreError> {
     ))
 }
 
-/// `outbox` value: attempts so far, then the last error.
-pub(crate) fn outbox_value(attempts: u32, error: &str) -> Vec<u8> {
-    [attempts.to_be_bytes().as_slice(), error.as_bytes()].concat()
+/// Marks the ordering key at the end of an `outbox` value: 0xFF never occurs in the UTF-8
+/// error before it, so values written before ordering existed read as they always did.
+const ORDER_KEY_MARK: u8 = 0xFF;
+
+/// `outbox` value: attempts so far, the last error, then (for a destination that delivers
+/// in order) the mark and the event's ordering key.
+pub(crate) fn outbox_value(attempts: u32, error: &str, order_key: Option<i64>) -> Vec<u8> {
+    let mut value = Vec::with_capacity(4 + error.len() + 9);
+    value.extend_from_slice(&attempts.to_be_bytes());
+    value.extend_from_slice(error.as_bytes());
+    if let Some(key) = order_key {
+        value.push(ORDER_KEY_MARK);
+        value.extend_from_slice(&key.to_be_bytes());
+    }
+    value
 }
 
-fn decode_attempts(value: &[u8]) -> u32 {
-    value.get(..4).map_or(0, |bytes| {
+/// Attempts and ordering key of an `outbox` value.
+fn decode_outbox_value(value: &[u8]) -> (u32, Option<i64>) {
+    let attempts = value.get(..4).map_or(0, |bytes| {
         u32::from_be_bytes(bytes.try_into().expect("sliced to 4 bytes"))
-    })
+    });
+    let order_key = (value.len() >= 13 && value[value.len() - 9] == ORDER_KEY_MARK).then(|| {
+        i64::from_be_bytes(
+            value[value.len() - 8..]
+                .try_into()
+                .expect("sliced to 8 bytes"),
+        )
+    });
+    (attempts, order_key)
 }
 
 fn dead_letter_key(destination: DestinationId, event: EventId) -> [u8; 32] {
@@ -89,6 +110,8 @@ struct DeadLetterValue {
     attempts: u32,
     last_error: String,
     failed_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    order_key: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -158,24 +181,79 @@ impl Queue {
         for entry in self.outbox.range((low, Bound::Included(high))).take(limit) {
             let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
             let (due_micros, event) = decode_outbox_key(&key)?;
-            let json = match self
-                .events
-                .get(keys::event_key(number, event))
-                .map_err(StoreError::unavailable)?
-            {
-                Some(stored) => keys::decode_event_value(&stored)?.0.to_vec(),
-                None => {
-                    return Err(StoreError::Corrupt(format!(
-                        "queued event {event} is missing"
-                    )));
-                }
-            };
+            let (attempts, order_key) = decode_outbox_value(&value);
             claimed.push(Delivery {
                 tenant,
                 event,
-                attempts: decode_attempts(&value),
+                attempts,
                 due_micros,
-                json,
+                json: self.event_json(number, event)?,
+                order_key,
+            });
+        }
+        Ok(claimed)
+    }
+
+    /// The stored JSON of a queued event.
+    fn event_json(&self, number: keys::TenantNo, event: EventId) -> Result<Vec<u8>, StoreError> {
+        match self
+            .events
+            .get(keys::event_key(number, event))
+            .map_err(StoreError::unavailable)?
+        {
+            Some(stored) => Ok(keys::decode_event_value(&stored)?.0.to_vec()),
+            None => Err(StoreError::Corrupt(format!(
+                "queued event {event} is missing"
+            ))),
+        }
+    }
+
+    /// See `DeliveryQueue::claim_ordered`. Only this process's one worker per destination
+    /// claims, and it records an outcome before its next claim, so claimed entries need no
+    /// lease: an entry still in the queue is waiting, whatever its due time says.
+    pub fn claim_ordered(
+        &self,
+        destination: DestinationId,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let Some(tenant) = self.tenant_of(destination) else {
+            return Ok(Vec::new());
+        };
+        let Some(number) = self.numbers.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        let mut queued = Vec::new();
+        for entry in self.outbox.prefix(destination.as_bytes()) {
+            let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+            let (due_micros, event) = decode_outbox_key(&key)?;
+            let (attempts, order_key) = decode_outbox_value(&value);
+            queued.push((event, due_micros, attempts, order_key.unwrap_or(0)));
+        }
+        // Ingest order: event ids are time-ordered.
+        queued.sort_unstable_by_key(|(event, ..)| *event);
+        let now = crate::record::micros_of(now);
+        let mut held: std::collections::HashSet<i64> = std::collections::HashSet::new();
+        let mut claimed = Vec::new();
+        for (event, due_micros, attempts, order_key) in queued {
+            if claimed.len() == limit {
+                break;
+            }
+            if held.contains(&order_key) {
+                continue;
+            }
+            if due_micros > now {
+                // Waiting for a retry: every later event of its key waits behind it.
+                held.insert(order_key);
+                continue;
+            }
+            claimed.push(Delivery {
+                tenant,
+                event,
+                attempts,
+                due_micros,
+                json: self.event_json(number, event)?,
+                order_key: Some(order_key),
             });
         }
         Ok(claimed)
@@ -224,7 +302,7 @@ impl Queue {
             batch.insert(
                 &self.outbox,
                 outbox_key(destination, due_micros, delivery.event),
-                outbox_value(delivery.attempts + 1, error),
+                outbox_value(delivery.attempts + 1, error, delivery.order_key),
             );
         }
         batch.commit().map_err(StoreError::unavailable)
@@ -247,6 +325,7 @@ impl Queue {
                 attempts: delivery.attempts + 1,
                 last_error: error.to_owned(),
                 failed_at,
+                order_key: delivery.order_key,
             };
             batch.insert(
                 &self.dead_letters,
@@ -343,37 +422,45 @@ impl Queue {
         destination: DestinationId,
         events: Option<&[EventId]>,
     ) -> Result<usize, StoreError> {
-        let chosen: Vec<EventId> = match events {
-            Some(events) => events
-                .iter()
-                .copied()
-                .filter(|event| {
-                    self.dead_letters
-                        .contains_key(dead_letter_key(destination, *event))
-                        .unwrap_or(false)
-                })
-                .collect(),
+        let read = |event: EventId, value: &[u8]| -> Result<(EventId, Option<i64>), StoreError> {
+            let value: DeadLetterValue = serde_json::from_slice(value)
+                .map_err(|err| StoreError::Corrupt(format!("dead letter: {err}")))?;
+            Ok((event, value.order_key))
+        };
+        let chosen: Vec<(EventId, Option<i64>)> = match events {
+            Some(events) => {
+                let mut chosen = Vec::new();
+                for event in events {
+                    if let Some(value) = self
+                        .dead_letters
+                        .get(dead_letter_key(destination, *event))
+                        .map_err(StoreError::unavailable)?
+                    {
+                        chosen.push(read(*event, &value)?);
+                    }
+                }
+                chosen
+            }
             None => self
                 .dead_letters
                 .prefix(destination.as_bytes())
                 .map(|entry| {
-                    let key = entry.key().map_err(StoreError::unavailable)?;
-                    Ok(EventId::from_bytes(keys::bytes_at(
-                        &key,
-                        16,
-                        "dead letter key",
-                    )?))
+                    let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+                    read(
+                        EventId::from_bytes(keys::bytes_at(&key, 16, "dead letter key")?),
+                        &value,
+                    )
                 })
                 .collect::<Result<_, StoreError>>()?,
         };
         let now = crate::record::micros_of(OffsetDateTime::now_utc());
         let mut batch = self.db.batch();
-        for event in &chosen {
+        for (event, order_key) in &chosen {
             batch.remove(&self.dead_letters, dead_letter_key(destination, *event));
             batch.insert(
                 &self.outbox,
                 outbox_key(destination, now, *event),
-                outbox_value(0, ""),
+                outbox_value(0, "", *order_key),
             );
         }
         batch.commit().map_err(StoreError::unavailable)?;

@@ -572,6 +572,16 @@ impl DeliveryQueue for EmbeddedStore {
             .await
     }
 
+    async fn claim_ordered(
+        &self,
+        destination: DestinationId,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.blocking(move |store| store.queue.claim_ordered(destination, now, limit))
+            .await
+    }
+
     async fn record_delivered(
         &self,
         destination: DestinationId,

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use fjall::{Database, OwnedWriteBatch as WriteBatch, PersistMode};
-use pulsestream_core::{Destination, EventId, NewEvent, format_timestamp};
+use pulsestream_core::{Destination, EventId, NewEvent, Routable, format_timestamp};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
@@ -610,15 +610,16 @@ impl Writer {
             keys::encode_dedup(id, event.content_hash),
         );
         // Save and enqueue atomically: the outbox entries ride in the same commit.
+        let routable = Routable::new(&event.event_type, event.source.as_deref(), &event.payload);
         for destination in context
             .destinations
             .iter()
-            .filter(|destination| destination.wants(&event.event_type))
+            .filter(|destination| destination.wants(&routable))
         {
             batch.insert(
                 &ks.outbox,
                 delivery::outbox_key(destination.id, context.enqueue_micros, id),
-                delivery::outbox_value(0, ""),
+                delivery::outbox_value(0, "", destination.order_key(&routable)),
             );
         }
     }

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use pulsestream_core::{ContentHash, Destination, EventId, NewEvent, format_timestamp};
+use pulsestream_core::{ContentHash, Destination, EventId, NewEvent, Routable, format_timestamp};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -404,17 +404,23 @@ async fn enqueue(
     inserts: &[Insert<'_>],
     destinations: &HashMap<Uuid, Vec<Destination>>,
 ) -> Result<(), StoreError> {
-    let mut queued: (Vec<Uuid>, Vec<Uuid>, Vec<Uuid>) = Default::default();
+    let mut queued: (Vec<Uuid>, Vec<Uuid>, Vec<Uuid>, Vec<Option<i64>>) = Default::default();
     for row in inserts.iter().filter(|row| row.inserted) {
+        let routable = Routable::new(
+            &row.event.event_type,
+            row.event.source.as_deref(),
+            &row.event.payload,
+        );
         for destination in destinations
             .get(&row.tenant)
             .into_iter()
             .flatten()
-            .filter(|destination| destination.wants(&row.event.event_type))
+            .filter(|destination| destination.wants(&routable))
         {
             queued.0.push(destination.id.0);
             queued.1.push(row.id.0);
             queued.2.push(row.tenant);
+            queued.3.push(destination.order_key(&routable));
         }
     }
     if queued.0.is_empty() {
@@ -423,9 +429,10 @@ async fn enqueue(
     let due = record::micros_of(time::OffsetDateTime::now_utc());
     transaction
         .execute(
-            "INSERT INTO outbox (destination_id, event, tenant_id, due)
-             SELECT d, e, t, $4 FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS u(d, e, t)",
-            &[&queued.0, &queued.1, &queued.2, &due],
+            "INSERT INTO outbox (destination_id, event, tenant_id, due, order_key)
+             SELECT d, e, t, $4, k
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $5::bigint[]) AS u(d, e, t, k)",
+            &[&queued.0, &queued.1, &queued.2, &due, &queued.3],
         )
         .await
         .map_err(pg_error)?;

@@ -10,7 +10,14 @@ use super::pg_error;
 use crate::StoreError;
 
 /// The migrations, in order. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (
+        2,
+        "ordered delivery",
+        include_str!("migrations/0002_ordered_delivery.sql"),
+    ),
+];
 
 /// The advisory lock every migrating session takes (an arbitrary constant: "pulsestr").
 const MIGRATION_LOCK: i64 = 0x7075_6c73_6573_7472;

@@ -30,6 +30,49 @@ fn claimed_rows(deliveries: &[Delivery]) -> (Vec<Uuid>, Vec<i64>) {
         .unzip()
 }
 
+/// Claimed rows (event, tenant, attempts, due, order key) with their events' JSON, in
+/// queue order.
+async fn with_bodies(
+    client: &impl tokio_postgres::GenericClient,
+    rows: Vec<tokio_postgres::Row>,
+) -> Result<Vec<Delivery>, StoreError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tenant: Uuid = rows[0].get(1);
+    let events: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
+    let bodies = client
+        .query(
+            "SELECT id, body FROM events WHERE tenant_id = $1 AND id = ANY($2)",
+            &[&tenant, &events],
+        )
+        .await
+        .map_err(pg_error)?;
+    let mut bodies: std::collections::HashMap<Uuid, String> = bodies
+        .into_iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let mut claimed = rows
+        .iter()
+        .map(|row| {
+            let event: Uuid = row.get(0);
+            let json = bodies
+                .remove(&event)
+                .ok_or_else(|| StoreError::Corrupt(format!("queued event {event} is missing")))?;
+            Ok(Delivery {
+                tenant: TenantId(row.get(1)),
+                event: EventId(event),
+                attempts: row.get::<_, i32>(2).max(0) as u32,
+                due_micros: row.get(3),
+                json: json.into_bytes(),
+                order_key: row.get(4),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    claimed.sort_by_key(Delivery::position);
+    Ok(claimed)
+}
+
 #[async_trait]
 impl DestinationStore for PostgresStore {
     async fn put_destination(&self, destination: &Destination) -> Result<(), StoreError> {
@@ -124,7 +167,7 @@ impl DeliveryQueue for PostgresStore {
                      UPDATE outbox o SET leased_until = clock.now + $4
                      FROM due, clock
                      WHERE o.destination_id = $1 AND o.event = due.event
-                     RETURNING o.event, o.tenant_id, o.attempts, o.due",
+                     RETURNING o.event, o.tenant_id, o.attempts, o.due, o.order_key",
                     )
                     .await
                     .map_err(pg_error)?;
@@ -132,39 +175,59 @@ impl DeliveryQueue for PostgresStore {
                     .query(&statement, &[&destination.0, &now, &limit, &lease])
                     .await
                     .map_err(pg_error)?;
-                if rows.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let tenant: Uuid = rows[0].get(1);
-                let events: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
-                let bodies = client
-                    .query(
-                        "SELECT id, body FROM events WHERE tenant_id = $1 AND id = ANY($2)",
-                        &[&tenant, &events],
+                with_bodies(&**client, rows).await
+            })
+            .await
+    }
+
+    async fn claim_ordered(
+        &self,
+        destination: DestinationId,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let now = micros_of(now);
+        let lease = self.db.inner.config.lease.as_micros() as i64;
+        let limit = limit as i64;
+        self.db
+            .guarded(async {
+                let mut client = self.db.client().await?;
+                let transaction = client.transaction().await.map_err(pg_error)?;
+                // One claim of this destination at a time, across every node: a second
+                // claimer waits, then sees the first one's leases, which hold back the later
+                // entries of the keys it took.
+                transaction
+                    .execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))",
+                        &[&destination.0.to_string()],
                     )
                     .await
                     .map_err(pg_error)?;
-                let mut bodies: std::collections::HashMap<Uuid, String> = bodies
-                    .into_iter()
-                    .map(|row| (row.get(0), row.get(1)))
-                    .collect();
-                let mut claimed = rows
-                    .iter()
-                    .map(|row| {
-                        let event: Uuid = row.get(0);
-                        let json = bodies.remove(&event).ok_or_else(|| {
-                            StoreError::Corrupt(format!("queued event {event} is missing"))
-                        })?;
-                        Ok(Delivery {
-                            tenant: TenantId(row.get(1)),
-                            event: EventId(event),
-                            attempts: row.get::<_, i32>(2).max(0) as u32,
-                            due_micros: row.get(3),
-                            json: json.into_bytes(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                claimed.sort_by_key(Delivery::position);
+                let rows = transaction
+                    .query(
+                        "WITH clock AS (
+                             SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now),
+                         ranked AS (
+                             SELECT o.event,
+                                 bool_and(o.due <= $2 AND o.leased_until < clock.now) OVER (
+                                     PARTITION BY o.order_key ORDER BY o.event
+                                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS free
+                             FROM outbox o, clock
+                             WHERE o.destination_id = $1),
+                         chosen AS (
+                             SELECT event FROM ranked WHERE free ORDER BY event LIMIT $3)
+                         UPDATE outbox o SET leased_until = clock.now + $4
+                         FROM chosen, clock
+                         WHERE o.destination_id = $1 AND o.event = chosen.event
+                         RETURNING o.event, o.tenant_id, o.attempts, o.due, o.order_key",
+                        &[&destination.0, &now, &limit, &lease],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let mut claimed = with_bodies(&*transaction, rows).await?;
+                transaction.commit().await.map_err(pg_error)?;
+                // Ingest order: the event ids are time-ordered (UUIDv7).
+                claimed.sort_by_key(|delivery| delivery.event);
                 Ok(claimed)
             })
             .await
@@ -234,10 +297,10 @@ impl DeliveryQueue for PostgresStore {
                      DELETE FROM outbox o
                      USING unnest($2::uuid[], $3::bigint[]) AS u(event, due)
                      WHERE o.destination_id = $1 AND o.event = u.event AND o.due = u.due
-                     RETURNING o.event, o.tenant_id, o.attempts)
+                     RETURNING o.event, o.tenant_id, o.attempts, o.order_key)
                  INSERT INTO dead_letters
-                     (destination_id, event, tenant_id, attempts, last_error, failed_at)
-                 SELECT $1, event, tenant_id, attempts + 1, $4, now() FROM gone
+                     (destination_id, event, tenant_id, attempts, last_error, failed_at, order_key)
+                 SELECT $1, event, tenant_id, attempts + 1, $4, now(), order_key FROM gone
                  ON CONFLICT (destination_id, event) DO UPDATE
                  SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,
                      failed_at = EXCLUDED.failed_at",
@@ -334,10 +397,10 @@ impl DeliveryQueue for PostgresStore {
                 "WITH moved AS (
                          DELETE FROM dead_letters
                          WHERE destination_id = $1 AND ($2::uuid[] IS NULL OR event = ANY($2))
-                         RETURNING event, tenant_id),
+                         RETURNING event, tenant_id, order_key),
                      queued AS (
-                         INSERT INTO outbox (destination_id, event, tenant_id, due)
-                         SELECT $1, event, tenant_id, $3 FROM moved
+                         INSERT INTO outbox (destination_id, event, tenant_id, due, order_key)
+                         SELECT $1, event, tenant_id, $3, order_key FROM moved
                          ON CONFLICT (destination_id, event) DO NOTHING
                          RETURNING 1)
                      SELECT count(*) FROM moved",

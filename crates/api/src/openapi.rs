@@ -168,6 +168,9 @@ pub enum SortOrder {
 pub enum DestinationKindName {
     Webhook,
     Nats,
+    Amqp,
+    Mqtt,
+    Postgres,
 }
 
 /// The body encodings the ingest endpoints read.

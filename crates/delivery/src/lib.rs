@@ -246,9 +246,60 @@ impl Worker {
         let outcome = self.sink.send(&self.destination, &due).await;
         metrics::gauge!("pulsestream_delivery_in_flight_events", "destination" => label.to_owned())
             .set(0.0);
+        if self.destination.ordering.is_some()
+            && matches!(outcome, SendOutcome::Failed { .. })
+            && due
+                .iter()
+                .any(|delivery| delivery.order_key != due[0].order_key)
+        {
+            return self.split_by_key(due, outcome, label).await;
+        }
+        self.settle(&due, outcome, label).await
+    }
+
+    /// A failed batch of an ordered destination, sent again key by key at once: one key's
+    /// failing event then holds back its own key only, never the others that shared its
+    /// batch. Once the circuit opens, the groups not sent yet fail with the batch's error.
+    async fn split_by_key(
+        &mut self,
+        due: Vec<Delivery>,
+        failed: SendOutcome,
+        label: &str,
+    ) -> Result<Step, StoreError> {
+        let mut groups: Vec<Vec<Delivery>> = Vec::new();
+        for delivery in due {
+            match groups
+                .iter_mut()
+                .find(|group| group[0].order_key == delivery.order_key)
+            {
+                Some(group) => group.push(delivery),
+                None => groups.push(vec![delivery]),
+            }
+        }
+        for group in groups {
+            if !self.breaker.wait(Instant::now()).is_zero() {
+                self.settle(&group, failed.clone(), label).await?;
+                continue;
+            }
+            let outcome = self.sink.send(&self.destination, &group).await;
+            if let Step::Stop = self.settle(&group, outcome, label).await? {
+                return Ok(Step::Stop);
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Records how a send went: delivered, retried or dead-lettered, and the circuit.
+    async fn settle(
+        &mut self,
+        due: &[Delivery],
+        outcome: SendOutcome,
+        label: &str,
+    ) -> Result<Step, StoreError> {
+        let id = self.destination.id;
         match outcome {
             SendOutcome::Delivered => {
-                self.queue.record_delivered(id, &due).await?;
+                self.queue.record_delivered(id, due).await?;
                 metrics::counter!("pulsestream_deliveries_total", "destination" => label.to_owned(), "outcome" => "delivered")
                     .increment(due.len() as u64);
                 if let Some(circuit) = self.breaker.on_success(Instant::now()) {
@@ -271,8 +322,7 @@ impl Worker {
                 Ok(Step::Stop)
             }
             SendOutcome::Failed { error, retry_after } => {
-                self.record_failure(&due, &error, retry_after, label)
-                    .await?;
+                self.record_failure(due, &error, retry_after, label).await?;
                 if let Some(circuit) = self.breaker.on_failure(Instant::now()) {
                     self.circuit_changed(circuit, Some(&error), label).await?;
                 } else {

@@ -132,10 +132,9 @@ impl PostgresSink {
         let host = url.host_str().unwrap_or_default().to_owned();
         let port = url.port().unwrap_or(5432);
         let address = connect_address(&host, port, self.allow_private).await?;
-        // Connect to the address just checked; the name stays for the server's view.
+        // Connect to the address just checked (the URL's port, or 5432, stays as it is).
         config
             .hostaddr(address.ip())
-            .port(address.port())
             .connect_timeout(self.timeout)
             .application_name("pulsestream");
         let connected = tokio::time::timeout(self.timeout, config.connect(NoTls)).await;

@@ -18,7 +18,7 @@ use pulsestream_api::auth::secret_hash;
 use pulsestream_api::{ApiConfig, AppState, MetricsRender, SegmentLimits};
 use pulsestream_core::RetryPolicy;
 use pulsestream_core::secret::{SecretCipher, SecretKey};
-use pulsestream_delivery::{DeliveryConfig, Dispatcher, NatsSink, Sinks, WebhookSink};
+use pulsestream_delivery::{DeliveryConfig, Dispatcher, NatsSink, Sinks};
 use pulsestream_limits::{RateLimiter, RedisSettings};
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use pulsestream_store::postgres::PostgresStore;
@@ -179,14 +179,12 @@ pub async fn migrate(config: &ServeConfig) -> anyhow::Result<Vec<i32>> {
     Ok(store.migrate().await?)
 }
 
-/// Builds the sinks: webhooks always, NATS when configured.
+/// Builds the sinks: every kind, with NATS when configured.
 async fn sinks(config: &ServeConfig, secrets: Arc<SecretCipher>) -> anyhow::Result<Sinks> {
-    // Webhook and NATS TLS use rustls with ring; installing twice (tests start several
-    // servers) is harmless.
+    // Webhook, NATS, AMQP and MQTT TLS use rustls with ring; installing twice (tests start
+    // several servers) is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let timeout = Duration::from_millis(config.webhook_timeout_ms);
-    let webhook = WebhookSink::new(timeout, config.allow_private_destinations, secrets)
-        .context("failed to build the webhook HTTP client")?;
     let nats = match &config.nats_url {
         Some(url) => Some(
             NatsSink::connect(&url.0, timeout)
@@ -195,7 +193,8 @@ async fn sinks(config: &ServeConfig, secrets: Arc<SecretCipher>) -> anyhow::Resu
         ),
         None => None,
     };
-    Ok(Sinks { webhook, nats })
+    Sinks::new(timeout, config.allow_private_destinations, secrets, nats)
+        .context("failed to build the webhook HTTP client")
 }
 
 /// Returns the in-process limiter, or the Redis one when a Redis URL is configured.

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use pulsestream_core::address::is_public;
 use pulsestream_core::{
-    Destination, DestinationId, DestinationKind, EventId, TenantId, format_timestamp,
+    Destination, DestinationId, DestinationKind, EventFilter, EventId, OrderingKey, PayloadFilter,
+    TableColumns, TenantId, check_template, format_timestamp,
 };
 use rand::RngCore;
 use serde::Deserialize;
@@ -34,16 +35,47 @@ use crate::openapi as doc;
 const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 const MAX_MAX_ATTEMPTS: u32 = 100;
 
-/// A new destination: `kind` `webhook` with `url`, or `nats` with `subject`.
+/// A new destination. By `kind`: `webhook` with `url`; `nats` with `subject`; `amqp` with
+/// `url` (`amqp://` or `amqps://`), `exchange` and `routing_key`; `mqtt` with `url`
+/// (`mqtt://` or `mqtts://`) and `topic`; `postgres` with `url`, `table`, and optionally
+/// `columns` and `create_table`. Every kind takes `event_types`, `filter`, `ordering` and
+/// `max_attempts`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDestination {
     #[schema(value_type = doc::DestinationKindName, inline)]
     kind: String,
+    /// The webhook's URL, or the broker's or database's connection URL (sealed at rest,
+    /// shown without its password).
     url: Option<String>,
+    /// NATS: the subject.
     subject: Option<String>,
+    /// AMQP: the exchange (`""` is the default exchange, which routes by queue name).
+    exchange: Option<String>,
+    /// AMQP: the routing key, a template: `{event_type}`, `{source}`, `{event_id}`.
+    routing_key: Option<String>,
+    /// MQTT: the topic, a template like `routing_key`.
+    topic: Option<String>,
+    /// PostgreSQL: `table` or `schema.table`.
+    table: Option<String>,
+    /// PostgreSQL: the column of each event field (`id`, `event_id`, `event_type`,
+    /// `source`, `timestamp`, `received_at`, `payload`); `null` leaves a field out; a field
+    /// not named keeps its own name. `id` must be the table's primary key or unique.
+    #[schema(value_type = Option<Object>)]
+    columns: Option<Value>,
+    /// PostgreSQL: create the table if it does not exist.
+    #[serde(default)]
+    create_table: bool,
     #[serde(default)]
     event_types: Vec<String>,
+    /// Only events that match, in the search language: `{"source": "web",
+    /// "payload.plan": "pro", "q": "words"}`.
+    #[schema(value_type = Option<Object>)]
+    filter: Option<Value>,
+    /// Deliver events with the same key in ingest order: `{"key": "payload.user_id"}`,
+    /// `{"key": "event_type"}` or `{"key": "destination"}`.
+    #[schema(value_type = Option<Object>)]
+    ordering: Option<Value>,
     #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
 }
@@ -54,7 +86,7 @@ pub struct CreateDestination {
     path = "/v1/destinations",
     operation_id = "create_destination",
     tag = "destinations",
-    summary = "Create a webhook or NATS destination",
+    summary = "Create a destination: webhook, NATS, RabbitMQ, MQTT or a PostgreSQL table",
     request_body = CreateDestination,
     responses(
         (status = 201, description = "Created; the signing `secret` is shown only here", body = serde_json::Value),
@@ -71,12 +103,20 @@ pub async fn create(
     AuthTenant(tenant): AuthTenant,
     extract::Json(request): extract::Json<CreateDestination>,
 ) -> Result<Response, ApiError> {
+    let id = DestinationId::random();
+    let allow_private = app.config.allow_private_destinations;
+    let seal = |url: &str| {
+        app.config
+            .secrets
+            .seal(url, id.as_bytes())
+            .map_err(ApiError::internal)
+    };
     let kind = match request.kind.as_str() {
         "webhook" => {
             let url = request
                 .url
                 .ok_or_else(|| field_error("url", "missing", "a webhook needs a url"))?;
-            check_webhook_url(&url, app.config.allow_private_destinations).await?;
+            check_url(&url, &["http", "https"], allow_private).await?;
             DestinationKind::Webhook { url }
         }
         "nats" => {
@@ -111,8 +151,78 @@ pub async fn create(
             }
             DestinationKind::Nats { subject }
         }
-        _ => return Err(field_error("kind", "enum", "must be webhook or nats")),
+        "amqp" => {
+            let url = required(request.url, "url", "an AMQP destination needs a url")?;
+            let endpoint = check_url(&url, &["amqp", "amqps"], allow_private).await?;
+            let exchange = request.exchange.unwrap_or_default();
+            if exchange.len() > 255 {
+                return Err(field_error(
+                    "exchange",
+                    "value_error",
+                    "must be at most 255 bytes",
+                ));
+            }
+            let routing_key = request.routing_key.unwrap_or_else(|| "{event_type}".into());
+            template(&routing_key, "routing_key")?;
+            DestinationKind::Amqp {
+                connection: seal(&url)?,
+                endpoint,
+                exchange,
+                routing_key,
+            }
+        }
+        "mqtt" => {
+            let url = required(request.url, "url", "an MQTT destination needs a url")?;
+            let endpoint = check_url(&url, &["mqtt", "mqtts"], allow_private).await?;
+            let topic = required(request.topic, "topic", "an MQTT destination needs a topic")?;
+            template(&topic, "topic")?;
+            if topic.contains(['+', '#']) {
+                return Err(field_error(
+                    "topic",
+                    "value_error",
+                    "must not contain the wildcards + or #",
+                ));
+            }
+            DestinationKind::Mqtt {
+                connection: seal(&url)?,
+                endpoint,
+                topic,
+            }
+        }
+        "postgres" => {
+            let url = required(request.url, "url", "a PostgreSQL destination needs a url")?;
+            let endpoint = check_url(&url, &["postgres", "postgresql"], allow_private).await?;
+            let table = required(
+                request.table,
+                "table",
+                "a PostgreSQL destination needs a table",
+            )?;
+            let parts: Vec<&str> = table.split('.').collect();
+            if parts.len() > 2 || parts.iter().any(|part| !identifier(part)) {
+                return Err(field_error(
+                    "table",
+                    "value_error",
+                    "must be table or schema.table, each 1 to 63 characters without quotes or NUL",
+                ));
+            }
+            DestinationKind::Postgres {
+                connection: seal(&url)?,
+                endpoint,
+                table,
+                columns: table_columns(request.columns.as_ref())?,
+                create_table: request.create_table,
+            }
+        }
+        _ => {
+            return Err(field_error(
+                "kind",
+                "enum",
+                "must be webhook, nats, amqp, mqtt or postgres",
+            ));
+        }
     };
+    let filter = request.filter.as_ref().map(event_filter).transpose()?;
+    let ordering = request.ordering.as_ref().map(ordering_key).transpose()?;
     if request
         .event_types
         .iter()
@@ -132,7 +242,6 @@ pub async fn create(
             &format!("must be from 1 to {MAX_MAX_ATTEMPTS}"),
         ));
     }
-    let id = DestinationId::random();
     let secret = new_secret();
     // Only the sealed form is stored; the plaintext exists in this answer and nowhere else.
     let sealed = app
@@ -148,6 +257,8 @@ pub async fn create(
         max_attempts,
         secret: sealed,
         disabled: false,
+        filter,
+        ordering,
         created_at: OffsetDateTime::now_utc(),
     };
     app.destinations.put_destination(&destination).await?;
@@ -410,8 +521,227 @@ fn view(destination: &Destination) -> Value {
             view["kind"] = "nats".into();
             view["subject"] = subject.clone().into();
         }
+        DestinationKind::Amqp {
+            endpoint,
+            exchange,
+            routing_key,
+            ..
+        } => {
+            view["kind"] = "amqp".into();
+            view["url"] = endpoint.clone().into();
+            view["exchange"] = exchange.clone().into();
+            view["routing_key"] = routing_key.clone().into();
+        }
+        DestinationKind::Mqtt {
+            endpoint, topic, ..
+        } => {
+            view["kind"] = "mqtt".into();
+            view["url"] = endpoint.clone().into();
+            view["topic"] = topic.clone().into();
+        }
+        DestinationKind::Postgres {
+            endpoint,
+            table,
+            columns,
+            create_table,
+            ..
+        } => {
+            view["kind"] = "postgres".into();
+            view["url"] = endpoint.clone().into();
+            view["table"] = table.clone().into();
+            view["create_table"] = (*create_table).into();
+            view["columns"] = json!({
+                "id": columns.id,
+                "event_id": columns.event_id,
+                "event_type": columns.event_type,
+                "source": columns.source,
+                "timestamp": columns.timestamp,
+                "received_at": columns.received_at,
+                "payload": columns.payload,
+            });
+        }
+    }
+    if let Some(filter) = &destination.filter {
+        let mut shown = serde_json::Map::new();
+        if let Some(source) = &filter.source {
+            shown.insert("source".into(), source.clone().into());
+        }
+        for path in &filter.payload {
+            shown.insert(
+                format!("payload.{}", path.path.join(".")),
+                path.value.clone().into(),
+            );
+        }
+        if let Some(text) = &filter.text {
+            shown.insert("q".into(), text.clone().into());
+        }
+        view["filter"] = shown.into();
+    }
+    if let Some(ordering) = &destination.ordering {
+        view["ordering"] = json!({ "key": ordering.name() });
     }
     view
+}
+
+fn required(value: Option<String>, field: &str, msg: &str) -> Result<String, ApiError> {
+    value.ok_or_else(|| field_error(field, "missing", msg))
+}
+
+fn template(text: &str, field: &str) -> Result<(), ApiError> {
+    if text.is_empty() || text.len() > 255 {
+        return Err(field_error(field, "value_error", "must be 1 to 255 bytes"));
+    }
+    check_template(text).map_err(|msg| field_error(field, "value_error", &msg))
+}
+
+/// A PostgreSQL identifier PulseStream will quote: 1 to 63 bytes, no quotes, no NUL.
+fn identifier(name: &str) -> bool {
+    (1..=63).contains(&name.len()) && !name.contains(['"', '\0'])
+}
+
+fn table_columns(given: Option<&Value>) -> Result<TableColumns, ApiError> {
+    let mut columns = TableColumns::default();
+    let Some(given) = given else {
+        return Ok(columns);
+    };
+    let bad = |field: &str, msg: &str| {
+        ApiError::validation(
+            format!("columns.{field} {msg}"),
+            vec![ErrorItem {
+                loc: vec!["body".into(), "columns".into(), field.into()],
+                kind: "value_error".into(),
+                msg: msg.to_owned(),
+            }],
+        )
+    };
+    let Some(given) = given.as_object() else {
+        return Err(field_error("columns", "type_error", "must be an object"));
+    };
+    for (field, column) in given {
+        let column = match column {
+            Value::Null => None,
+            Value::String(name) if identifier(name) => Some(name.clone()),
+            _ => {
+                return Err(bad(
+                    field,
+                    "must be a column name of 1 to 63 characters without quotes, or null",
+                ));
+            }
+        };
+        let slot = match field.as_str() {
+            "id" => {
+                columns.id =
+                    column.ok_or_else(|| bad(field, "is required: rows are deduplicated by it"))?;
+                continue;
+            }
+            "event_id" => &mut columns.event_id,
+            "event_type" => &mut columns.event_type,
+            "source" => &mut columns.source,
+            "timestamp" => &mut columns.timestamp,
+            "received_at" => &mut columns.received_at,
+            "payload" => &mut columns.payload,
+            _ => {
+                return Err(bad(
+                    field,
+                    "is not a field of an event (id, event_id, event_type, source, timestamp, received_at, payload)",
+                ));
+            }
+        };
+        *slot = column;
+    }
+    let mapped = columns.mapped();
+    let mut seen = std::collections::HashSet::new();
+    if let Some((field, _)) = mapped.iter().find(|(_, column)| !seen.insert(*column)) {
+        return Err(bad(field, "names a column that another field uses too"));
+    }
+    Ok(columns)
+}
+
+/// Reads a destination's filter: `source`, `q` and `payload.<path>`, the search's names.
+fn event_filter(given: &Value) -> Result<EventFilter, ApiError> {
+    let bad = |key: &str, kind: &str, msg: &str| {
+        ApiError::validation(
+            format!("filter.{key} {msg}"),
+            vec![ErrorItem {
+                loc: vec!["body".into(), "filter".into(), key.into()],
+                kind: kind.into(),
+                msg: msg.to_owned(),
+            }],
+        )
+    };
+    let Some(given) = given.as_object() else {
+        return Err(field_error("filter", "type_error", "must be an object"));
+    };
+    let mut filter = EventFilter::default();
+    for (key, value) in given {
+        let value = match value {
+            Value::String(text) => text.clone(),
+            Value::Number(number) => number.to_string(),
+            Value::Bool(flag) => flag.to_string(),
+            Value::Null => "null".into(),
+            _ => {
+                return Err(bad(
+                    key,
+                    "type_error",
+                    "must be a string, number, boolean or null",
+                ));
+            }
+        };
+        if value.len() > 1_024 {
+            return Err(bad(key, "value_error", "must be at most 1024 bytes"));
+        }
+        match key.as_str() {
+            "source" => filter.source = Some(value),
+            "q" if value.trim().is_empty() => {
+                return Err(bad(key, "value_error", "must have at least one word"));
+            }
+            "q" => filter.text = Some(value),
+            _ => match key.strip_prefix("payload.") {
+                Some(path) if !path.is_empty() && path.split('.').all(|part| !part.is_empty()) => {
+                    filter.payload.push(PayloadFilter {
+                        path: path.split('.').map(str::to_owned).collect(),
+                        value,
+                    });
+                }
+                _ => {
+                    return Err(bad(
+                        key,
+                        "unknown_filter",
+                        "is not a filter; use source, q or payload.<path>",
+                    ));
+                }
+            },
+        }
+    }
+    if filter == EventFilter::default() {
+        return Err(field_error(
+            "filter",
+            "value_error",
+            "must name at least one filter",
+        ));
+    }
+    Ok(filter)
+}
+
+fn ordering_key(given: &Value) -> Result<OrderingKey, ApiError> {
+    let key = given.get("key").and_then(Value::as_str);
+    if given.as_object().is_none_or(|object| object.len() != 1) || key.is_none() {
+        return Err(field_error(
+            "ordering",
+            "type_error",
+            "must be {\"key\": \"destination\" | \"event_type\" | \"payload.<path>\"}",
+        ));
+    }
+    OrderingKey::parse(key.unwrap_or_default()).ok_or_else(|| {
+        ApiError::validation(
+            "ordering.key must be destination, event_type or payload.<path>",
+            vec![ErrorItem {
+                loc: vec!["body".into(), "ordering".into(), "key".into()],
+                kind: "value_error".into(),
+                msg: "must be destination, event_type or payload.<path>".into(),
+            }],
+        )
+    })
 }
 
 fn new_secret() -> String {
@@ -434,21 +764,46 @@ fn field_error(field: &str, kind: &str, msg: &str) -> ApiError {
     )
 }
 
-/// Refuses URLs that are not http(s) or that resolve to addresses inside the server's network.
-async fn check_webhook_url(url: &str, allow_private: bool) -> Result<(), ApiError> {
+/// Refuses URLs of another scheme than `schemes`, and (unless private destinations are
+/// allowed) URLs whose host resolves to an address inside the server's network. Returns the
+/// URL without its password, for display.
+async fn check_url(url: &str, schemes: &[&str], allow_private: bool) -> Result<String, ApiError> {
     let invalid = |msg: &str| field_error("url", "url_invalid", msg);
-    let parsed =
-        url::Url::parse(url).map_err(|_| invalid("must be an absolute http or https URL"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid("must be an http or https URL"));
+    let wanted = schemes
+        .iter()
+        .map(|scheme| format!("{scheme}://"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let mut parsed =
+        url::Url::parse(url).map_err(|_| invalid(&format!("must be an absolute {wanted} URL")))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(invalid(&format!("must be a {wanted} URL")));
     }
     let host = parsed
         .host_str()
+        .filter(|host| !host.is_empty())
         .ok_or_else(|| invalid("must name a host"))?
         .trim_matches(['[', ']'])
         .to_owned();
+    let shown = {
+        if parsed.password().is_some() {
+            let _ = parsed.set_password(None);
+        }
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(name, _)| name != "password")
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        if parsed.query().is_some() {
+            parsed.set_query(None);
+            if !kept.is_empty() {
+                parsed.query_pairs_mut().extend_pairs(kept);
+            }
+        }
+        parsed.to_string()
+    };
     if allow_private {
-        return Ok(());
+        return Ok(shown);
     }
     let port = parsed.port_or_known_default().unwrap_or(443);
     let addresses: Vec<IpAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -466,5 +821,5 @@ async fn check_webhook_url(url: &str, allow_private: bool) -> Result<(), ApiErro
             "resolves to a loopback, private or link-local address; such destinations are refused unless the server runs with PULSESTREAM_ALLOW_PRIVATE_DESTINATIONS=true",
         ));
     }
-    Ok(())
+    Ok(shown)
 }

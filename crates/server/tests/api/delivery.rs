@@ -166,7 +166,7 @@ async fn webhook_secrets_are_stored_sealed_and_still_sign_after_a_restart() {
 
 /// Every destination record as the store keeps it, read straight from the PostgreSQL table
 /// or from the embedded store's files (the server must be stopped).
-async fn stored_destination_records(store: &TestStore) -> Vec<String> {
+pub async fn stored_destination_records(store: &TestStore) -> Vec<String> {
     use pulsestream_store::DestinationStore;
     use pulsestream_store::EventStore;
     use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};

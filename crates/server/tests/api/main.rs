@@ -9,6 +9,7 @@ mod batch;
 mod cli;
 mod delivery;
 mod dependency_faults;
+mod destination_kinds;
 mod durability;
 mod harness;
 mod hostile;

@@ -39,6 +39,8 @@ pub enum Behaviour {
     AlwaysFail(u16),
     /// Wait this long before answering 200.
     Stall(Duration),
+    /// Fail the next `n` requests whose body contains this text with 500; accept the rest.
+    FailWhileContains(&'static str, usize),
 }
 
 #[derive(Clone)]
@@ -136,6 +138,14 @@ async fn receive(
         Behaviour::Stall(pause) => {
             tokio::time::sleep(pause).await;
             StatusCode::OK
+        }
+        Behaviour::FailWhileContains(text, n) => {
+            if n > 0 && String::from_utf8_lossy(&body).contains(text) {
+                *shared.behaviour.lock().unwrap() = Behaviour::FailWhileContains(text, n - 1);
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            }
         }
     };
     shared.received.lock().unwrap().push(Received {

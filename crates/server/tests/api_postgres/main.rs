@@ -17,6 +17,8 @@ mod database_faults;
 mod delivery;
 #[path = "../api/dependency_faults.rs"]
 mod dependency_faults;
+#[path = "../api/destination_kinds.rs"]
+mod destination_kinds;
 #[path = "../api/durability.rs"]
 mod durability;
 #[path = "../api/harness.rs"]

@@ -72,11 +72,14 @@ pub(crate) fn failed(error: impl Into<String>) -> SendOutcome {
     }
 }
 
+/// A destination's link, when open, with when it was last used.
+pub(crate) type Slot<T> = Arc<Mutex<Option<(T, Instant)>>>;
+
 /// One connection per destination, each behind its own lock: sends to one destination are
 /// sequential (its worker is), sends to different destinations never wait for each other.
 #[derive(Debug)]
 pub(crate) struct Links<T> {
-    links: std::sync::Mutex<HashMap<DestinationId, Arc<Mutex<Option<(T, Instant)>>>>>,
+    links: std::sync::Mutex<HashMap<DestinationId, Slot<T>>>,
 }
 
 impl<T> Default for Links<T> {
@@ -89,7 +92,7 @@ impl<T> Default for Links<T> {
 
 impl<T> Links<T> {
     /// The slot of a destination's link; drops slots idle for long (their link closes).
-    pub fn slot(&self, destination: DestinationId) -> Arc<Mutex<Option<(T, Instant)>>> {
+    pub fn slot(&self, destination: DestinationId) -> Slot<T> {
         let mut links = self.links.lock().expect("link map lock is never poisoned");
         links.retain(|_, slot| {
             slot.try_lock().map_or(true, |link| {
@@ -366,10 +369,7 @@ impl MqttSink {
             .set_clean_session(true)
             .set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
         if !url.username().is_empty() {
-            let password = url
-                .password()
-                .map(|password| percent_decode(password))
-                .unwrap_or_default();
+            let password = url.password().map(percent_decode).unwrap_or_default();
             options.set_credentials(percent_decode(url.username()), password);
         }
         if tls {

@@ -270,11 +270,15 @@ impl AmqpFixture {
             .expect("RabbitMQ must be running for this test (PULSESTREAM_TEST_AMQP_URL)");
         let channel = connection.create_channel().await.unwrap();
         let exchange = unique("pulsestream-test-");
+        // Durable, like the queue: both outlive a stop and start of the broker.
         channel
             .exchange_declare(
                 exchange.as_str().into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions::default(),
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -311,6 +315,7 @@ impl AmqpFixture {
     }
 
     /// Reconnects after the broker went away and came back.
+    #[allow(dead_code, reason = "only the fault test stops the broker")]
     pub async fn reconnect(&mut self) {
         self.connection = lapin::Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
@@ -453,8 +458,20 @@ pub struct MqttSubscriber {
 
 impl MqttSubscriber {
     pub async fn start(port: u16, filter: &str) -> Self {
+        Self::connect(port, filter, true).await
+    }
+
+    /// With a session the broker keeps (clean session off): what is published while the
+    /// subscriber reconnects waits for it.
+    #[allow(dead_code, reason = "only the fault test keeps a session")]
+    pub async fn persistent(port: u16, filter: &str) -> Self {
+        Self::connect(port, filter, false).await
+    }
+
+    async fn connect(port: u16, filter: &str, clean: bool) -> Self {
         let mut options = rumqttc::MqttOptions::new(unique("pulsestream-test-"), "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5));
+        options.set_clean_session(clean);
         options.set_max_packet_size(16 << 20, 16 << 20);
         let (client, mut event_loop) = rumqttc::AsyncClient::new(options, 100);
         client

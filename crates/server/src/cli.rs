@@ -106,20 +106,50 @@ pub enum TenantCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DestinationCommand {
-    /// Creates a webhook or NATS destination; a webhook's signing secret is shown only once.
+    /// Creates a destination (webhook, NATS, RabbitMQ, MQTT or a PostgreSQL table); its
+    /// signing secret is shown only once.
     Create {
-        #[arg(long, value_parser = ["webhook", "nats"])]
+        #[arg(long, value_parser = ["webhook", "nats", "amqp", "mqtt", "postgres"])]
         kind: String,
-        /// The webhook's URL.
-        #[arg(long, required_if_eq("kind", "webhook"))]
+        /// The webhook's URL, or the broker's or database's connection URL
+        /// (amqp://, mqtt://, postgres://; stored sealed, shown without its password).
+        #[arg(long, required_if_eq_any([("kind", "webhook"), ("kind", "amqp"), ("kind", "mqtt"), ("kind", "postgres")]))]
         url: Option<String>,
         /// The NATS subject.
         #[arg(long, required_if_eq("kind", "nats"))]
         subject: Option<String>,
+        /// RabbitMQ: the exchange (default: the default exchange).
+        #[arg(long)]
+        exchange: Option<String>,
+        /// RabbitMQ: the routing key; `{event_type}`, `{source}` and `{event_id}` are filled
+        /// in (default `{event_type}`).
+        #[arg(long)]
+        routing_key: Option<String>,
+        /// MQTT: the topic, a template like the routing key.
+        #[arg(long, required_if_eq("kind", "mqtt"))]
+        topic: Option<String>,
+        /// PostgreSQL: the table, `table` or `schema.table`.
+        #[arg(long, required_if_eq("kind", "postgres"))]
+        table: Option<String>,
+        /// PostgreSQL: create the table if it does not exist.
+        #[arg(long)]
+        create_table: bool,
+        /// PostgreSQL: `field=column` for each event field stored under another name, or
+        /// `field=` to leave it out; repeat or separate by commas.
+        #[arg(long = "column", value_delimiter = ',')]
+        columns: Vec<String>,
         /// Event types to deliver (`order.*` matches a prefix); repeat or separate by commas.
         /// None: every event.
         #[arg(long = "event-type", value_delimiter = ',')]
         event_types: Vec<String>,
+        /// Only events that match, in the search's terms: `source=web`, `payload.plan=pro`,
+        /// `q=words`; repeat for several (all must match).
+        #[arg(long = "filter")]
+        filters: Vec<String>,
+        /// Deliver events with the same key in ingest order: `destination`, `event_type`
+        /// or `payload.<path>`.
+        #[arg(long)]
+        ordering: Option<String>,
         /// Attempts before an event goes to the dead letters (1-100, default 10).
         #[arg(long)]
         max_attempts: Option<u32>,
@@ -448,13 +478,56 @@ pub async fn destination(
             kind,
             url,
             subject,
+            exchange,
+            routing_key,
+            topic,
+            table,
+            create_table,
+            columns,
             event_types,
+            filters,
+            ordering,
             max_attempts,
         } => {
             let mut body = json!({ "kind": kind, "event_types": event_types });
             set_some(&mut body, "url", url);
             set_some(&mut body, "subject", subject);
+            set_some(&mut body, "exchange", exchange);
+            set_some(&mut body, "routing_key", routing_key);
+            set_some(&mut body, "topic", topic);
+            set_some(&mut body, "table", table);
             set_some(&mut body, "max_attempts", max_attempts);
+            if create_table {
+                body["create_table"] = true.into();
+            }
+            if !columns.is_empty() {
+                let mut mapped = serde_json::Map::new();
+                for pair in &columns {
+                    let (field, column) = pair.split_once('=').with_context(|| {
+                        format!("--column {pair}: write field=column, or field= to leave it out")
+                    })?;
+                    let column = if column.is_empty() {
+                        Value::Null
+                    } else {
+                        column.into()
+                    };
+                    mapped.insert(field.to_owned(), column);
+                }
+                body["columns"] = mapped.into();
+            }
+            if !filters.is_empty() {
+                let mut filter = serde_json::Map::new();
+                for pair in &filters {
+                    let (name, value) = pair.split_once('=').with_context(|| {
+                        format!("--filter {pair}: write name=value, e.g. source=web")
+                    })?;
+                    filter.insert(name.to_owned(), value.into());
+                }
+                body["filter"] = filter.into();
+            }
+            if let Some(key) = ordering {
+                body["ordering"] = json!({ "key": key });
+            }
             let answer = client
                 .call(Method::POST, "/v1/destinations", Some(body))
                 .await?;
@@ -831,6 +904,16 @@ fn destination_text(destination: &Value) -> String {
         ("max attempts", text(&destination["max_attempts"])),
         ("disabled", text(&destination["disabled"])),
     ];
+    if let Some(filter) = destination["filter"].as_object() {
+        let parts: Vec<String> = filter
+            .iter()
+            .map(|(name, value)| format!("{name}={}", text(value)))
+            .collect();
+        rows.push(("filter", parts.join(" ")));
+    }
+    if !destination["ordering"].is_null() {
+        rows.push(("ordering", text(&destination["ordering"]["key"])));
+    }
     for (label, member) in [
         ("pending", "pending"),
         ("delivered", "delivered"),
@@ -851,9 +934,17 @@ fn destination_text(destination: &Value) -> String {
 }
 
 fn target(destination: &Value) -> String {
+    let url = text(&destination["url"]);
     match destination["kind"].as_str() {
         Some("nats") => text(&destination["subject"]),
-        _ => text(&destination["url"]),
+        Some("amqp") => format!(
+            "{url} exchange {:?} key {}",
+            text(&destination["exchange"]),
+            text(&destination["routing_key"])
+        ),
+        Some("mqtt") => format!("{url} topic {}", text(&destination["topic"])),
+        Some("postgres") => format!("{url} table {}", text(&destination["table"])),
+        _ => url,
     }
 }
 

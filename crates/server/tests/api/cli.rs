@@ -565,3 +565,108 @@ async fn destination_commands_create_list_get_dead_letters_replay_delete() {
         "{bad:#?}"
     );
 }
+
+#[tokio::test]
+async fn destination_create_takes_brokers_tables_filters_and_ordering() {
+    let app = TestApp::spawn_with(|config| config.allow_private_destinations = true).await;
+    let tenant = app.create_tenant().await;
+    let created = tenant_cli(
+        &app,
+        &tenant,
+        &[
+            "destination",
+            "create",
+            "--kind",
+            "postgres",
+            "--url",
+            "postgres://writer:hunter2@db.example:5432/warehouse",
+            "--table",
+            "analytics.events",
+            "--create-table",
+            "--column",
+            "id=event_uuid,source=",
+            "--filter",
+            "source=web",
+            "--filter",
+            "payload.plan=pro",
+            "--ordering",
+            "payload.user_id",
+        ],
+        "",
+    )
+    .await
+    .ok();
+    let out = &created.stdout;
+    for expected in [
+        "kind          postgres",
+        "target        postgres://writer@db.example:5432/warehouse table analytics.events",
+        "filter        payload.plan=pro source=web",
+        "ordering      payload.user_id",
+    ] {
+        assert!(out.contains(expected), "{expected:?} in\n{out}");
+    }
+    assert!(!out.contains("hunter2"), "{out}");
+    let id = out
+        .lines()
+        .find_map(|line| line.strip_prefix("id"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let shown = tenant_cli(
+        &app,
+        &tenant,
+        &["destination", "get", &id, "--output", "json"],
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(shown["columns"]["id"], "event_uuid");
+    assert_eq!(shown["columns"]["source"], Value::Null);
+    assert_eq!(shown["create_table"], true);
+
+    let amqp = tenant_cli(
+        &app,
+        &tenant,
+        &[
+            "destination",
+            "create",
+            "--kind",
+            "amqp",
+            "--url",
+            "amqp://guest:guest@broker.example:5672/%2f",
+            "--exchange",
+            "events",
+            "--routing-key",
+            "ps.{event_type}",
+        ],
+        "",
+    )
+    .await
+    .ok();
+    assert!(
+        amqp.stdout.contains(
+            "amqp://guest@broker.example:5672/%2f exchange \"events\" key ps.{event_type}"
+        ),
+        "{amqp:#?}"
+    );
+    let bad = tenant_cli(
+        &app,
+        &tenant,
+        &[
+            "destination",
+            "create",
+            "--kind",
+            "mqtt",
+            "--url",
+            "mqtt://broker.example",
+            "--topic",
+            "t",
+            "--filter",
+            "colour=red",
+        ],
+        "",
+    )
+    .await
+    .failed();
+    assert!(bad.stderr.contains("body.filter.colour"), "{bad:#?}");
+}

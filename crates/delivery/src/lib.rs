@@ -250,7 +250,7 @@ impl Worker {
             && matches!(outcome, SendOutcome::Failed { .. })
             && due
                 .iter()
-                .any(|delivery| delivery.order_key != due[0].order_key)
+                .any(|delivery| order_key(delivery) != order_key(&due[0]))
         {
             return self.split_by_key(due, outcome, label).await;
         }
@@ -270,7 +270,7 @@ impl Worker {
         for delivery in due {
             match groups
                 .iter_mut()
-                .find(|group| group[0].order_key == delivery.order_key)
+                .find(|group| order_key(&group[0]) == order_key(&delivery))
             {
                 Some(group) => group.push(delivery),
                 None => groups.push(vec![delivery]),
@@ -396,6 +396,10 @@ impl Worker {
             .set(if circuit == Circuit::Closed { 0.0 } else { 1.0 });
         self.queue.record_circuit(id, circuit, error).await
     }
+}
+
+fn order_key(delivery: &Delivery) -> Option<i64> {
+    delivery.order.map(|order| order.key)
 }
 
 enum Step {

@@ -53,7 +53,7 @@ fn deliveries(tenant: TenantId, count: u64) -> Vec<Delivery> {
                     r#"{{"id":"{event}","event_id":"e-{i}","event_type":"t","source":"s","timestamp":"2026-01-01T00:00:00Z","received_at":"2026-01-01T00:00:01.5Z","payload":{{"i":{i}}}}}"#
                 )
                 .into_bytes(),
-                order_key: None,
+                order: None,
             }
         })
         .collect()

@@ -66,7 +66,7 @@ fn one_delivery(tenant: TenantId) -> Vec<Delivery> {
         attempts: 0,
         due_micros: 1_700_000_000_000_000,
         json: br#"{"id":"x","event_type":"t"}"#.to_vec(),
-        order_key: None,
+        order: None,
     }]
 }
 

@@ -104,56 +104,60 @@ pub enum TenantCommand {
     RevokeKey { id: String, key_id: String },
 }
 
+// What `destination create` sends (boxed in the enum: it is much larger than the others).
+#[derive(Debug, clap::Args)]
+pub struct NewDestination {
+    #[arg(long, value_parser = ["webhook", "nats", "amqp", "mqtt", "postgres"])]
+    kind: String,
+    /// The webhook's URL, or the broker's or database's connection URL
+    /// (amqp://, mqtt://, postgres://; stored sealed, shown without its password).
+    #[arg(long, required_if_eq_any([("kind", "webhook"), ("kind", "amqp"), ("kind", "mqtt"), ("kind", "postgres")]))]
+    url: Option<String>,
+    /// The NATS subject.
+    #[arg(long, required_if_eq("kind", "nats"))]
+    subject: Option<String>,
+    /// RabbitMQ: the exchange (default: the default exchange).
+    #[arg(long)]
+    exchange: Option<String>,
+    /// RabbitMQ: the routing key; `{event_type}`, `{source}` and `{event_id}` are filled
+    /// in (default `{event_type}`).
+    #[arg(long)]
+    routing_key: Option<String>,
+    /// MQTT: the topic, a template like the routing key.
+    #[arg(long, required_if_eq("kind", "mqtt"))]
+    topic: Option<String>,
+    /// PostgreSQL: the table, `table` or `schema.table`.
+    #[arg(long, required_if_eq("kind", "postgres"))]
+    table: Option<String>,
+    /// PostgreSQL: create the table if it does not exist.
+    #[arg(long)]
+    create_table: bool,
+    /// PostgreSQL: `field=column` for each event field stored under another name, or
+    /// `field=` to leave it out; repeat or separate by commas.
+    #[arg(long = "column", value_delimiter = ',')]
+    columns: Vec<String>,
+    /// Event types to deliver (`order.*` matches a prefix); repeat or separate by commas.
+    /// None: every event.
+    #[arg(long = "event-type", value_delimiter = ',')]
+    event_types: Vec<String>,
+    /// Only events that match, in the search's terms: `source=web`, `payload.plan=pro`,
+    /// `q=words`; repeat for several (all must match).
+    #[arg(long = "filter")]
+    filters: Vec<String>,
+    /// Deliver events with the same key in ingest order: `destination`, `event_type`
+    /// or `payload.<path>`.
+    #[arg(long)]
+    ordering: Option<String>,
+    /// Attempts before an event goes to the dead letters (1-100, default 10).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DestinationCommand {
     /// Creates a destination (webhook, NATS, RabbitMQ, MQTT or a PostgreSQL table); its
     /// signing secret is shown only once.
-    Create {
-        #[arg(long, value_parser = ["webhook", "nats", "amqp", "mqtt", "postgres"])]
-        kind: String,
-        /// The webhook's URL, or the broker's or database's connection URL
-        /// (amqp://, mqtt://, postgres://; stored sealed, shown without its password).
-        #[arg(long, required_if_eq_any([("kind", "webhook"), ("kind", "amqp"), ("kind", "mqtt"), ("kind", "postgres")]))]
-        url: Option<String>,
-        /// The NATS subject.
-        #[arg(long, required_if_eq("kind", "nats"))]
-        subject: Option<String>,
-        /// RabbitMQ: the exchange (default: the default exchange).
-        #[arg(long)]
-        exchange: Option<String>,
-        /// RabbitMQ: the routing key; `{event_type}`, `{source}` and `{event_id}` are filled
-        /// in (default `{event_type}`).
-        #[arg(long)]
-        routing_key: Option<String>,
-        /// MQTT: the topic, a template like the routing key.
-        #[arg(long, required_if_eq("kind", "mqtt"))]
-        topic: Option<String>,
-        /// PostgreSQL: the table, `table` or `schema.table`.
-        #[arg(long, required_if_eq("kind", "postgres"))]
-        table: Option<String>,
-        /// PostgreSQL: create the table if it does not exist.
-        #[arg(long)]
-        create_table: bool,
-        /// PostgreSQL: `field=column` for each event field stored under another name, or
-        /// `field=` to leave it out; repeat or separate by commas.
-        #[arg(long = "column", value_delimiter = ',')]
-        columns: Vec<String>,
-        /// Event types to deliver (`order.*` matches a prefix); repeat or separate by commas.
-        /// None: every event.
-        #[arg(long = "event-type", value_delimiter = ',')]
-        event_types: Vec<String>,
-        /// Only events that match, in the search's terms: `source=web`, `payload.plan=pro`,
-        /// `q=words`; repeat for several (all must match).
-        #[arg(long = "filter")]
-        filters: Vec<String>,
-        /// Deliver events with the same key in ingest order: `destination`, `event_type`
-        /// or `payload.<path>`.
-        #[arg(long)]
-        ordering: Option<String>,
-        /// Attempts before an event goes to the dead letters (1-100, default 10).
-        #[arg(long)]
-        max_attempts: Option<u32>,
-    },
+    Create(Box<NewDestination>),
     /// Lists the tenant's destinations.
     List,
     /// Shows a destination with its pending, delivered and dead-lettered counts and circuit.
@@ -474,21 +478,22 @@ pub async fn destination(
 ) -> anyhow::Result<()> {
     let client = Client::new(connection, auth.api_key.0)?;
     match command {
-        DestinationCommand::Create {
-            kind,
-            url,
-            subject,
-            exchange,
-            routing_key,
-            topic,
-            table,
-            create_table,
-            columns,
-            event_types,
-            filters,
-            ordering,
-            max_attempts,
-        } => {
+        DestinationCommand::Create(new) => {
+            let NewDestination {
+                kind,
+                url,
+                subject,
+                exchange,
+                routing_key,
+                topic,
+                table,
+                create_table,
+                columns,
+                event_types,
+                filters,
+                ordering,
+                max_attempts,
+            } = *new;
             let mut body = json!({ "kind": kind, "event_types": event_types });
             set_some(&mut body, "url", url);
             set_some(&mut body, "subject", subject);

@@ -221,8 +221,16 @@ pub struct Delivery {
     pub due_micros: i64,
     /// The event's JSON, as the API returns it.
     pub json: Vec<u8>,
-    /// The event's ordering key, for a destination that delivers in order.
-    pub order_key: Option<i64>,
+    /// For a destination that delivers in order: the event's key and place.
+    pub order: Option<QueueOrder>,
+}
+
+/// Where an entry of an ordered destination stands: its ordering key (a hash) and its
+/// sequence number, which grows in the order events were stored (ingest order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueOrder {
+    pub key: i64,
+    pub seq: i64,
 }
 
 /// A place in a destination's queue: entries are ordered by due time, then event id.

@@ -707,19 +707,24 @@ async fn ordered_claims_hold_a_key_until_its_earlier_event_is_done(store: &Arc<d
     let mut ordered = webhook(tenant, &[], 2);
     ordered.ordering = Some(OrderingKey::Payload(vec!["user".into()]));
     store.put_destination(&ordered).await.expect("put");
-    // One request per event: ingest order is the order of these calls.
+    // One request per event: ingest order is the order of these calls. The events' own
+    // timestamps run backwards, so the ids (which carry them) sort the other way round.
     let mut ids = HashMap::new();
-    for (event_id, user) in [
+    let sent = [
         ("a1", "a"),
         ("b1", "b"),
         ("a2", "a"),
         ("b2", "b"),
         ("a3", "a"),
-    ] {
+    ];
+    for (n, (event_id, user)) in sent.into_iter().enumerate() {
         let status = append(
             store,
             tenant,
-            vec![json!({"event_id": event_id, "event_type": "t", "payload": {"user": user}})],
+            vec![
+                json!({"event_id": event_id, "event_type": "t", "payload": {"user": user},
+                        "timestamp": format!("2026-01-01T00:00:0{}Z", 9 - n)}),
+            ],
         )
         .await;
         ids.insert(accepted(status[0]), event_id);
@@ -736,7 +741,7 @@ async fn ordered_claims_hold_a_key_until_its_earlier_event_is_done(store: &Arc<d
         .await
         .expect("claim");
     assert_eq!(names(&first), ["a1"]);
-    assert!(first[0].order_key.is_some());
+    assert!(first[0].order.is_some());
     // a1 fails and waits a minute: a2 and a3 wait behind it, b keeps flowing.
     store
         .reschedule(
@@ -796,7 +801,7 @@ async fn ordered_claims_hold_a_key_until_its_earlier_event_is_done(store: &Arc<d
         .await
         .expect("claim");
     assert_eq!(names(&replayed), ["a1"]);
-    assert_eq!(replayed[0].order_key, a1[0].order_key);
+    assert_eq!(replayed[0].order, a1[0].order);
 }
 
 async fn outcomes_move_entries_delivered_rescheduled_dead_lettered_replayed_purged(

@@ -395,3 +395,72 @@ async fn a_key_revoked_on_one_node_never_comes_back_through_a_change_on_the_othe
         assert_eq!(response.status(), StatusCode::OK, "node {node}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ordered_destination_keeps_each_key_in_order_across_nodes() {
+    let cluster = Cluster::start().await;
+    let tenant = cluster
+        .create_tenant(
+            json!({"name": "ordered", "rate_limit_per_minute": 10_000_000, "burst": 1_000_000}),
+        )
+        .await;
+    // Some failures on the way, so that retries are part of the order.
+    let receiver = Receiver::start(Behaviour::FailNext(6, 503)).await;
+    let created = cluster
+        .client
+        .post(format!("{}/v1/destinations", cluster.nodes[0].base))
+        .bearer_auth(&tenant.api_key)
+        .json(
+            &json!({"kind": "webhook", "url": receiver.url, "max_attempts": 50,
+                      "ordering": {"key": "payload.user"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+
+    // 400 events of 8 users, sent one request after another, to the two nodes in turn:
+    // the ingest order of each user's events is their `seq`.
+    for round in 0..40 {
+        let events: Vec<Value> = (0..10)
+            .map(|i| {
+                let seq = round * 10 + i;
+                event(
+                    &format!("o-{seq}"),
+                    "ordered.test",
+                    json!({"user": format!("u{}", seq % 8), "seq": seq}),
+                )
+            })
+            .collect();
+        let response = cluster.node(round).post_batch(&tenant, &events).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    wait_until(
+        "every event is delivered",
+        Duration::from_secs(60),
+        || async {
+            let seen: std::collections::HashSet<String> = receiver
+                .delivered_events()
+                .iter()
+                .map(|event| event["event_id"].as_str().unwrap().to_owned())
+                .collect();
+            seen.len() >= 400
+        },
+    )
+    .await;
+    let mut first_seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut last_seq: HashMap<String, i64> = HashMap::new();
+    for delivered in receiver.delivered_events() {
+        if !first_seen.insert(delivered["event_id"].as_str().unwrap().to_owned()) {
+            continue;
+        }
+        let user = delivered["payload"]["user"].as_str().unwrap().to_owned();
+        let seq = delivered["payload"]["seq"].as_i64().unwrap();
+        let previous = last_seq.insert(user.clone(), seq).unwrap_or(-1);
+        assert!(
+            previous < seq,
+            "{user}: event {seq} was delivered after {previous}"
+        );
+    }
+    assert_eq!(last_seq.len(), 8);
+}

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::keys;
-use crate::{Circuit, DeadLetter, Delivery, DeliveryStats, QueuePosition, StoreError};
+use crate::{Circuit, DeadLetter, Delivery, DeliveryStats, QueueOrder, QueuePosition, StoreError};
 use std::ops::Bound;
 
 /// Destinations by tenant, read by the writer on every commit.
@@ -66,36 +66,40 @@ fn decode_outbox_key(key: &[u8]) -> Result<(i64, EventId), StoreError> {
     ))
 }
 
-/// Marks the ordering key at the end of an `outbox` value: 0xFF never occurs in the UTF-8
-/// error before it, so values written before ordering existed read as they always did.
-const ORDER_KEY_MARK: u8 = 0xFF;
+/// Marks the order at the end of an `outbox` value: 0xFF never occurs in the UTF-8 error
+/// before it, so values written before ordering existed read as they always did.
+const ORDER_MARK: u8 = 0xFF;
 
 /// `outbox` value: attempts so far, the last error, then (for a destination that delivers
-/// in order) the mark and the event's ordering key.
-pub(crate) fn outbox_value(attempts: u32, error: &str, order_key: Option<i64>) -> Vec<u8> {
-    let mut value = Vec::with_capacity(4 + error.len() + 9);
+/// in order) the mark, the event's ordering key and its sequence number.
+pub(crate) fn outbox_value(attempts: u32, error: &str, order: Option<QueueOrder>) -> Vec<u8> {
+    let mut value = Vec::with_capacity(4 + error.len() + 17);
     value.extend_from_slice(&attempts.to_be_bytes());
     value.extend_from_slice(error.as_bytes());
-    if let Some(key) = order_key {
-        value.push(ORDER_KEY_MARK);
-        value.extend_from_slice(&key.to_be_bytes());
+    if let Some(order) = order {
+        value.push(ORDER_MARK);
+        value.extend_from_slice(&order.key.to_be_bytes());
+        value.extend_from_slice(&order.seq.to_be_bytes());
     }
     value
 }
 
-/// Attempts and ordering key of an `outbox` value.
-fn decode_outbox_value(value: &[u8]) -> (u32, Option<i64>) {
+/// Attempts and order of an `outbox` value.
+fn decode_outbox_value(value: &[u8]) -> (u32, Option<QueueOrder>) {
     let attempts = value.get(..4).map_or(0, |bytes| {
         u32::from_be_bytes(bytes.try_into().expect("sliced to 4 bytes"))
     });
-    let order_key = (value.len() >= 13 && value[value.len() - 9] == ORDER_KEY_MARK).then(|| {
-        i64::from_be_bytes(
-            value[value.len() - 8..]
-                .try_into()
-                .expect("sliced to 8 bytes"),
-        )
+    let at = value.len().wrapping_sub(17);
+    let order = (value.len() >= 21 && value[at] == ORDER_MARK).then(|| {
+        let number = |from: usize| {
+            i64::from_be_bytes(value[from..from + 8].try_into().expect("sliced to 8 bytes"))
+        };
+        QueueOrder {
+            key: number(at + 1),
+            seq: number(at + 9),
+        }
     });
-    (attempts, order_key)
+    (attempts, order)
 }
 
 fn dead_letter_key(destination: DestinationId, event: EventId) -> [u8; 32] {
@@ -112,6 +116,8 @@ struct DeadLetterValue {
     failed_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     order_key: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    order_seq: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -181,14 +187,14 @@ impl Queue {
         for entry in self.outbox.range((low, Bound::Included(high))).take(limit) {
             let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
             let (due_micros, event) = decode_outbox_key(&key)?;
-            let (attempts, order_key) = decode_outbox_value(&value);
+            let (attempts, order) = decode_outbox_value(&value);
             claimed.push(Delivery {
                 tenant,
                 event,
                 attempts,
                 due_micros,
                 json: self.event_json(number, event)?,
-                order_key,
+                order,
             });
         }
         Ok(claimed)
@@ -227,24 +233,25 @@ impl Queue {
         for entry in self.outbox.prefix(destination.as_bytes()) {
             let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
             let (due_micros, event) = decode_outbox_key(&key)?;
-            let (attempts, order_key) = decode_outbox_value(&value);
-            queued.push((event, due_micros, attempts, order_key.unwrap_or(0)));
+            let (attempts, order) = decode_outbox_value(&value);
+            // Entries from before the destination had an order go first, as one key.
+            let order = order.unwrap_or(QueueOrder { key: 0, seq: 0 });
+            queued.push((event, due_micros, attempts, order));
         }
-        // Ingest order: event ids are time-ordered.
-        queued.sort_unstable_by_key(|(event, ..)| *event);
+        queued.sort_unstable_by_key(|(.., order)| order.seq);
         let now = crate::record::micros_of(now);
         let mut held: std::collections::HashSet<i64> = std::collections::HashSet::new();
         let mut claimed = Vec::new();
-        for (event, due_micros, attempts, order_key) in queued {
+        for (event, due_micros, attempts, order) in queued {
             if claimed.len() == limit {
                 break;
             }
-            if held.contains(&order_key) {
+            if held.contains(&order.key) {
                 continue;
             }
             if due_micros > now {
                 // Waiting for a retry: every later event of its key waits behind it.
-                held.insert(order_key);
+                held.insert(order.key);
                 continue;
             }
             claimed.push(Delivery {
@@ -253,7 +260,7 @@ impl Queue {
                 attempts,
                 due_micros,
                 json: self.event_json(number, event)?,
-                order_key: Some(order_key),
+                order: Some(order),
             });
         }
         Ok(claimed)
@@ -302,7 +309,7 @@ impl Queue {
             batch.insert(
                 &self.outbox,
                 outbox_key(destination, due_micros, delivery.event),
-                outbox_value(delivery.attempts + 1, error, delivery.order_key),
+                outbox_value(delivery.attempts + 1, error, delivery.order),
             );
         }
         batch.commit().map_err(StoreError::unavailable)
@@ -325,7 +332,8 @@ impl Queue {
                 attempts: delivery.attempts + 1,
                 last_error: error.to_owned(),
                 failed_at,
-                order_key: delivery.order_key,
+                order_key: delivery.order.map(|order| order.key),
+                order_seq: delivery.order.map(|order| order.seq),
             };
             batch.insert(
                 &self.dead_letters,
@@ -422,12 +430,17 @@ impl Queue {
         destination: DestinationId,
         events: Option<&[EventId]>,
     ) -> Result<usize, StoreError> {
-        let read = |event: EventId, value: &[u8]| -> Result<(EventId, Option<i64>), StoreError> {
-            let value: DeadLetterValue = serde_json::from_slice(value)
-                .map_err(|err| StoreError::Corrupt(format!("dead letter: {err}")))?;
-            Ok((event, value.order_key))
-        };
-        let chosen: Vec<(EventId, Option<i64>)> = match events {
+        let read =
+            |event: EventId, value: &[u8]| -> Result<(EventId, Option<QueueOrder>), StoreError> {
+                let value: DeadLetterValue = serde_json::from_slice(value)
+                    .map_err(|err| StoreError::Corrupt(format!("dead letter: {err}")))?;
+                let order = value.order_key.map(|key| QueueOrder {
+                    key,
+                    seq: value.order_seq.unwrap_or(0),
+                });
+                Ok((event, order))
+            };
+        let chosen: Vec<(EventId, Option<QueueOrder>)> = match events {
             Some(events) => {
                 let mut chosen = Vec::new();
                 for event in events {
@@ -455,12 +468,12 @@ impl Queue {
         };
         let now = crate::record::micros_of(OffsetDateTime::now_utc());
         let mut batch = self.db.batch();
-        for (event, order_key) in &chosen {
+        for (event, order) in &chosen {
             batch.remove(&self.dead_letters, dead_letter_key(destination, *event));
             batch.insert(
                 &self.outbox,
                 outbox_key(destination, now, *event),
-                outbox_value(0, "", *order_key),
+                outbox_value(0, "", *order),
             );
         }
         batch.commit().map_err(StoreError::unavailable)?;

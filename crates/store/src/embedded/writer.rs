@@ -148,6 +148,11 @@ impl WriterHandle {
             next_group: 0,
             dedup_filter,
             shared_filter: filter.clone(),
+            // Above every number of an earlier run (a run takes fewer than 1,000 per
+            // microsecond), unless the clock went back between the runs.
+            order_seq: std::cell::Cell::new(
+                record::micros_of(OffsetDateTime::now_utc()).saturating_mul(1_000),
+            ),
         };
         let thread = std::thread::Builder::new()
             .name("pulsestream-writer".into())
@@ -232,6 +237,8 @@ struct Writer {
     /// Every dedup key stored, once complete (see `dedup_filter`).
     dedup_filter: Arc<DedupFilter>,
     shared_filter: Arc<Mutex<Arc<DedupFilter>>>,
+    /// The next sequence number of an ordered destination's entry: ingest order.
+    order_seq: std::cell::Cell<i64>,
 }
 
 /// What every event of one request shares.
@@ -619,7 +626,15 @@ impl Writer {
             batch.insert(
                 &ks.outbox,
                 delivery::outbox_key(destination.id, context.enqueue_micros, id),
-                delivery::outbox_value(0, "", destination.order_key(&routable)),
+                delivery::outbox_value(
+                    0,
+                    "",
+                    destination.order_key(&routable).map(|key| {
+                        let seq = self.order_seq.get();
+                        self.order_seq.set(seq + 1);
+                        crate::QueueOrder { key, seq }
+                    }),
+                ),
             );
         }
     }

@@ -429,9 +429,13 @@ async fn enqueue(
     let due = record::micros_of(time::OffsetDateTime::now_utc());
     transaction
         .execute(
-            "INSERT INTO outbox (destination_id, event, tenant_id, due, order_key)
-             SELECT d, e, t, $4, k
-             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $5::bigint[]) AS u(d, e, t, k)",
+            // Entries of ordered destinations draw their sequence numbers in the order of
+            // the request's events: ingest order.
+            "INSERT INTO outbox (destination_id, event, tenant_id, due, order_key, order_seq)
+             SELECT d, e, t, $4, k, CASE WHEN k IS NULL THEN NULL ELSE nextval('outbox_order_seq') END
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $5::bigint[])
+                 WITH ORDINALITY AS u(d, e, t, k, n)
+             ORDER BY n",
             &[&queued.0, &queued.1, &queued.2, &due, &queued.3],
         )
         .await

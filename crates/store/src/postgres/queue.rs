@@ -15,8 +15,8 @@ use uuid::Uuid;
 use super::{PostgresStore, decode_json, pg_error};
 use crate::record::micros_of;
 use crate::{
-    Circuit, DeadLetter, Delivery, DeliveryQueue, DeliveryStats, DestinationStore, QueuePosition,
-    StoreError,
+    Circuit, DeadLetter, Delivery, DeliveryQueue, DeliveryStats, DestinationStore, QueueOrder,
+    QueuePosition, StoreError,
 };
 
 /// Counting a queue stops here: past it, "at least this many" is all an operator needs.
@@ -30,7 +30,7 @@ fn claimed_rows(deliveries: &[Delivery]) -> (Vec<Uuid>, Vec<i64>) {
         .unzip()
 }
 
-/// Claimed rows (event, tenant, attempts, due, order key) with their events' JSON, in
+/// Claimed rows (event, tenant, attempts, due, order key, order sequence) with their events' JSON, in
 /// queue order.
 async fn with_bodies(
     client: &impl tokio_postgres::GenericClient,
@@ -65,7 +65,10 @@ async fn with_bodies(
                 attempts: row.get::<_, i32>(2).max(0) as u32,
                 due_micros: row.get(3),
                 json: json.into_bytes(),
-                order_key: row.get(4),
+                order: row.get::<_, Option<i64>>(4).map(|key| QueueOrder {
+                    key,
+                    seq: row.get::<_, Option<i64>>(5).unwrap_or(0),
+                }),
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -167,7 +170,7 @@ impl DeliveryQueue for PostgresStore {
                      UPDATE outbox o SET leased_until = clock.now + $4
                      FROM due, clock
                      WHERE o.destination_id = $1 AND o.event = due.event
-                     RETURNING o.event, o.tenant_id, o.attempts, o.due, o.order_key",
+                     RETURNING o.event, o.tenant_id, o.attempts, o.due, o.order_key, o.order_seq",
                     )
                     .await
                     .map_err(pg_error)?;
@@ -208,26 +211,26 @@ impl DeliveryQueue for PostgresStore {
                         "WITH clock AS (
                              SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now),
                          ranked AS (
-                             SELECT o.event,
+                             SELECT o.event, o.order_seq,
                                  bool_and(o.due <= $2 AND o.leased_until < clock.now) OVER (
-                                     PARTITION BY o.order_key ORDER BY o.event
+                                     PARTITION BY o.order_key ORDER BY o.order_seq
                                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS free
                              FROM outbox o, clock
                              WHERE o.destination_id = $1),
                          chosen AS (
-                             SELECT event FROM ranked WHERE free ORDER BY event LIMIT $3)
+                             SELECT event, order_seq FROM ranked WHERE free
+                             ORDER BY order_seq LIMIT $3)
                          UPDATE outbox o SET leased_until = clock.now + $4
                          FROM chosen, clock
                          WHERE o.destination_id = $1 AND o.event = chosen.event
-                         RETURNING o.event, o.tenant_id, o.attempts, o.due, o.order_key",
+                         RETURNING o.event, o.tenant_id, o.attempts, o.due, o.order_key, o.order_seq",
                         &[&destination.0, &now, &limit, &lease],
                     )
                     .await
                     .map_err(pg_error)?;
                 let mut claimed = with_bodies(&*transaction, rows).await?;
                 transaction.commit().await.map_err(pg_error)?;
-                // Ingest order: the event ids are time-ordered (UUIDv7).
-                claimed.sort_by_key(|delivery| delivery.event);
+                claimed.sort_by_key(|delivery| delivery.order.map(|order| order.seq));
                 Ok(claimed)
             })
             .await
@@ -297,10 +300,11 @@ impl DeliveryQueue for PostgresStore {
                      DELETE FROM outbox o
                      USING unnest($2::uuid[], $3::bigint[]) AS u(event, due)
                      WHERE o.destination_id = $1 AND o.event = u.event AND o.due = u.due
-                     RETURNING o.event, o.tenant_id, o.attempts, o.order_key)
-                 INSERT INTO dead_letters
-                     (destination_id, event, tenant_id, attempts, last_error, failed_at, order_key)
-                 SELECT $1, event, tenant_id, attempts + 1, $4, now(), order_key FROM gone
+                     RETURNING o.event, o.tenant_id, o.attempts, o.order_key, o.order_seq)
+                 INSERT INTO dead_letters (destination_id, event, tenant_id, attempts, last_error,
+                     failed_at, order_key, order_seq)
+                 SELECT $1, event, tenant_id, attempts + 1, $4, now(), order_key, order_seq
+                 FROM gone
                  ON CONFLICT (destination_id, event) DO UPDATE
                  SET attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,
                      failed_at = EXCLUDED.failed_at",
@@ -397,10 +401,11 @@ impl DeliveryQueue for PostgresStore {
                 "WITH moved AS (
                          DELETE FROM dead_letters
                          WHERE destination_id = $1 AND ($2::uuid[] IS NULL OR event = ANY($2))
-                         RETURNING event, tenant_id, order_key),
+                         RETURNING event, tenant_id, order_key, order_seq),
                      queued AS (
-                         INSERT INTO outbox (destination_id, event, tenant_id, due, order_key)
-                         SELECT $1, event, tenant_id, $3, order_key FROM moved
+                         INSERT INTO outbox
+                             (destination_id, event, tenant_id, due, order_key, order_seq)
+                         SELECT $1, event, tenant_id, $3, order_key, order_seq FROM moved
                          ON CONFLICT (destination_id, event) DO NOTHING
                          RETURNING 1)
                      SELECT count(*) FROM moved",

@@ -373,7 +373,7 @@ impl MqttSink {
             options.set_credentials(percent_decode(url.username()), password);
         }
         if tls {
-            options.set_transport(rumqttc::Transport::tls_with_default_config());
+            options.set_transport(rumqttc::Transport::tls_with_config(mqtt_tls()?));
         }
         let (client, mut event_loop) = rumqttc::AsyncClient::new(options, 1_024);
         event_loop
@@ -444,6 +444,23 @@ impl MqttSink {
         }
         Ok(())
     }
+}
+
+/// TLS for `mqtts://`: the system's root certificates (rumqttc's own default panics when
+/// they cannot be read; this fails the send instead).
+fn mqtt_tls() -> Result<rumqttc::TlsConfiguration, SendOutcome> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(failed(
+            "no root certificates could be read from the system for mqtts://",
+        ));
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
 }
 
 fn percent_decode(text: &str) -> String {

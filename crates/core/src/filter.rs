@@ -157,6 +157,32 @@ fn scalar_equals(node: &Value, wanted: &str) -> bool {
     }
 }
 
+/// Whether two JSON values mean the same: objects whatever their key order, numbers by value
+/// (`1`, `1.0`, `1e0` and `-0`/`0` are equal; integers exactly, other numbers as doubles), the
+/// rule search uses for `payload.<path>=<number>`.
+pub fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(a), Value::Number(b)) => {
+            if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64()) {
+                return a == b;
+            }
+            if let (Some(a), Some(b)) = (a.as_u64(), b.as_u64()) {
+                return a == b;
+            }
+            matches!((a.as_f64(), b.as_f64()), (Some(a), Some(b)) if a == b)
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same_json(a, b))
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(key, value)| b.get(key).is_some_and(|other| same_json(value, other)))
+        }
+        _ => a == b,
+    }
+}
+
 /// Whether every whitespace-separated term appears in the payload's strings or numbers.
 pub fn text_matches(payload: &Value, text: &str) -> bool {
     let mut haystack = String::new();
@@ -204,6 +230,27 @@ mod tests {
         assert!(!filter.matches(Some("web"), Some(&json!({"plan": "free", "name": "Ada"}))));
         assert!(!filter.matches(Some("web"), Some(&json!({"plan": "pro"}))));
         assert!(EventFilter::default().matches(None, None));
+    }
+
+    #[test]
+    fn json_is_compared_by_meaning_and_numbers_by_value() {
+        let same = |a: &str, b: &str| {
+            same_json(
+                &serde_json::from_str(a).unwrap(),
+                &serde_json::from_str(b).unwrap(),
+            )
+        };
+        assert!(same(
+            r#"{"a":1.0,"b":1e2,"c":-0,"d":[0.5]}"#,
+            r#"{"d":[5e-1],"c":0,"b":100,"a":1}"#
+        ));
+        assert!(same("-0.0", "0"));
+        assert!(same("18446744073709551615", "18446744073709551615"));
+        assert!(!same("9007199254740993", "9007199254740992"));
+        assert!(!same(r#"{"a":1}"#, r#"{"a":2}"#));
+        assert!(!same(r#"{"a":1}"#, r#"{"a":"1"}"#));
+        assert!(!same(r#"{"a":1}"#, r#"{"a":1,"b":null}"#));
+        assert!(!same("[1,2]", "[2,1]"));
     }
 
     #[test]

@@ -155,9 +155,10 @@ impl StoredContent {
     }
 }
 
-/// Compares two payloads' JSON by meaning. Never fails: a payload no reader can load as a
-/// value (validation should have refused it) is compared by its bytes, so one odd event can
-/// never stop the writer.
+/// Compares two payloads' JSON by meaning (`core::filter::same_json`: key order, spacing and
+/// how a number is written do not matter, as in search). Never fails: a payload no reader
+/// can load as a value (validation should have refused it) is compared by its bytes, so one
+/// odd event can never stop the writer.
 fn same_payload(a: &str, b: &str) -> bool {
     if a == b {
         return true;
@@ -166,7 +167,7 @@ fn same_payload(a: &str, b: &str) -> bool {
         serde_json::from_str::<Value>(a),
         serde_json::from_str::<Value>(b),
     ) {
-        (Ok(a), Ok(b)) => a == b,
+        (Ok(a), Ok(b)) => pulsestream_core::filter::same_json(&a, &b),
         _ => false,
     }
 }

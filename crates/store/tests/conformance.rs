@@ -51,6 +51,7 @@ macro_rules! conformance {
 conformance!(
     an_event_id_is_stored_once_and_a_changed_copy_is_a_conflict,
     copies_in_one_batch_the_first_wins,
+    numbers_written_differently_are_the_same_content,
     concurrent_copies_are_stored_once,
     an_idempotency_key_replays_its_statuses_and_refuses_another_body,
     events_are_read_back_only_by_their_tenant,
@@ -251,6 +252,45 @@ async fn an_event_id_is_stored_once_and_a_changed_copy_is_a_conflict(store: &Arc
     let other = TenantId::random();
     accepted(append(store, other, vec![sent]).await[0]);
     assert_eq!(search(store, tenant, SearchQuery::default()).await.len(), 1);
+}
+
+async fn numbers_written_differently_are_the_same_content(store: &Arc<dyn Store>) {
+    let tenant = TenantId::random();
+    // Raw text, as clients send it: a client library that writes its numbers its own way on
+    // a retry is retrying, not conflicting.
+    let raw = |body: &str| AppendBatch {
+        tenant,
+        events: vec![NewEvent::from_json(body).expect("a valid event")],
+        received_at: OffsetDateTime::now_utc(),
+        idempotency: None,
+    };
+    let statuses = |outcome: Result<pulsestream_store::AppendOutcome, StoreError>| {
+        outcome.expect("append").statuses
+    };
+    let first = statuses(
+        store
+            .append_batch(raw(
+                r#"{"event_id":"n","event_type":"t","payload":{"a":1.0,"b":1e2,"c":-0,"d":[0.5]}}"#,
+            ))
+            .await,
+    );
+    let id = accepted(first[0]);
+    let again = statuses(
+        store
+            .append_batch(raw(
+                r#"{"event_id":"n","event_type":"t","payload":{"d":[5e-1],"c":0,"b":100,"a":1}}"#,
+            ))
+            .await,
+    );
+    assert_eq!(again, vec![AppendStatus::Duplicate(id)]);
+    let changed = statuses(
+        store
+            .append_batch(raw(
+                r#"{"event_id":"n","event_type":"t","payload":{"a":1,"b":101,"c":0,"d":[0.5]}}"#,
+            ))
+            .await,
+    );
+    assert_eq!(changed, vec![AppendStatus::Conflict(id)]);
 }
 
 async fn copies_in_one_batch_the_first_wins(store: &Arc<dyn Store>) {

@@ -295,7 +295,73 @@ fn check_payload<'a>(text: &'a str, errors: &mut Vec<FieldError>) -> Option<&'a 
         ));
         return None;
     }
+    if let Some(path) = scan.duplicate_key {
+        let key = path.last().cloned().unwrap_or_default();
+        let mut loc = vec![Cow::Borrowed("payload")];
+        loc.extend(path.into_iter().map(Cow::Owned));
+        errors.push(FieldError {
+            loc,
+            kind: "duplicate_key",
+            msg: format!(
+                "has the key {key:?} twice in one object; readers disagree on which one counts"
+            ),
+        });
+        return None;
+    }
     Some(text)
+}
+
+/// Where the scan is: inside an object (its keys so far, the key being read, and whether the
+/// next string is a key) or an array (the index of the current element).
+enum Frame<'a> {
+    Object {
+        keys: Keys<'a>,
+        current: Option<Cow<'a, str>>,
+        expecting_key: bool,
+    },
+    Array {
+        index: usize,
+    },
+}
+
+/// An object's keys: a short list for the usual small object, a set for a large one.
+enum Keys<'a> {
+    Few(Vec<Cow<'a, str>>),
+    Many(std::collections::HashSet<Cow<'a, str>>),
+}
+
+impl<'a> Keys<'a> {
+    /// Adds a key; false if the object already had it.
+    fn insert(&mut self, key: Cow<'a, str>) -> bool {
+        match self {
+            Self::Few(keys) if keys.contains(&key) => false,
+            Self::Few(keys) if keys.len() < 16 => {
+                keys.push(key);
+                true
+            }
+            Self::Few(keys) => {
+                let mut set: std::collections::HashSet<Cow<'a, str>> = keys.drain(..).collect();
+                set.insert(key);
+                *self = Self::Many(set);
+                true
+            }
+            Self::Many(keys) => keys.insert(key),
+        }
+    }
+}
+
+/// The path to a key just found twice: the key each enclosing object is in, the index each
+/// enclosing array is at, then the key.
+fn path_to(frames: &[Frame<'_>], key: &str) -> Vec<String> {
+    let mut path: Vec<String> = frames
+        .iter()
+        .map(|frame| match frame {
+            Frame::Object { current, .. } => current.as_deref().unwrap_or_default().to_owned(),
+            Frame::Array { index } => index.to_string(),
+        })
+        .collect();
+    path.push(key.to_owned());
+    path
 }
 
 /// What one pass over a payload's JSON text finds.
@@ -309,6 +375,9 @@ struct Scan {
     /// A `\u0000` escape: no store can keep it in text (PostgreSQL refuses it), so no store
     /// takes it, and both answer alike.
     nul: bool,
+    /// The path of the first key found twice in one object (readers disagree on which copy
+    /// counts: the store's dedup and search use the last, some parsers the first).
+    duplicate_key: Option<Vec<String>>,
 }
 
 /// Scans valid JSON text once. Iterative, so no input can exhaust the stack.
@@ -320,6 +389,9 @@ fn scan(text: &str) -> Scan {
     let mut lone_surrogate = false;
     let mut nul = false;
     let mut low_surrogate_at = usize::MAX;
+    let mut frames: Vec<Frame<'_>> = Vec::new();
+    let mut key_start: Option<usize> = None;
+    let mut duplicate_key = None;
     let bytes = text.as_bytes();
     let hex4 = |from: usize| -> Option<u32> {
         let digits = text.get(from..from + 4)?;
@@ -347,18 +419,70 @@ fn scan(text: &str) -> Scan {
                 }
                 _ if escaped => escaped = false,
                 b'\\' => escaped = true,
-                b'"' => in_string = false,
+                b'"' => {
+                    in_string = false;
+                    if let Some(start) = key_start.take()
+                        && duplicate_key.is_none()
+                    {
+                        let raw = &text[start..at];
+                        // Two spellings of one key (`"a"`, `"\u0061"`) are one key.
+                        let key = if raw.contains('\\') {
+                            serde_json::from_str::<String>(&text[start - 1..=at])
+                                .map_or(Cow::Borrowed(raw), Cow::Owned)
+                        } else {
+                            Cow::Borrowed(raw)
+                        };
+                        let last = frames.len().saturating_sub(1);
+                        let (outer, top) = frames.split_at_mut(last);
+                        if let Some(Frame::Object { keys, current, .. }) = top.last_mut() {
+                            if keys.insert(key.clone()) {
+                                *current = Some(key);
+                            } else {
+                                duplicate_key = Some(path_to(outer, &key));
+                            }
+                        }
+                    }
+                }
                 _ => {}
             }
             continue;
         }
         match byte {
-            b'"' => in_string = true,
+            b'"' => {
+                in_string = true;
+                if let Some(Frame::Object { expecting_key, .. }) = frames.last_mut()
+                    && *expecting_key
+                {
+                    *expecting_key = false;
+                    key_start = Some(at + 1);
+                }
+            }
             b'{' | b'[' => {
                 depth += 1;
                 deepest = deepest.max(depth);
+                if depth <= MAX_PAYLOAD_DEPTH + 1 {
+                    frames.push(if byte == b'{' {
+                        Frame::Object {
+                            keys: Keys::Few(Vec::new()),
+                            current: None,
+                            expecting_key: true,
+                        }
+                    } else {
+                        Frame::Array { index: 0 }
+                    });
+                }
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'}' | b']' => {
+                if depth <= MAX_PAYLOAD_DEPTH + 1 {
+                    frames.pop();
+                }
+                depth = depth.saturating_sub(1);
+            }
+            b',' => match frames.last_mut() {
+                Some(Frame::Object { expecting_key, .. }) => *expecting_key = true,
+                Some(Frame::Array { index }) => *index += 1,
+                None => {}
+            },
             b'0'..=b'9' | b'-'
                 if at == 0
                     || !matches!(
@@ -397,6 +521,7 @@ fn scan(text: &str) -> Scan {
         number_out_of_range,
         lone_surrogate,
         nul,
+        duplicate_key,
     }
 }
 
@@ -573,6 +698,57 @@ mod tests {
     fn duplicate_keys_are_refused() {
         let errors = errors_of(r#"{"event_type":"a","event_type":"b"}"#);
         assert_eq!(errors.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_keys_inside_the_payload_are_refused_with_their_path() {
+        let loc = |json: &str| -> Option<Vec<String>> {
+            let errors = NewEvent::from_json(json).err()?;
+            assert_eq!(errors.len(), 1, "{json}");
+            assert_eq!(errors[0].kind, "duplicate_key");
+            Some(errors[0].loc.iter().map(|part| part.to_string()).collect())
+        };
+        assert_eq!(
+            loc(r#"{"event_type":"t","payload":{"a":1,"a":2}}"#),
+            Some(vec!["payload".into(), "a".into()])
+        );
+        assert_eq!(
+            loc(r#"{"event_type":"t","payload":{"x":[1,{"b":{"c":1,"d":2,"c":3}}]}}"#),
+            Some(vec![
+                "payload".into(),
+                "x".into(),
+                "1".into(),
+                "b".into(),
+                "c".into()
+            ])
+        );
+        // One key spelled two ways.
+        assert_eq!(
+            loc(r#"{"event_type":"t","payload":{"a":1,"\u0061":2}}"#),
+            Some(vec!["payload".into(), "a".into()])
+        );
+        // Not duplicates: the same key in sibling objects, a key equal to a value, many keys.
+        assert_eq!(
+            loc(r#"{"event_type":"t","payload":{"a":{"k":1},"b":{"k":1},"k":"k"}}"#),
+            None
+        );
+        let many: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
+        assert_eq!(
+            loc(&format!(
+                r#"{{"event_type":"t","payload":{{{}}}}}"#,
+                many.join(",")
+            )),
+            None
+        );
+        let twice = format!(
+            r#"{{"event_type":"t","payload":{{{},"k42":0}}}}"#,
+            many.join(",")
+        );
+        assert_eq!(loc(&twice), Some(vec!["payload".into(), "k42".into()]));
+        assert_eq!(
+            loc(r#"{"event_type":"t","payload":{"s":"{\"a\":1,\"a\":2}"}}"#),
+            None
+        );
     }
 
     #[test]

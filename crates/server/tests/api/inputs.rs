@@ -507,3 +507,44 @@ async fn bad_json_paths_queries_and_methods_get_problem_documents_on_every_desti
         assert!(!problem["detail"].as_str().unwrap().is_empty(), "{case}");
     }
 }
+
+#[tokio::test]
+async fn a_key_twice_in_one_payload_object_is_refused_with_its_path() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let response = app
+        .post_raw(
+            &tenant,
+            "/v1/events",
+            "application/json",
+            br#"{"event_type": "a", "payload": {"user": {"id": 1, "id": 2}}}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem = body(response).await;
+    assert_eq!(
+        problem["errors"][0]["loc"],
+        json!(["body", "payload", "user", "id"]),
+        "{problem}"
+    );
+    assert_eq!(problem["errors"][0]["type"], "duplicate_key");
+    // In a batch, only that event is refused.
+    let response = app
+        .post_raw(
+            &tenant,
+            "/v1/events/batch",
+            "application/x-ndjson",
+            b"{\"event_type\": \"a\", \"payload\": {\"k\": 1}}\n{\"event_type\": \"b\", \"payload\": {\"k\": 1, \"k\": 1}}\n"
+                .to_vec(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::MULTI_STATUS);
+    let answer = body(response).await;
+    assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
+    assert_eq!(
+        answer["results"][1]["errors"][0]["loc"],
+        json!(["body", 1, "payload", "k"]),
+        "{answer}"
+    );
+    assert_eq!(app.count_events(&tenant, "").await, 1);
+}

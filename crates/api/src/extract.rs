@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use crate::body::{SMALL_BODY_LIMIT, decode_content};
 use crate::error::{ApiError, ErrorItem};
 
 /// Path parameters; a path that cannot be read as `T` gets 404 (no such resource) or 400.
@@ -20,7 +21,9 @@ pub struct Path<T>(pub T);
 #[derive(Debug)]
 pub struct Query<T>(pub T);
 
-/// A JSON body: 400 for broken JSON, 415 for another content type, 422 for the wrong shape.
+/// A JSON body: 400 for broken JSON, 415 for another content type or an unsupported
+/// `Content-Encoding` (gzip and zstd are decoded, as on every endpoint), 422 for the wrong
+/// shape.
 /// As `Option<Json<T>>`, a request without a `Content-Type` has no body.
 #[derive(Debug)]
 pub struct Json<T>(pub T);
@@ -64,6 +67,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let request = decode_content(request, SMALL_BODY_LIMIT).await?;
         let axum::Json(value) = <axum::Json<T> as FromRequest<S>>::from_request(request, state)
             .await
             .map_err(json_rejection)?;
@@ -79,6 +83,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        let request = decode_content(request, SMALL_BODY_LIMIT).await?;
         let value = <axum::Json<T> as OptionalFromRequest<S>>::from_request(request, state)
             .await
             .map_err(json_rejection)?;

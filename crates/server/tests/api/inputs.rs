@@ -548,3 +548,66 @@ async fn a_key_twice_in_one_payload_object_is_refused_with_its_path() {
     );
     assert_eq!(app.count_events(&tenant, "").await, 1);
 }
+
+#[tokio::test]
+async fn every_endpoint_with_a_body_reads_gzip_and_zstd_and_refuses_other_encodings() {
+    let app = TestApp::spawn_with(|config| config.allow_private_destinations = true).await;
+    let tenant_body = br#"{"name": "encoded"}"#;
+    let send = |path: &'static str, token: String, encoding: &'static str, body: Vec<u8>| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url(path))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .header("content-encoding", encoding)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let admin = crate::harness::ADMIN_TOKEN.to_owned();
+    let created = send("/admin/tenants", admin.clone(), "gzip", gzip(tenant_body)).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let tenant = body(created).await;
+    let key = tenant["api_key"].as_str().unwrap().to_owned();
+    let zstd = ruzstd::encoding::compress_to_vec(
+        &br#"{"kind": "webhook", "url": "http://127.0.0.1:9/hook"}"#[..],
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
+    let destination = send("/v1/destinations", key.clone(), "zstd", zstd).await;
+    assert_eq!(destination.status(), StatusCode::CREATED);
+    for (path, token, plain) in [
+        ("/admin/tenants", admin.clone(), tenant_body.to_vec()),
+        (
+            "/v1/destinations",
+            key.clone(),
+            br#"{"kind": "webhook", "url": "http://127.0.0.1:9/hook"}"#.to_vec(),
+        ),
+    ] {
+        // A br body is not read as plain JSON: 415, and nothing is created.
+        let refused = send(path, token.clone(), "br", plain).await;
+        assert_eq!(
+            refused.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{path}"
+        );
+        assert_eq!(
+            refused.headers()["content-type"],
+            "application/problem+json"
+        );
+        let corrupt = send(path, token, "gzip", b"not gzip".to_vec()).await;
+        assert_eq!(corrupt.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+    let listed = body(
+        app.client
+            .get(app.url("/v1/destinations"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed["destinations"].as_array().unwrap().len(), 1);
+}

@@ -156,6 +156,9 @@ pub struct Destination {
     /// When set, events with the same key are delivered in ingest order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering: Option<OrderingKey>,
+    /// The most bytes of events in one delivery; unset: the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch_bytes: Option<u64>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }

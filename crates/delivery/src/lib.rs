@@ -36,6 +36,9 @@ pub use table::{PostgresSink, create_statement, insert_statement, quote_name};
 pub struct DeliveryConfig {
     /// Most events sent in one request (webhook) or one round (NATS).
     pub batch_size: usize,
+    /// Most bytes of events in one request or round (a destination may set its own); a
+    /// single larger event still goes alone.
+    pub batch_max_bytes: usize,
     /// How often an idle worker looks for due entries.
     pub poll_interval: Duration,
     pub retry: RetryPolicy,
@@ -49,6 +52,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             batch_size: 100,
+            batch_max_bytes: 1024 * 1024,
             poll_interval: Duration::from_millis(100),
             retry: RetryPolicy::default(),
             breaker_threshold: 5,
@@ -237,6 +241,20 @@ impl Worker {
                 .claim_due(id, OffsetDateTime::now_utc(), self.cursor, limit)
                 .await?
         };
+        if due.is_empty() {
+            return Ok(Step::Idle(self.config.poll_interval));
+        }
+        // The byte cap: the longest run that fits (one event at least); the rest goes back
+        // to the queue untouched, for the next round.
+        let cap = self
+            .destination
+            .max_batch_bytes
+            .and_then(|bytes| usize::try_from(bytes).ok())
+            .unwrap_or(self.config.batch_max_bytes);
+        let (due, rest) = within_bytes(due, cap);
+        if !rest.is_empty() {
+            self.queue.release(id, &rest).await?;
+        }
         let Some(last) = due.last() else {
             return Ok(Step::Idle(self.config.poll_interval));
         };
@@ -246,6 +264,9 @@ impl Worker {
         let outcome = self.sink.send(&self.destination, &due).await;
         metrics::gauge!("pulsestream_delivery_in_flight_events", "destination" => label.to_owned())
             .set(0.0);
+        if matches!(outcome, SendOutcome::TooLarge { .. }) && due.len() > 1 {
+            return self.halve(due, label).await;
+        }
         if self.destination.ordering.is_some()
             && matches!(outcome, SendOutcome::Failed { .. })
             && due
@@ -255,6 +276,55 @@ impl Worker {
             return self.split_by_key(due, outcome, label).await;
         }
         self.settle(&due, outcome, label).await
+    }
+
+    /// A batch the receiver refused as too large (413), sent again in halves at once, and
+    /// those in halves, down to single events: only an event that is too large on its own
+    /// counts an attempt. In an ordered destination, what comes after a failed part and
+    /// shares a key with it goes back to the queue unsent (it waits for its key).
+    async fn halve(&mut self, due: Vec<Delivery>, label: &str) -> Result<Step, StoreError> {
+        let id = self.destination.id;
+        let ordered = self.destination.ordering.is_some();
+        let mut parts: std::collections::VecDeque<Vec<Delivery>> = halves(due).into();
+        let mut failed_keys: std::collections::HashSet<Option<i64>> = Default::default();
+        while let Some(mut part) = parts.pop_front() {
+            if ordered {
+                let (held, free): (Vec<Delivery>, Vec<Delivery>) = part
+                    .into_iter()
+                    .partition(|delivery| failed_keys.contains(&order_key(delivery)));
+                self.queue.release(id, &held).await?;
+                part = free;
+                if part.is_empty() {
+                    continue;
+                }
+            }
+            if !self.breaker.wait(Instant::now()).is_zero() {
+                // The circuit opened on the way: the rest waits for the next round.
+                self.queue.release(id, &part).await?;
+                for rest in parts.drain(..) {
+                    self.queue.release(id, &rest).await?;
+                }
+                break;
+            }
+            let outcome = self.sink.send(&self.destination, &part).await;
+            match outcome {
+                SendOutcome::TooLarge { .. } if part.len() > 1 => {
+                    for half in halves(part).into_iter().rev() {
+                        parts.push_front(half);
+                    }
+                }
+                outcome => {
+                    let delivered = matches!(outcome, SendOutcome::Delivered);
+                    if !delivered {
+                        failed_keys.extend(part.iter().map(order_key));
+                    }
+                    if let Step::Stop = self.settle(&part, outcome, label).await? {
+                        return Ok(Step::Stop);
+                    }
+                }
+            }
+        }
+        Ok(Step::Continue)
     }
 
     /// A failed batch of an ordered destination, sent again key by key at once: one key's
@@ -297,6 +367,36 @@ impl Worker {
         label: &str,
     ) -> Result<Step, StoreError> {
         let id = self.destination.id;
+        // Too large for the receiver even alone (a batch is halved first): a failure.
+        let outcome = match outcome {
+            SendOutcome::TooLarge { error } => SendOutcome::Failed {
+                error: format!("{error}: the event alone is too large for the receiver"),
+                retry_after: None,
+            },
+            outcome => outcome,
+        };
+        let SendOutcome::Failed { error, retry_after } = outcome else {
+            return self.settle_sent(due, outcome, label).await;
+        };
+        self.record_failure(due, &error, retry_after, label).await?;
+        if let Some(circuit) = self.breaker.on_failure(Instant::now()) {
+            self.circuit_changed(circuit, Some(&error), label).await?;
+        } else {
+            self.queue
+                .record_circuit(id, self.breaker.state(Instant::now()), Some(&error))
+                .await?;
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Records a send that got through: delivered, or 410 Gone.
+    async fn settle_sent(
+        &mut self,
+        due: &[Delivery],
+        outcome: SendOutcome,
+        label: &str,
+    ) -> Result<Step, StoreError> {
+        let id = self.destination.id;
         match outcome {
             SendOutcome::Delivered => {
                 self.queue.record_delivered(id, due).await?;
@@ -321,15 +421,8 @@ impl Worker {
                     .await?;
                 Ok(Step::Stop)
             }
-            SendOutcome::Failed { error, retry_after } => {
-                self.record_failure(due, &error, retry_after, label).await?;
-                if let Some(circuit) = self.breaker.on_failure(Instant::now()) {
-                    self.circuit_changed(circuit, Some(&error), label).await?;
-                } else {
-                    self.queue
-                        .record_circuit(id, self.breaker.state(Instant::now()), Some(&error))
-                        .await?;
-                }
+            SendOutcome::Failed { .. } | SendOutcome::TooLarge { .. } => {
+                // `settle` records failures before it gets here.
                 Ok(Step::Continue)
             }
         }
@@ -396,6 +489,27 @@ impl Worker {
             .set(if circuit == Circuit::Closed { 0.0 } else { 1.0 });
         self.queue.record_circuit(id, circuit, error).await
     }
+}
+
+/// A batch cut in two, first half first.
+fn halves(mut batch: Vec<Delivery>) -> [Vec<Delivery>; 2] {
+    let second = batch.split_off(batch.len() / 2);
+    [batch, second]
+}
+
+/// The longest run of `due` whose events' bytes fit `cap` (one event at least), and the rest.
+fn within_bytes(mut due: Vec<Delivery>, cap: usize) -> (Vec<Delivery>, Vec<Delivery>) {
+    let mut total = 0usize;
+    let fits = due
+        .iter()
+        .position(|delivery| {
+            total = total.saturating_add(delivery.json.len() + 1);
+            total > cap
+        })
+        .unwrap_or(due.len())
+        .max(1);
+    let rest = due.split_off(fits.min(due.len()));
+    (due, rest)
 }
 
 fn order_key(delivery: &Delivery) -> Option<i64> {

@@ -33,6 +33,10 @@ pub enum SendOutcome {
     },
     /// The receiver answered 410 Gone: disable the destination.
     Gone,
+    /// The receiver answered 413: the batch is too large for it (a smaller one may pass).
+    TooLarge {
+        error: String,
+    },
 }
 
 /// Sends deliveries to destinations of the kinds it handles.
@@ -234,6 +238,11 @@ impl Sink for WebhookSink {
         match sent {
             Ok(response) if response.status().is_success() => SendOutcome::Delivered,
             Ok(response) if response.status() == reqwest::StatusCode::GONE => SendOutcome::Gone,
+            Ok(response) if response.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
+                SendOutcome::TooLarge {
+                    error: format!("the receiver answered {}", response.status()),
+                }
+            }
             Ok(response) => {
                 let retry_after = response
                     .headers()

@@ -36,6 +36,7 @@ fn destination(secrets: &SecretCipher, url: &str, table: &str) -> Destination {
         disabled: false,
         filter: None,
         ordering: None,
+        max_batch_bytes: None,
         created_at: time::OffsetDateTime::now_utc(),
     }
 }

@@ -55,6 +55,7 @@ fn webhook(url: String) -> Destination {
         disabled: false,
         filter: None,
         ordering: None,
+        max_batch_bytes: None,
         created_at: time::OffsetDateTime::now_utc(),
     }
 }

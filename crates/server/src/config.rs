@@ -46,6 +46,7 @@ pub mod defaults {
     pub const DATABASE_TIMEOUT_MS: u64 = 5_000;
     pub const REDIS_TIMEOUT_MS: u64 = 50;
     pub const DELIVERY_RETRY_BASE_MS: u64 = 1_000;
+    pub const DELIVERY_BATCH_MAX_BYTES: u64 = 1024 * 1024;
     pub const DELIVERY_BREAKER_COOL_DOWN_MS: u64 = 30_000;
     pub const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
     pub const BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
@@ -108,6 +109,15 @@ pub struct ServeConfig {
         default_value_t = defaults::DELIVERY_RETRY_BASE_MS
     )]
     pub delivery_retry_base_ms: u64,
+    /// The most bytes of events in one delivery (a webhook request's body, or one round of
+    /// broker messages), unless a destination sets its own `max_batch_bytes`. A single
+    /// larger event still goes, alone.
+    #[arg(
+        long,
+        env = "PULSESTREAM_DELIVERY_BATCH_MAX_BYTES",
+        default_value_t = defaults::DELIVERY_BATCH_MAX_BYTES
+    )]
+    pub delivery_batch_max_bytes: u64,
     /// How long an open circuit waits before probing its destination again, in milliseconds.
     #[arg(
         long,
@@ -186,6 +196,7 @@ impl ServeConfig {
             nats_url: None,
             allow_private_destinations: false,
             delivery_retry_base_ms: defaults::DELIVERY_RETRY_BASE_MS,
+            delivery_batch_max_bytes: defaults::DELIVERY_BATCH_MAX_BYTES,
             delivery_breaker_cool_down_ms: defaults::DELIVERY_BREAKER_COOL_DOWN_MS,
             webhook_timeout_ms: defaults::WEBHOOK_TIMEOUT_MS,
             admin_token: None,

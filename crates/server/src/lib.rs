@@ -90,6 +90,7 @@ impl Server {
                 ..RetryPolicy::default()
             },
             breaker_cool_down: Duration::from_millis(config.delivery_breaker_cool_down_ms),
+            batch_max_bytes: usize::try_from(config.delivery_batch_max_bytes).unwrap_or(usize::MAX),
             ..DeliveryConfig::default()
         };
         Ok(Self {

@@ -321,6 +321,14 @@ pub trait DeliveryQueue: Send + Sync + Debug + 'static {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError>;
 
+    /// Gives back claimed entries that were not sent (they did not fit a batch): due again
+    /// at once for the next claim, no attempt counted.
+    async fn release(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+    ) -> Result<(), StoreError>;
+
     /// Removes delivered entries from the queue.
     async fn record_delivered(
         &self,

@@ -188,6 +188,7 @@ fn webhook(tenant: TenantId, event_types: &[&str], max_attempts: u32) -> Destina
         disabled: false,
         filter: None,
         ordering: None,
+        max_batch_bytes: None,
         created_at: OffsetDateTime::now_utc(),
     }
 }

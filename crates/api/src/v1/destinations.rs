@@ -34,6 +34,7 @@ use crate::openapi as doc;
 
 const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 const MAX_MAX_ATTEMPTS: u32 = 100;
+const MAX_BATCH_BYTES: u64 = 100 * 1024 * 1024;
 
 /// A new destination. By `kind`: `webhook` with `url`; `nats` with `subject`; `amqp` with
 /// `url` (`amqp://` or `amqps://`), `exchange` and `routing_key`; `mqtt` with `url`
@@ -78,6 +79,10 @@ pub struct CreateDestination {
     ordering: Option<Value>,
     #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
+    /// The most bytes of events in one delivery (a webhook body, a round of messages), 1 KiB
+    /// to 100 MiB; default: the server's (`--delivery-batch-max-bytes`, 1 MiB).
+    #[schema(minimum = 1024, maximum = 104857600)]
+    max_batch_bytes: Option<u64>,
 }
 
 /// `POST /v1/destinations`.
@@ -221,6 +226,16 @@ pub async fn create(
             ));
         }
     };
+    if request
+        .max_batch_bytes
+        .is_some_and(|bytes| !(1_024..=MAX_BATCH_BYTES).contains(&bytes))
+    {
+        return Err(field_error(
+            "max_batch_bytes",
+            "range",
+            &format!("must be from 1024 to {MAX_BATCH_BYTES}"),
+        ));
+    }
     let filter = request.filter.as_ref().map(event_filter).transpose()?;
     let ordering = request.ordering.as_ref().map(ordering_key).transpose()?;
     if request
@@ -259,6 +274,7 @@ pub async fn create(
         disabled: false,
         filter,
         ordering,
+        max_batch_bytes: request.max_batch_bytes,
         created_at: OffsetDateTime::now_utc(),
     };
     app.destinations.put_destination(&destination).await?;
@@ -579,6 +595,9 @@ fn view(destination: &Destination) -> Value {
     }
     if let Some(ordering) = &destination.ordering {
         view["ordering"] = json!({ "key": ordering.name() });
+    }
+    if let Some(bytes) = destination.max_batch_bytes {
+        view["max_batch_bytes"] = bytes.into();
     }
     view
 }

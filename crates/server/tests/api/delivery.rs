@@ -650,3 +650,98 @@ async fn nats_jetstream_receives_each_event_once() {
         .await
         .unwrap();
 }
+
+fn big_event(event_id: &str, bytes: usize) -> Value {
+    event(event_id, "big.event", json!({"blob": "x".repeat(bytes)}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_batches_are_capped_by_bytes() {
+    let app = delivering_app().await;
+    let tenant = app.create_tenant().await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let created = create_destination(
+        &app,
+        &tenant,
+        json!({"kind": "webhook", "url": receiver.url, "max_batch_bytes": 1_048_576}),
+    )
+    .await;
+    assert_eq!(created["max_batch_bytes"], 1_048_576);
+    let events: Vec<Value> = (0..12)
+        .map(|i| big_event(&format!("big-{i}"), 300_000))
+        .collect();
+    assert_eq!(
+        app.post_batch(&tenant, &events).await.status(),
+        StatusCode::OK
+    );
+    wait_until("every event is delivered", PATIENCE, || async {
+        receiver.delivered_events().len() >= 12
+    })
+    .await;
+    let requests = receiver.received();
+    assert!(
+        requests.len() >= 4,
+        "12 events of 300 KB need 4 requests at least"
+    );
+    for request in &requests {
+        assert!(
+            request.body.len() <= 1_048_576 + 64,
+            "a body of {} bytes",
+            request.body.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_splits_the_batch_down_to_single_events_before_counting_an_attempt() {
+    let app = delivering_app().await;
+    let tenant = app.create_tenant().await;
+    // The receiver takes at most ~700 KB; every event alone fits but one.
+    let receiver = Receiver::start(Behaviour::MaxBody(700_000)).await;
+    let created = create_destination(
+        &app,
+        &tenant,
+        json!({"kind": "webhook", "url": receiver.url, "max_attempts": 1,
+               "max_batch_bytes": 104_857_600}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut events: Vec<Value> = (0..6)
+        .map(|i| big_event(&format!("fits-{i}"), 300_000))
+        .collect();
+    events.push(big_event("too-big", 800_000));
+    assert_eq!(
+        app.post_batch(&tenant, &events).await.status(),
+        StatusCode::OK
+    );
+    wait_until("everything is settled", PATIENCE, || async {
+        let view = destination(&app, &tenant, &id).await;
+        view["pending"] == 0 && view["delivered"] == 6
+    })
+    .await;
+    let view = destination(&app, &tenant, &id).await;
+    assert_eq!(view["dead_lettered"], 1, "{view}");
+    assert!(
+        view["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("too large")),
+        "{view}"
+    );
+    let mut delivered: Vec<String> = receiver
+        .delivered_events()
+        .iter()
+        .map(|event| event["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    delivered.sort();
+    assert_eq!(
+        delivered,
+        ["fits-0", "fits-1", "fits-2", "fits-3", "fits-4", "fits-5"]
+    );
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .any(|request| request.status == 413),
+        "the receiver refused the first batch"
+    );
+}

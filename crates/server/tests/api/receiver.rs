@@ -41,6 +41,8 @@ pub enum Behaviour {
     Stall(Duration),
     /// Fail the next `n` requests whose body contains this text with 500; accept the rest.
     FailWhileContains(&'static str, usize),
+    /// 413 for a body over this many bytes; accept the rest.
+    MaxBody(usize),
 }
 
 #[derive(Clone)]
@@ -139,6 +141,8 @@ async fn receive(
             tokio::time::sleep(pause).await;
             StatusCode::OK
         }
+        Behaviour::MaxBody(limit) if body.len() > limit => StatusCode::PAYLOAD_TOO_LARGE,
+        Behaviour::MaxBody(_) => StatusCode::OK,
         Behaviour::FailWhileContains(text, n) => {
             if n > 0 && String::from_utf8_lossy(&body).contains(text) {
                 *shared.behaviour.lock().unwrap() = Behaviour::FailWhileContains(text, n - 1);

@@ -582,6 +582,15 @@ impl DeliveryQueue for EmbeddedStore {
             .await
     }
 
+    async fn release(
+        &self,
+        _destination: DestinationId,
+        _deliveries: &[Delivery],
+    ) -> Result<(), StoreError> {
+        // A claim marks nothing here: what was not sent is simply claimed again.
+        Ok(())
+    }
+
     async fn record_delivered(
         &self,
         destination: DestinationId,

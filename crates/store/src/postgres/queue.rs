@@ -236,6 +236,26 @@ impl DeliveryQueue for PostgresStore {
             .await
     }
 
+    async fn release(
+        &self,
+        destination: DestinationId,
+        deliveries: &[Delivery],
+    ) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let (events, dues) = claimed_rows(deliveries);
+        self.db
+            .execute(
+                "UPDATE outbox o SET leased_until = 0
+                     FROM unnest($2::uuid[], $3::bigint[]) AS u(event, due)
+                     WHERE o.destination_id = $1 AND o.event = u.event AND o.due = u.due",
+                &[&destination.0, &events, &dues],
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn record_delivered(
         &self,
         destination: DestinationId,

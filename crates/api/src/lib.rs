@@ -40,6 +40,8 @@ pub struct ApiConfig {
     pub allow_private_destinations: bool,
     /// NATS is configured, so `nats` destinations can be created.
     pub nats_enabled: bool,
+    /// The most destinations a tenant may have.
+    pub max_destinations_per_tenant: usize,
     /// Seals webhook signing secrets before they are stored.
     pub secrets: Arc<SecretCipher>,
     /// The Segment endpoints' size limits.

@@ -13,6 +13,7 @@ mod brokers;
 mod public_dns;
 mod sink;
 mod table;
+mod turns;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +68,10 @@ pub fn describe_metrics() {
         "pulsestream_deliveries_total",
         "Delivery outcomes per destination: delivered, retried, dead_lettered"
     );
+    metrics::describe_counter!(
+        "pulsestream_delivery_claims_total",
+        "Claims of due entries per destination (an idle destination makes none)"
+    );
     metrics::describe_gauge!(
         "pulsestream_delivery_pending_events",
         "Events waiting for a destination"
@@ -113,6 +118,7 @@ async fn dispatch(
     config: DeliveryConfig,
     shutdown: CancellationToken,
 ) {
+    let queue: Arc<dyn DeliveryQueue> = Arc::new(turns::Turns::new(queue, STORE_TURNS));
     let mut workers: HashMap<DestinationId, JoinHandle<()>> = HashMap::new();
     loop {
         workers.retain(|_, worker| !worker.is_finished());
@@ -122,6 +128,8 @@ async fn dispatch(
                     workers.entry(destination.id).or_insert_with(|| {
                         let worker = Worker {
                             cursor: None,
+                            last_read: Instant::now(),
+                            busy: false,
                             last_full_scan: Instant::now(),
                             destinations: destinations.clone(),
                             queue: queue.clone(),
@@ -142,7 +150,8 @@ async fn dispatch(
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(config.poll_interval.max(Duration::from_millis(200))) => {}
+            // New destinations get their worker within a second.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
     for (_, worker) in workers {
@@ -153,10 +162,24 @@ async fn dispatch(
 /// How often a worker scans its whole queue instead of going on from its cursor.
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(10);
 
+/// The longest an idle worker sleeps without a signal: a safety net, not the way it learns
+/// of work (appends wake it; its queue's next due time is known).
+const IDLE_MAX: Duration = Duration::from_secs(60);
+
+/// How many workers use the store at once (see `turns`).
+const STORE_TURNS: usize = 8;
+
+/// How often a worker reads its destination again (deleted, or disabled by another node).
+const REREAD_DESTINATION: Duration = Duration::from_secs(2);
+
 /// Delivers one destination's queue.
 struct Worker {
     /// Where the previous claim ended.
     cursor: Option<QueuePosition>,
+    /// When the destination was last read from the store.
+    last_read: Instant,
+    /// Whether the last round sent something.
+    busy: bool,
     last_full_scan: Instant,
     destinations: Arc<dyn DestinationStore>,
     queue: Arc<dyn DeliveryQueue>,
@@ -170,21 +193,49 @@ struct Worker {
 impl Worker {
     async fn run(mut self) {
         let id = self.destination.id;
+        let tenant = self.destination.tenant;
         let label = id.to_string();
         tracing::debug!(destination_id = %id, "delivery worker started");
-        let mut last_gauge = Instant::now() - Duration::from_secs(60);
+        let wakeups = self.queue.wakeups();
+        let wake = wakeups.register(tenant, id);
+        // The gauges exist from the start (at 0), as Prometheus advises.
+        metrics::gauge!("pulsestream_delivery_circuit_open", "destination" => label.clone())
+            .set(0.0);
+        let mut last_gauge: Option<Instant> = None;
         while !self.shutdown.is_cancelled() {
-            if last_gauge.elapsed() > Duration::from_secs(5) {
-                last_gauge = Instant::now();
+            // The pending count costs a count of the queue: only now and then, and only
+            // while there is work (an idle destination costs nothing).
+            if last_gauge.is_none_or(|at| self.busy && at.elapsed() > Duration::from_secs(5)) {
+                last_gauge = Some(Instant::now());
                 if let Ok(stats) = self.queue.delivery_stats(id).await {
                     metrics::gauge!("pulsestream_delivery_pending_events", "destination" => label.clone()).set(stats.pending as f64);
                 }
             }
             match self.step(&label).await {
-                Ok(Step::Continue) => {}
+                Ok(Step::Continue) => self.busy = true,
                 Ok(Step::Idle(pause)) => {
                     tokio::select! {
                         () = self.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Ok(Step::Drained) => {
+                    if self.busy {
+                        self.busy = false;
+                        if let Ok(stats) = self.queue.delivery_stats(id).await {
+                            metrics::gauge!("pulsestream_delivery_pending_events", "destination" => label.clone()).set(stats.pending as f64);
+                        }
+                    }
+                    let pause = match self.until_next_due().await {
+                        Ok(pause) => pause,
+                        Err(err) => {
+                            tracing::warn!(destination_id = %id, error = %err, "cannot read the queue's next due time");
+                            self.config.poll_interval * 10
+                        }
+                    };
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => break,
+                        () = wake.notified() => {}
                         () = tokio::time::sleep(pause) => {}
                     }
                 }
@@ -195,25 +246,47 @@ impl Worker {
                 }
             }
         }
+        wakeups.unregister(tenant, id);
         tracing::debug!(destination_id = %id, "delivery worker stopped");
+    }
+
+    /// How long a worker with nothing to claim sleeps (unless woken by an append or a
+    /// replay): until its queue's next entry falls due, at most `IDLE_MAX`; a short poll
+    /// when something due was not claimed (it lies behind the cursor: the next claim scans
+    /// from the start).
+    async fn until_next_due(&mut self) -> Result<Duration, StoreError> {
+        let Some(due) = self.queue.next_due(self.destination.id).await? else {
+            return Ok(IDLE_MAX);
+        };
+        let ahead = due - OffsetDateTime::now_utc();
+        if ahead <= time::Duration::ZERO {
+            self.cursor = None;
+            return Ok(self.config.poll_interval);
+        }
+        Ok(Duration::try_from(ahead).map_or(IDLE_MAX, |ahead| ahead.min(IDLE_MAX)))
     }
 
     /// One round: claim what is due, send it, record the outcome.
     async fn step(&mut self, label: &str) -> Result<Step, StoreError> {
         let id = self.destination.id;
-        let Some(current) = self
-            .destinations
-            .destinations(self.destination.tenant)
-            .await?
-            .into_iter()
-            .find(|d| d.id == id)
-        else {
-            return Ok(Step::Stop);
-        };
-        if current.disabled {
-            return Ok(Step::Stop);
+        // The destination as stored (deleted, or disabled by another node): read again only
+        // now and then, not on every round.
+        if self.last_read.elapsed() >= REREAD_DESTINATION {
+            let Some(current) = self
+                .destinations
+                .destinations(self.destination.tenant)
+                .await?
+                .into_iter()
+                .find(|d| d.id == id)
+            else {
+                return Ok(Step::Stop);
+            };
+            if current.disabled {
+                return Ok(Step::Stop);
+            }
+            self.destination = current;
+            self.last_read = Instant::now();
         }
-        self.destination = current;
         let now = Instant::now();
         let wait = self.breaker.wait(now);
         if !wait.is_zero() {
@@ -231,6 +304,8 @@ impl Worker {
             self.cursor = None;
             self.last_full_scan = Instant::now();
         }
+        metrics::counter!("pulsestream_delivery_claims_total", "destination" => label.to_owned())
+            .increment(1);
         let due = if self.destination.ordering.is_some() {
             // In order: what is claimed depends on what waits before it, so no cursor.
             self.queue
@@ -242,7 +317,7 @@ impl Worker {
                 .await?
         };
         if due.is_empty() {
-            return Ok(Step::Idle(self.config.poll_interval));
+            return Ok(Step::Drained);
         }
         // The byte cap: the longest run that fits (one event at least); the rest goes back
         // to the queue untouched, for the next round.
@@ -256,7 +331,7 @@ impl Worker {
             self.queue.release(id, &rest).await?;
         }
         let Some(last) = due.last() else {
-            return Ok(Step::Idle(self.config.poll_interval));
+            return Ok(Step::Drained);
         };
         self.cursor = Some(last.position());
         metrics::gauge!("pulsestream_delivery_in_flight_events", "destination" => label.to_owned())
@@ -518,6 +593,9 @@ fn order_key(delivery: &Delivery) -> Option<i64> {
 
 enum Step {
     Continue,
+    /// Wait this long (the circuit is open).
     Idle(Duration),
+    /// Nothing to claim: sleep until woken or the next entry is due.
+    Drained,
     Stop,
 }

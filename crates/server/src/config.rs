@@ -47,6 +47,7 @@ pub mod defaults {
     pub const REDIS_TIMEOUT_MS: u64 = 50;
     pub const DELIVERY_RETRY_BASE_MS: u64 = 1_000;
     pub const DELIVERY_BATCH_MAX_BYTES: u64 = 1024 * 1024;
+    pub const MAX_DESTINATIONS_PER_TENANT: usize = 100;
     pub const DELIVERY_BREAKER_COOL_DOWN_MS: u64 = 30_000;
     pub const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
     pub const BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
@@ -118,6 +119,14 @@ pub struct ServeConfig {
         default_value_t = defaults::DELIVERY_BATCH_MAX_BYTES
     )]
     pub delivery_batch_max_bytes: u64,
+    /// The most destinations one tenant may have (a create beyond it gets 422). Each costs a
+    /// worker task, and a connection for brokers and databases.
+    #[arg(
+        long,
+        env = "PULSESTREAM_MAX_DESTINATIONS_PER_TENANT",
+        default_value_t = defaults::MAX_DESTINATIONS_PER_TENANT
+    )]
+    pub max_destinations_per_tenant: usize,
     /// How long an open circuit waits before probing its destination again, in milliseconds.
     #[arg(
         long,
@@ -197,6 +206,7 @@ impl ServeConfig {
             allow_private_destinations: false,
             delivery_retry_base_ms: defaults::DELIVERY_RETRY_BASE_MS,
             delivery_batch_max_bytes: defaults::DELIVERY_BATCH_MAX_BYTES,
+            max_destinations_per_tenant: defaults::MAX_DESTINATIONS_PER_TENANT,
             delivery_breaker_cool_down_ms: defaults::DELIVERY_BREAKER_COOL_DOWN_MS,
             webhook_timeout_ms: defaults::WEBHOOK_TIMEOUT_MS,
             admin_token: None,

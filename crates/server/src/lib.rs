@@ -68,6 +68,7 @@ impl Server {
             request_timeout: config.request_timeout(),
             allow_private_destinations: config.allow_private_destinations,
             nats_enabled: config.nats_url.is_some(),
+            max_destinations_per_tenant: config.max_destinations_per_tenant,
             secrets: secrets.clone(),
             segment: SegmentLimits {
                 max_message_bytes: config.segment_max_message_bytes,

@@ -66,8 +66,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Blocking work (the embedded store's reads and queue operations) runs on at most 64
+    // threads, not tokio's default 512: a burst (thousands of destination workers starting at
+    // once) queues instead of parking hundreds of threads.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(64)
         .build()
     {
         Ok(runtime) => runtime,

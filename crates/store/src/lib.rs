@@ -11,8 +11,10 @@ mod plan;
 pub mod postgres;
 mod record;
 mod search;
+mod wakeups;
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 pub use pulsestream_core::Circuit;
@@ -24,6 +26,7 @@ use time::OffsetDateTime;
 
 pub use plan::IDEMPOTENCY_WINDOW;
 pub use search::{Cursor, Order, PayloadFilter, SearchQuery, event_matches};
+pub use wakeups::Wakeups;
 
 /// What the store can fail with, as its callers handle it.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,16 @@ pub enum AppendStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendOutcome {
     pub statuses: Vec<AppendStatus>,
+}
+
+impl AppendOutcome {
+    /// Whether any event was stored by this append (and so maybe enqueued). A replayed
+    /// idempotent request says yes too; a wakeup too many costs one claim.
+    pub fn stored_any(&self) -> bool {
+        self.statuses
+            .iter()
+            .any(|status| matches!(status, AppendStatus::Accepted(_)))
+    }
 }
 
 /// A finished request's outcome, kept under its `Idempotency-Key`.
@@ -320,6 +333,16 @@ pub trait DeliveryQueue: Send + Sync + Debug + 'static {
         now: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// When the destination's next queued entry falls due (a claimed one on PostgreSQL: when
+    /// its lease ends), or `None` if its queue is empty.
+    async fn next_due(
+        &self,
+        destination: DestinationId,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
+
+    /// The signals this store gives when it stores events, for the workers to sleep on.
+    fn wakeups(&self) -> Arc<Wakeups>;
 
     /// Gives back claimed entries that were not sent (they did not fit a batch): due again
     /// at once for the next claim, no attempt counted.

@@ -237,6 +237,19 @@ pub async fn create(
         ));
     }
     let filter = request.filter.as_ref().map(event_filter).transpose()?;
+    let limit = app.config.max_destinations_per_tenant;
+    if app.destinations.destinations(tenant.id).await?.len() >= limit {
+        return Err(ApiError::validation(
+            format!("this tenant has {limit} destinations, the most it may have"),
+            vec![ErrorItem {
+                loc: vec!["body".into()],
+                kind: "too_many_destinations".into(),
+                msg: format!(
+                    "a tenant may have at most {limit} destinations (the server's --max-destinations-per-tenant); delete one first"
+                ),
+            }],
+        ));
+    }
     let ordering = request.ordering.as_ref().map(ordering_key).transpose()?;
     if request
         .event_types

@@ -745,3 +745,101 @@ async fn a_413_splits_the_batch_down_to_single_events_before_counting_an_attempt
         "the receiver refused the first batch"
     );
 }
+
+/// The sum of a destination's claims so far, from `/metrics`.
+async fn claims(app: &TestApp, destination: &str) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| {
+            line.starts_with("pulsestream_delivery_claims_total")
+                && line.contains(&format!("destination=\"{destination}\""))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_destinations_make_no_claims_and_wake_when_an_event_arrives() {
+    let app = delivering_app().await;
+    let tenant = app.create_tenant().await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let created = create_destination(
+            &app,
+            &tenant,
+            json!({"kind": "webhook", "url": receiver.url}),
+        )
+        .await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    wait_until("every worker has looked at its queue", PATIENCE, || async {
+        for id in &ids {
+            if claims(&app, id).await == 0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut before = Vec::new();
+    for id in &ids {
+        before.push(claims(&app, id).await);
+    }
+    // A worker that polled every 100 ms would claim ~30 times here.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (id, before) in ids.iter().zip(&before) {
+        assert_eq!(
+            claims(&app, id).await,
+            *before,
+            "the idle destination {id} claimed while nothing was queued"
+        );
+    }
+    // One event wakes every worker of the tenant at once.
+    app.post_event(&tenant, &event("wake-1", "t", json!({})))
+        .await;
+    wait_until("each destination received the event", PATIENCE, || async {
+        receiver.delivered_events().len() == ids.len()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_has_at_most_the_configured_number_of_destinations() {
+    let app = TestApp::spawn_with(|config| {
+        config.allow_private_destinations = true;
+        config.max_destinations_per_tenant = 3;
+    })
+    .await;
+    let tenant = app.create_tenant().await;
+    let other = app.create_tenant().await;
+    let spec = json!({"kind": "webhook", "url": "http://127.0.0.1:9/hook"});
+    for _ in 0..3 {
+        create_destination(&app, &tenant, spec.clone()).await;
+    }
+    let refused = app
+        .client
+        .post(app.url("/v1/destinations"))
+        .bearer_auth(&tenant.api_key)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let problem = body(refused).await;
+    assert_eq!(
+        problem["errors"][0]["type"], "too_many_destinations",
+        "{problem}"
+    );
+    // The limit is per tenant.
+    create_destination(&app, &other, spec.clone()).await;
+}

@@ -200,6 +200,22 @@ impl Queue {
         Ok(claimed)
     }
 
+    /// The due time of the destination's first entry: the queue is ordered by due time.
+    pub fn next_due(
+        &self,
+        destination: DestinationId,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let Some(entry) = self.outbox.prefix(destination.as_bytes()).next() else {
+            return Ok(None);
+        };
+        let key = entry.key().map_err(StoreError::unavailable)?;
+        let (due_micros, _) = decode_outbox_key(&key)?;
+        Ok(Some(
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(due_micros) * 1_000)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        ))
+    }
+
     /// The stored JSON of a queued event.
     fn event_json(&self, number: keys::TenantNo, event: EventId) -> Result<Vec<u8>, StoreError> {
         match self

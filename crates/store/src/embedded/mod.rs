@@ -89,6 +89,8 @@ pub struct EmbeddedStore {
     /// two changes never rewrite the same old copy. One process owns the data dir.
     tenant_writes: Arc<Mutex<()>>,
     queue: delivery::Queue,
+    /// Every append goes through this process: each one that stores events is signalled.
+    wakeups: Arc<crate::Wakeups>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -208,6 +210,7 @@ impl EmbeddedStore {
             tenants,
             tenant_writes: Arc::default(),
             queue,
+            wakeups: Arc::default(),
         })
     }
 
@@ -288,13 +291,18 @@ fn tenant_key(id: TenantId) -> Vec<u8> {
 impl EventStore for EmbeddedStore {
     async fn append_batch(&self, batch: AppendBatch) -> Result<AppendOutcome, StoreError> {
         let prepared = writer::prepare(&batch)?;
+        let tenant = batch.tenant;
         let (reply, outcome) = oneshot::channel();
         self.writer.submit(writer::Job {
             batch,
             prepared,
             reply,
         })?;
-        outcome.await.map_err(StoreError::unavailable)?
+        let outcome = outcome.await.map_err(StoreError::unavailable)??;
+        if outcome.stored_any() {
+            self.wakeups.stored(tenant);
+        }
+        Ok(outcome)
     }
 
     async fn event(
@@ -572,6 +580,18 @@ impl DeliveryQueue for EmbeddedStore {
             .await
     }
 
+    async fn next_due(
+        &self,
+        destination: DestinationId,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        self.blocking(move |store| store.queue.next_due(destination))
+            .await
+    }
+
+    fn wakeups(&self) -> Arc<crate::Wakeups> {
+        self.wakeups.clone()
+    }
+
     async fn claim_ordered(
         &self,
         destination: DestinationId,
@@ -666,8 +686,13 @@ impl DeliveryQueue for EmbeddedStore {
         events: Option<&[EventId]>,
     ) -> Result<usize, StoreError> {
         let events = events.map(<[EventId]>::to_vec);
-        self.blocking(move |store| store.queue.replay(destination, events.as_deref()))
-            .await
+        let replayed = self
+            .blocking(move |store| store.queue.replay(destination, events.as_deref()))
+            .await?;
+        if replayed > 0 {
+            self.wakeups.wake(destination);
+        }
+        Ok(replayed)
     }
 
     async fn purge_dead_letters(&self, destination: DestinationId) -> Result<usize, StoreError> {

@@ -88,6 +88,11 @@ impl PostgresConfig {
 pub struct PostgresStore {
     db: Db,
     writes: Arc<Writes>,
+    /// Signalled by this node's appends and replays. Every node runs a worker for every
+    /// destination, so the node that stored an event always has one awake to deliver it;
+    /// the other nodes' workers learn of it when they next look (their queue's next due
+    /// time, or `IDLE_MAX`).
+    wakeups: Arc<crate::Wakeups>,
 }
 
 /// The pool and what guards it; shared with the committer tasks.
@@ -207,6 +212,7 @@ impl PostgresStore {
                 sender: Mutex::new(Some(sender)),
                 committers: Mutex::new(committers),
             }),
+            wakeups: Arc::default(),
         })
     }
 
@@ -452,13 +458,18 @@ impl EventStore for PostgresStore {
             .clone()
             .ok_or_else(|| StoreError::unavailable(Closed))?;
         let (reply, outcome) = oneshot::channel();
+        let tenant = batch.tenant;
         sender
             .try_send(append::Job { batch, reply })
             .map_err(|err| match err {
                 mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => StoreError::unavailable(Closed),
             })?;
-        outcome.await.map_err(StoreError::unavailable)?
+        let outcome = outcome.await.map_err(StoreError::unavailable)??;
+        if outcome.stored_any() {
+            self.wakeups.stored(tenant);
+        }
+        Ok(outcome)
     }
 
     async fn event(

@@ -236,6 +236,30 @@ impl DeliveryQueue for PostgresStore {
             .await
     }
 
+    async fn next_due(
+        &self,
+        destination: DestinationId,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        // A leased row is due again only when its lease ends (in the database's clock).
+        let row = self
+            .db
+            .query_opt(
+                "SELECT min(GREATEST(due, leased_until)) FROM outbox WHERE destination_id = $1",
+                &[&destination.0],
+            )
+            .await?;
+        Ok(row
+            .and_then(|row| row.get::<_, Option<i64>>(0))
+            .map(|micros| {
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            }))
+    }
+
+    fn wakeups(&self) -> std::sync::Arc<crate::Wakeups> {
+        self.wakeups.clone()
+    }
+
     async fn release(
         &self,
         destination: DestinationId,
@@ -433,7 +457,11 @@ impl DeliveryQueue for PostgresStore {
             )
             .await?
             .ok_or_else(|| StoreError::Corrupt("a count query returned no row".into()))?;
-        Ok(row.get::<_, i64>(0) as usize)
+        let replayed = row.get::<_, i64>(0) as usize;
+        if replayed > 0 {
+            self.wakeups.wake(destination);
+        }
+        Ok(replayed)
     }
 
     async fn purge_dead_letters(&self, destination: DestinationId) -> Result<usize, StoreError> {

@@ -7,6 +7,8 @@ const BACKEND: harness::Backend = harness::Backend::Embedded;
 mod admin;
 mod batch;
 mod cli;
+/// Embedded only: PostgreSQL keeps no data directory.
+mod data_dir;
 mod delivery;
 mod dependency_faults;
 mod destination_kinds;

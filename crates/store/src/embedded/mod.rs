@@ -11,6 +11,7 @@
 
 mod dedup_filter;
 mod delivery;
+mod identity;
 mod keys;
 mod numbers;
 mod read;
@@ -91,6 +92,8 @@ pub struct EmbeddedStore {
     queue: delivery::Queue,
     /// Every append goes through this process: each one that stores events is signalled.
     wakeups: Arc<crate::Wakeups>,
+    /// The directory opened, checked by `check_ready` (and by the committer after commits).
+    identity: identity::DirIdentity,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -196,12 +199,14 @@ impl EmbeddedStore {
             destinations: destinations.clone(),
             stats_lock: Arc::default(),
         };
+        let identity = identity::DirIdentity::of(&path)?;
         let writer = writer::WriterHandle::start(
             db.clone(),
             keyspaces.clone(),
             destinations,
             config.queue_capacity,
             config.dedup_filter_keys,
+            identity.clone(),
         );
         Ok(Self {
             db,
@@ -211,6 +216,7 @@ impl EmbeddedStore {
             tenant_writes: Arc::default(),
             queue,
             wakeups: Arc::default(),
+            identity,
         })
     }
 
@@ -343,6 +349,8 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
+        // The reason first: a removed directory also stops the writer.
+        self.identity.check()?;
         self.writer.check_alive()
     }
 

@@ -126,6 +126,7 @@ impl WriterHandle {
         destinations: DestinationCache,
         capacity: usize,
         filter_keys: u64,
+        identity: super::identity::DirIdentity,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(capacity);
         let failed = Arc::new(AtomicBool::new(false));
@@ -148,6 +149,7 @@ impl WriterHandle {
             next_group: 0,
             dedup_filter,
             shared_filter: filter.clone(),
+            identity,
             // Above every number of an earlier run (a run takes fewer than 1,000 per
             // microsecond), unless the clock went back between the runs.
             order_seq: std::cell::Cell::new(
@@ -237,6 +239,8 @@ struct Writer {
     /// Every dedup key stored, once complete (see `dedup_filter`).
     dedup_filter: Arc<DedupFilter>,
     shared_filter: Arc<Mutex<Arc<DedupFilter>>>,
+    /// The data directory as opened: checked after each commit, before answering.
+    identity: super::identity::DirIdentity,
     /// The next sequence number of an ordered destination's entry: ingest order.
     order_seq: std::cell::Cell<i64>,
 }
@@ -297,9 +301,10 @@ impl Writer {
         let committer = {
             let failed = self.failed.clone();
             let finished = self.finished.clone();
+            let identity = self.identity.clone();
             std::thread::Builder::new()
                 .name("pulsestream-commit".into())
-                .spawn(move || commit_groups(&committer_groups, &failed, &finished))
+                .spawn(move || commit_groups(&committer_groups, &failed, &finished, &identity))
                 .expect("spawning a thread only fails when the OS is out of resources")
         };
         while let Some(first) = receiver.blocking_recv() {
@@ -703,6 +708,7 @@ fn commit_groups(
     groups: &std::sync::mpsc::Receiver<Group>,
     failed: &AtomicBool,
     finished: &AtomicU64,
+    identity: &super::identity::DirIdentity,
 ) {
     for group in groups {
         let Group {
@@ -724,6 +730,9 @@ fn commit_groups(
                     "the writer panicked during a commit".into(),
                 ))
             })
+            // Synced, but into the directory the store opened? If it was removed or replaced,
+            // no restart will find this group: refuse it rather than acknowledge it.
+            .and_then(|()| identity.check())
         };
         if let Err(err) = &result {
             stop_writes(failed, err);

@@ -311,53 +311,80 @@ fn check_payload<'a>(text: &'a str, errors: &mut Vec<FieldError>) -> Option<&'a 
     Some(text)
 }
 
-/// Where the scan is: inside an object (its keys so far, the key being read, and whether the
-/// next string is a key) or an array (the index of the current element).
-enum Frame<'a> {
-    Object {
-        keys: Keys<'a>,
-        current: Option<Cow<'a, str>>,
-        expecting_key: bool,
-    },
-    Array {
-        index: usize,
-    },
+/// One open object or array of the scan. An object's keys so far are `Keys::keys[start..]`;
+/// `current` is the index there of the key whose value is being read; `index` counts an
+/// array's elements.
+struct Frame {
+    object: bool,
+    start: usize,
+    current: usize,
+    expecting_key: bool,
+    index: usize,
 }
 
-/// An object's keys: a short list for the usual small object, a set for a large one.
-enum Keys<'a> {
-    Few(Vec<Cow<'a, str>>),
-    Many(std::collections::HashSet<Cow<'a, str>>),
+/// The keys of every open object, innermost last, each with a hash, in one stack that is
+/// reused from object to object (no allocation per object). A key is looked for among its
+/// object's keys by hash; an object of more than 64 keys gets a set of its hashes, so no
+/// payload costs quadratic time.
+#[derive(Default)]
+struct Keys<'a> {
+    keys: Vec<(u64, Cow<'a, str>)>,
+    /// For the large open objects: (their frame's start, the hashes of their keys).
+    large: Vec<(usize, std::collections::HashSet<u64>)>,
 }
 
 impl<'a> Keys<'a> {
-    /// Adds a key; false if the object already had it.
-    fn insert(&mut self, key: Cow<'a, str>) -> bool {
-        match self {
-            Self::Few(keys) if keys.contains(&key) => false,
-            Self::Few(keys) if keys.len() < 16 => {
-                keys.push(key);
-                true
-            }
-            Self::Few(keys) => {
-                let mut set: std::collections::HashSet<Cow<'a, str>> = keys.drain(..).collect();
-                set.insert(key);
-                *self = Self::Many(set);
-                true
-            }
-            Self::Many(keys) => keys.insert(key),
+    /// Adds a key to the object whose keys start at `start`; false if it is there already.
+    fn insert(&mut self, start: usize, key: Cow<'a, str>) -> bool {
+        let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+        let count = self.keys.len() - start;
+        let seen = if count > 64 {
+            let set = match self.large.last_mut() {
+                Some((at, set)) if *at == start => set,
+                _ => {
+                    let set = self.keys[start..].iter().map(|(hash, _)| *hash).collect();
+                    self.large.push((start, set));
+                    &mut self.large.last_mut().expect("just pushed").1
+                }
+            };
+            !set.insert(hash)
+                && self.keys[start..]
+                    .iter()
+                    .any(|(other, name)| *other == hash && *name == key)
+        } else {
+            self.keys[start..]
+                .iter()
+                .any(|(other, name)| *other == hash && *name == key)
+        };
+        if !seen {
+            self.keys.push((hash, key));
+        }
+        !seen
+    }
+
+    /// Forgets the keys of the object that started at `start` (it closed).
+    fn close(&mut self, start: usize) {
+        self.keys.truncate(start);
+        if self.large.last().is_some_and(|(at, _)| *at == start) {
+            self.large.pop();
         }
     }
 }
 
 /// The path to a key just found twice: the key each enclosing object is in, the index each
 /// enclosing array is at, then the key.
-fn path_to(frames: &[Frame<'_>], key: &str) -> Vec<String> {
+fn path_to(frames: &[Frame], keys: &Keys<'_>, key: &str) -> Vec<String> {
     let mut path: Vec<String> = frames
         .iter()
-        .map(|frame| match frame {
-            Frame::Object { current, .. } => current.as_deref().unwrap_or_default().to_owned(),
-            Frame::Array { index } => index.to_string(),
+        .map(|frame| {
+            if frame.object {
+                keys.keys
+                    .get(frame.current)
+                    .map(|(_, name)| name.to_string())
+                    .unwrap_or_default()
+            } else {
+                frame.index.to_string()
+            }
         })
         .collect();
     path.push(key.to_owned());
@@ -389,7 +416,8 @@ fn scan(text: &str) -> Scan {
     let mut lone_surrogate = false;
     let mut nul = false;
     let mut low_surrogate_at = usize::MAX;
-    let mut frames: Vec<Frame<'_>> = Vec::new();
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut keys = Keys::default();
     let mut key_start: Option<usize> = None;
     let mut duplicate_key = None;
     let bytes = text.as_bytes();
@@ -433,12 +461,11 @@ fn scan(text: &str) -> Scan {
                             Cow::Borrowed(raw)
                         };
                         let last = frames.len().saturating_sub(1);
-                        let (outer, top) = frames.split_at_mut(last);
-                        if let Some(Frame::Object { keys, current, .. }) = top.last_mut() {
-                            if keys.insert(key.clone()) {
-                                *current = Some(key);
+                        if let Some(frame) = frames.get_mut(last).filter(|frame| frame.object) {
+                            if keys.insert(frame.start, key.clone()) {
+                                frame.current = keys.keys.len() - 1;
                             } else {
-                                duplicate_key = Some(path_to(outer, &key));
+                                duplicate_key = Some(path_to(&frames[..last], &keys, &key));
                             }
                         }
                     }
@@ -450,10 +477,11 @@ fn scan(text: &str) -> Scan {
         match byte {
             b'"' => {
                 in_string = true;
-                if let Some(Frame::Object { expecting_key, .. }) = frames.last_mut()
-                    && *expecting_key
+                if let Some(frame) = frames.last_mut()
+                    && frame.object
+                    && frame.expecting_key
                 {
-                    *expecting_key = false;
+                    frame.expecting_key = false;
                     key_start = Some(at + 1);
                 }
             }
@@ -461,28 +489,32 @@ fn scan(text: &str) -> Scan {
                 depth += 1;
                 deepest = deepest.max(depth);
                 if depth <= MAX_PAYLOAD_DEPTH + 1 {
-                    frames.push(if byte == b'{' {
-                        Frame::Object {
-                            keys: Keys::Few(Vec::new()),
-                            current: None,
-                            expecting_key: true,
-                        }
-                    } else {
-                        Frame::Array { index: 0 }
+                    frames.push(Frame {
+                        object: byte == b'{',
+                        start: keys.keys.len(),
+                        current: usize::MAX,
+                        expecting_key: true,
+                        index: 0,
                     });
                 }
             }
             b'}' | b']' => {
-                if depth <= MAX_PAYLOAD_DEPTH + 1 {
-                    frames.pop();
+                if depth <= MAX_PAYLOAD_DEPTH + 1
+                    && let Some(frame) = frames.pop()
+                {
+                    keys.close(frame.start);
                 }
                 depth = depth.saturating_sub(1);
             }
-            b',' => match frames.last_mut() {
-                Some(Frame::Object { expecting_key, .. }) => *expecting_key = true,
-                Some(Frame::Array { index }) => *index += 1,
-                None => {}
-            },
+            b',' => {
+                if let Some(frame) = frames.last_mut() {
+                    if frame.object {
+                        frame.expecting_key = true;
+                    } else {
+                        frame.index += 1;
+                    }
+                }
+            }
             b'0'..=b'9' | b'-'
                 if at == 0
                     || !matches!(

@@ -42,6 +42,8 @@ pub struct ApiConfig {
     pub nats_enabled: bool,
     /// The most destinations a tenant may have.
     pub max_destinations_per_tenant: usize,
+    /// A search page ends before the event that would take it past this many bytes.
+    pub search_max_page_bytes: usize,
     /// Seals webhook signing secrets before they are stored.
     pub secrets: Arc<SecretCipher>,
     /// The Segment endpoints' size limits.
@@ -56,6 +58,9 @@ pub struct SegmentLimits {
     /// Counted after decompression.
     pub max_batch_bytes: usize,
 }
+
+/// How many searches are served at once.
+const SEARCHES_AT_ONCE: usize = 16;
 
 /// Renders the process's metrics in Prometheus text format.
 #[derive(Clone)]
@@ -81,6 +86,9 @@ pub struct AppState {
     pub metrics: MetricsRender,
     pub tenant_labels: Arc<observe::TenantLabels>,
     in_flight: v1::idempotency::InFlightKeys,
+    /// Searches served at once (each may hold a page of up to `search_max_page_bytes`):
+    /// more wait their turn, so concurrent large reads cannot take the memory.
+    search_turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -103,6 +111,7 @@ impl AppState {
             metrics,
             tenant_labels: Arc::new(observe::TenantLabels::new(100)),
             in_flight: Default::default(),
+            search_turns: Arc::new(tokio::sync::Semaphore::new(SEARCHES_AT_ONCE)),
         }
     }
 }

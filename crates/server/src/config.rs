@@ -48,6 +48,7 @@ pub mod defaults {
     pub const DELIVERY_RETRY_BASE_MS: u64 = 1_000;
     pub const DELIVERY_BATCH_MAX_BYTES: u64 = 1024 * 1024;
     pub const MAX_DESTINATIONS_PER_TENANT: usize = 100;
+    pub const SEARCH_MAX_PAGE_BYTES: u64 = 8 * 1024 * 1024;
     pub const DELIVERY_BREAKER_COOL_DOWN_MS: u64 = 30_000;
     pub const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
     pub const BODY_LIMIT_BYTES: usize = 10 * 1024 * 1024;
@@ -119,6 +120,14 @@ pub struct ServeConfig {
         default_value_t = defaults::DELIVERY_BATCH_MAX_BYTES
     )]
     pub delivery_batch_max_bytes: u64,
+    /// The most bytes of events in one page of search results: a page ends before the event
+    /// that would pass it (it always holds one), and `next_cursor` goes on from there.
+    #[arg(
+        long,
+        env = "PULSESTREAM_SEARCH_MAX_PAGE_BYTES",
+        default_value_t = defaults::SEARCH_MAX_PAGE_BYTES
+    )]
+    pub search_max_page_bytes: u64,
     /// The most destinations one tenant may have (a create beyond it gets 422). Each costs a
     /// worker task, and a connection for brokers and databases.
     #[arg(
@@ -207,6 +216,7 @@ impl ServeConfig {
             delivery_retry_base_ms: defaults::DELIVERY_RETRY_BASE_MS,
             delivery_batch_max_bytes: defaults::DELIVERY_BATCH_MAX_BYTES,
             max_destinations_per_tenant: defaults::MAX_DESTINATIONS_PER_TENANT,
+            search_max_page_bytes: defaults::SEARCH_MAX_PAGE_BYTES,
             delivery_breaker_cool_down_ms: defaults::DELIVERY_BREAKER_COOL_DOWN_MS,
             webhook_timeout_ms: defaults::WEBHOOK_TIMEOUT_MS,
             admin_token: None,

@@ -69,6 +69,8 @@ impl Server {
             allow_private_destinations: config.allow_private_destinations,
             nats_enabled: config.nats_url.is_some(),
             max_destinations_per_tenant: config.max_destinations_per_tenant,
+            search_max_page_bytes: usize::try_from(config.search_max_page_bytes)
+                .unwrap_or(usize::MAX),
             secrets: secrets.clone(),
             segment: SegmentLimits {
                 max_message_bytes: config.segment_max_message_bytes,

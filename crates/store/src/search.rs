@@ -54,8 +54,17 @@ pub struct SearchQuery {
     /// Full text over the payload's strings: every term must appear, case-insensitively.
     pub text: Option<String>,
     pub limit: usize,
+    /// A page ends before the event that would take its events' JSON past this many bytes
+    /// (it always holds one event); 0 means no byte limit.
+    pub max_bytes: usize,
     pub cursor: Option<Cursor>,
     pub order: Order,
+}
+
+/// Whether an event of `len` bytes would take a page of `bytes` past the query's byte limit
+/// (never for the page's first event).
+pub(crate) fn over_bytes<T>(query: &SearchQuery, bytes: usize, len: usize, page: &[T]) -> bool {
+    query.max_bytes > 0 && !page.is_empty() && bytes.saturating_add(len) > query.max_bytes
 }
 
 /// The fields of a stored event's JSON that filters look at.

@@ -257,7 +257,13 @@ pub async fn list_events(
     AuthTenant(tenant): AuthTenant,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let query = parse_search(params)?;
+    let mut query = parse_search(params)?;
+    query.max_bytes = app.config.search_max_page_bytes;
+    let _turn = app
+        .search_turns
+        .acquire()
+        .await
+        .map_err(ApiError::internal)?;
     let page = app.events.search(tenant.id, query).await?;
     let mut json = Vec::with_capacity(
         page.events

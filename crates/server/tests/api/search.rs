@@ -281,3 +281,39 @@ async fn bounds_and_numbers_at_the_edge_of_precision_match_as_the_filters_say() 
         0
     );
 }
+
+#[tokio::test]
+async fn a_page_of_large_events_is_capped_by_bytes_and_the_cursor_goes_on() {
+    let app = TestApp::spawn_with(|config| config.search_max_page_bytes = 1_000_000).await;
+    let tenant = app.create_tenant().await;
+    let events: Vec<Value> = (0..10)
+        .map(|i| {
+            event(
+                &format!("big-{i}"),
+                "big",
+                json!({"blob": "x".repeat(300_000)}),
+            )
+        })
+        .collect();
+    assert_eq!(
+        app.post_batch(&tenant, &events).await.status(),
+        StatusCode::OK
+    );
+    let mut seen = std::collections::HashSet::new();
+    let mut query = "limit=1000".to_owned();
+    loop {
+        let response = app.search_raw(&tenant, &query).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.bytes().await.unwrap();
+        assert!(bytes.len() < 1_100_000, "a body of {} bytes", bytes.len());
+        let page: Value = serde_json::from_slice(&bytes).unwrap();
+        for event in page["events"].as_array().unwrap() {
+            assert!(seen.insert(event["event_id"].as_str().unwrap().to_owned()));
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=1000&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 10);
+}

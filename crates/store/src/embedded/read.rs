@@ -12,6 +12,7 @@ use pulsestream_core::{EventId, TenantId};
 
 use super::Keyspaces;
 use super::keys::{self, TenantNo};
+use crate::search::over_bytes;
 use crate::{Cursor, Order, SearchPage, SearchQuery, StoreError, StoredEvent, event_matches};
 
 type Candidates = Box<dyn Iterator<Item = Result<EventId, StoreError>>>;
@@ -76,6 +77,7 @@ pub(crate) fn search(
 
     let mut events = Vec::with_capacity(query.limit.min(1_000));
     let mut more = false;
+    let mut bytes = 0usize;
     for candidate in candidates {
         let id = candidate?;
         if !within(query, id) {
@@ -89,10 +91,11 @@ pub(crate) fn search(
         if !event_matches(&stored.json, query) {
             continue;
         }
-        if events.len() == query.limit {
+        if events.len() == query.limit || over_bytes(query, bytes, stored.json.len(), &events) {
             more = true;
             break;
         }
+        bytes += stored.json.len();
         events.push(stored);
     }
     Ok(SearchPage::new(events, more))

@@ -15,6 +15,7 @@ use tokio_postgres::types::ToSql;
 use super::{Db, pg_error};
 use crate::event_matches;
 use crate::record::{micros_ceil, micros_of};
+use crate::search::over_bytes;
 use crate::{Cursor, Order, PayloadFilter, SearchPage, SearchQuery, StoreError, StoredEvent};
 
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -28,6 +29,7 @@ pub(super) async fn search(
     let chunk = (query.limit + 1).clamp(100, 1_001) as i64;
     let mut events = Vec::with_capacity(query.limit.min(1_000));
     let mut more = false;
+    let mut bytes = 0usize;
     let mut after = query.cursor.map(|Cursor(id)| id);
     'pages: loop {
         let (sql, params) = candidates_sql(tenant, query, after, chunk);
@@ -39,15 +41,29 @@ pub(super) async fn search(
         let exhausted = (rows.len() as i64) < chunk;
         for row in rows {
             let id = EventId(row.get(0));
-            let body: String = row.get(1);
             after = Some(id);
-            if !event_matches(body.as_bytes(), query) {
-                continue;
-            }
-            if events.len() == query.limit {
+            let len = row.get::<_, i32>(2).max(0) as usize;
+            // A large body is left out of the chunk (a chunk of them could be gigabytes) and
+            // read alone, once it is known to fit the page.
+            if events.len() == query.limit || over_bytes(query, bytes, len, &events) {
                 more = true;
                 break 'pages;
             }
+            let body: String = match row.get::<_, Option<String>>(1) {
+                Some(body) => body,
+                None => client
+                    .query_one(
+                        "SELECT body FROM events WHERE tenant_id = $1 AND id = $2",
+                        &[&tenant.0, &id.0],
+                    )
+                    .await
+                    .map_err(pg_error)?
+                    .get(0),
+            };
+            if !event_matches(body.as_bytes(), query) {
+                continue;
+            }
+            bytes += body.len();
             events.push(StoredEvent {
                 id,
                 json: body.into_bytes(),
@@ -61,13 +77,19 @@ pub(super) async fn search(
 }
 
 /// Builds the candidate query: one page of ids past `after`, in the query's order.
+/// Bodies up to this size come with the candidates; larger ones are read one at a time.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
+
 fn candidates_sql(
     tenant: TenantId,
     query: &SearchQuery,
     after: Option<EventId>,
     chunk: i64,
 ) -> (String, Vec<Param>) {
-    let mut sql = String::from("SELECT id, body FROM events WHERE tenant_id = $1");
+    let mut sql = format!(
+        "SELECT id, CASE WHEN octet_length(body) <= {INLINE_BODY_BYTES} THEN body END, \
+         octet_length(body) FROM events WHERE tenant_id = $1"
+    );
     let mut params: Vec<Param> = vec![Box::new(tenant.0)];
     let mut push = |sql: &mut String, condition: &str, param: Param| {
         params.push(param);

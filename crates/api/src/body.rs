@@ -56,7 +56,7 @@ pub async fn read_text_body(
         }
     })?;
     let bytes = decode(&raw.to_bytes(), &encoding, limit)?;
-    let text = String::from_utf8(bytes).map_err(|err| {
+    let mut text = String::from_utf8(bytes).map_err(|err| {
         ApiError::bad_request(
             "invalid_utf8",
             format!(
@@ -65,6 +65,11 @@ pub async fn read_text_body(
             ),
         )
     })?;
+    // A byte-order mark (what some editors put at the start of a file saved as UTF-8) is not
+    // part of the JSON: dropped, once, at the start of the body.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
     Ok(TextBody { format, text })
 }
 

@@ -66,6 +66,16 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, code, "Malformed request", detail)
     }
 
+    /// 501: a request framing the server does not implement (a transfer coding).
+    pub fn not_implemented(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "Not implemented",
+            detail,
+        )
+    }
+
     /// 401: missing or unknown credentials.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(

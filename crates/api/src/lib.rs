@@ -185,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(move |request, next| {
             observe::time_limit(timeout, request, next)
         }))
+        .layer(axum::middleware::from_fn(observe::framing))
         .layer(axum::middleware::from_fn(observe::observe))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

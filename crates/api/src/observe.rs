@@ -10,10 +10,41 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::header;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use pulsestream_core::TenantId;
 use tracing::Instrument;
+
+use crate::error::ApiError;
+
+/// HTTP/1.1's framing rules that hyper leaves to the application (RFC 9112): exactly one
+/// `Host` (none is allowed only in HTTP/1.0), and no transfer coding but `chunked`, which
+/// hyper decodes (a `gzip, chunked` body would otherwise be read as plain text).
+pub async fn framing(request: Request, next: Next) -> Response {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    let needs_host = request.version() == axum::http::Version::HTTP_11;
+    if hosts > 1 || (needs_host && hosts == 0) {
+        return ApiError::bad_request(
+            "bad_host",
+            "an HTTP/1.1 request carries exactly one Host header",
+        )
+        .into_response();
+    }
+    for value in request.headers().get_all(header::TRANSFER_ENCODING) {
+        let codings = value.to_str().unwrap_or("?");
+        if codings
+            .split(',')
+            .any(|coding| !coding.trim().eq_ignore_ascii_case("chunked"))
+        {
+            return ApiError::not_implemented(format!(
+                "Transfer-Encoding {codings:?} is not supported; send chunked, or a Content-Length (compress with Content-Encoding instead)"
+            ))
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
 
 /// What a handler learned about its request, for the log line.
 #[derive(Debug, Clone, Copy, Default)]

@@ -321,6 +321,7 @@ pub fn parse_search(params: Vec<(String, String)>) -> Result<SearchQuery, ApiErr
             msg,
         });
     };
+    let mut seen: Vec<String> = Vec::new();
     for (name, value) in params {
         // No stored string can hold NUL (validation refuses it), and PostgreSQL cannot even
         // compare with it: say so rather than answer 503 or nothing.
@@ -332,7 +333,25 @@ pub fn parse_search(params: Vec<(String, String)>) -> Result<SearchQuery, ApiErr
             );
             continue;
         }
+        // Percent-encoding that is not UTF-8 arrives as U+FFFD: no stored text was sent so.
+        if value.contains('\u{fffd}') {
+            bad(&name, "string_unicode", "is not valid UTF-8".into());
+            continue;
+        }
+        // One value each, except the repeatable ones: a second `limit` is a mistake to
+        // report, not a value to pick.
+        let repeatable = name == "event_type" || name.starts_with("payload.");
+        if !repeatable {
+            if seen.contains(&name) {
+                bad(&name, "repeated", "is given more than once".into());
+                continue;
+            }
+            seen.push(name.clone());
+        }
         match name.as_str() {
+            "event_id" if value.is_empty() => {
+                bad(&name, "string_too_short", "must not be empty".into());
+            }
             "event_id" => query.event_id = Some(value),
             "event_type" => query.event_types.push(value),
             "source" => query.source = Some(value),

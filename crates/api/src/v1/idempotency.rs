@@ -113,9 +113,16 @@ async fn finished(
 
 /// Reads `Idempotency-Key`, bare or as a quoted string.
 fn parse_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "bad_idempotency_key",
+            "send one Idempotency-Key header, not several",
+        ));
+    }
     let bad = || {
         ApiError::bad_request(
             "bad_idempotency_key",
@@ -132,7 +139,11 @@ fn parse_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         Some(inner) => inner,
         None => text,
     };
-    if key.is_empty() || key.chars().count() > MAX_KEY_CHARS {
+    // Visible ASCII only: a tab or space inside a key is refused, not stored.
+    if key.is_empty()
+        || key.len() > MAX_KEY_CHARS
+        || !key.bytes().all(|byte| byte.is_ascii_graphic())
+    {
         return Err(bad());
     }
     Ok(Some(key.to_owned()))

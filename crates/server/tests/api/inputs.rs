@@ -611,3 +611,126 @@ async fn every_endpoint_with_a_body_reads_gzip_and_zstd_and_refuses_other_encodi
     .await;
     assert_eq!(listed["destinations"].as_array().unwrap().len(), 1);
 }
+
+/// Sends raw bytes to the server and returns the status line of its answer.
+async fn raw_status(app: &TestApp, request: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    socket
+        .write_all(request.replace("{host}", &address).as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..read])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn request_framing_follows_rfc_9112() {
+    let app = TestApp::spawn().await;
+    for (what, request, status) in [
+        (
+            "two Host headers",
+            "GET /healthz HTTP/1.1\r\nhost: {host}\r\nhost: example.com\r\n\r\n",
+            "400",
+        ),
+        (
+            "no Host in HTTP/1.1",
+            "GET /healthz HTTP/1.1\r\n\r\n",
+            "400",
+        ),
+        (
+            "no Host in HTTP/1.0",
+            "GET /healthz HTTP/1.0\r\n\r\n",
+            "200",
+        ),
+        (
+            "a transfer coding besides chunked",
+            "POST /v1/events HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+            "501",
+        ),
+        (
+            "plain chunked",
+            "GET /healthz HTTP/1.1\r\nhost: {host}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "200",
+        ),
+    ] {
+        let line = raw_status(&app, request.to_owned()).await;
+        assert!(
+            line.split(' ').nth(1) == Some(status),
+            "{what}: {line:?}, expected {status}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_search_parameters_and_byte_order_marks_are_read_strictly() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let send = |keys: Vec<&'static str>| {
+        let (app, tenant) = (&app, &tenant);
+        async move {
+            let mut request = app
+                .client
+                .post(app.url("/v1/events"))
+                .bearer_auth(&tenant.api_key)
+                .json(&json!({"event_type": "t"}));
+            for key in keys {
+                request = request.header("idempotency-key", key);
+            }
+            request.send().await.unwrap().status()
+        }
+    };
+    assert_eq!(send(vec!["one", "two"]).await, StatusCode::BAD_REQUEST);
+    assert_eq!(send(vec!["a\tb"]).await, StatusCode::BAD_REQUEST);
+    assert_eq!(send(vec!["fine-key"]).await, StatusCode::CREATED);
+
+    for (query, name) in [
+        ("event_id=", "event_id"),
+        ("limit=1&limit=2", "limit"),
+        ("q=%FF%FE", "q"),
+    ] {
+        let response = app.search_raw(&tenant, query).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}"
+        );
+        let problem = body(response).await;
+        assert_eq!(
+            problem["errors"][0]["loc"],
+            json!(["query", name]),
+            "{query}"
+        );
+    }
+    // Repeatable ones stay repeatable.
+    let response = app
+        .search_raw(&tenant, "event_type=a&event_type=t&payload.x=1&payload.x=1")
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // A byte-order mark at the start of a body (an editor's) is not an error.
+    let response = app
+        .post_raw(
+            &tenant,
+            "/v1/events/batch",
+            "application/x-ndjson",
+            "\u{feff}{\"event_type\": \"bom\"}\n{\"event_type\": \"bom\"}\n"
+                .as_bytes()
+                .to_vec(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -65,6 +65,10 @@ async fn api_keys_admin_tokens_and_webhook_secrets_never_reach_the_logs() {
         log.contains("pulsestream is listening") && log.contains("/v1/destinations"),
         "the log was captured: {log}"
     );
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log written to a file carries no terminal colour codes"
+    );
     for (what, credential) in [
         ("the API key", tenant.api_key.as_str()),
         ("a wrong API key", wrong_key.as_str()),

@@ -14,7 +14,13 @@ use crate::ids::{DestinationId, TenantId};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DestinationKind {
     /// HTTP POST of a batch of events, signed the Standard Webhooks way.
-    Webhook { url: String },
+    Webhook {
+        /// The URL, without its password when it has one (then `sealed_url` holds it whole).
+        url: String,
+        /// A URL with credentials (`https://user:pass@host/`), sealed with the server's key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sealed_url: Option<String>,
+    },
     /// Publish to a NATS JetStream subject, one message per event.
     Nats { subject: String },
     /// Publish to a RabbitMQ exchange (AMQP 0-9-1), one persistent message per event,

@@ -181,13 +181,25 @@ fn batch_body(deliveries: &[Delivery]) -> Vec<u8> {
 #[async_trait]
 impl Sink for WebhookSink {
     async fn send(&self, destination: &Destination, deliveries: &[Delivery]) -> SendOutcome {
-        let DestinationKind::Webhook { url } = &destination.kind else {
+        let DestinationKind::Webhook { url, sealed_url } = &destination.kind else {
             return SendOutcome::Failed {
                 error: "not a webhook destination".into(),
                 retry_after: None,
             };
         };
-        let url = match reqwest::Url::parse(url) {
+        let url = match sealed_url {
+            Some(sealed) => match self.secrets.open(sealed, destination.id.as_bytes()) {
+                Ok(url) => url.into_owned(),
+                Err(err) => {
+                    return SendOutcome::Failed {
+                        error: format!("the destination's URL cannot be read: {err}"),
+                        retry_after: None,
+                    };
+                }
+            },
+            None => url.clone(),
+        };
+        let url = match reqwest::Url::parse(&url) {
             Ok(url) => url,
             Err(_) => {
                 return SendOutcome::Failed {

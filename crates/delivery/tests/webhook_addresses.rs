@@ -48,7 +48,10 @@ fn webhook(url: String) -> Destination {
     Destination {
         id: DestinationId::random(),
         tenant: TenantId::random(),
-        kind: DestinationKind::Webhook { url },
+        kind: DestinationKind::Webhook {
+            url,
+            sealed_url: None,
+        },
         event_types: Vec::new(),
         max_attempts: 3,
         secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),

@@ -182,6 +182,7 @@ fn webhook(tenant: TenantId, event_types: &[&str], max_attempts: u32) -> Destina
         tenant,
         kind: DestinationKind::Webhook {
             url: "https://example.com/hook".into(),
+            sealed_url: None,
         },
         event_types: event_types.iter().map(|t| (*t).to_owned()).collect(),
         max_attempts,

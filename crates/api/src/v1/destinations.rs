@@ -121,8 +121,22 @@ pub async fn create(
             let url = request
                 .url
                 .ok_or_else(|| field_error("url", "missing", "a webhook needs a url"))?;
-            check_url(&url, &["http", "https"], allow_private).await?;
-            DestinationKind::Webhook { url }
+            let shown = check_url(&url, &["http", "https"], allow_private).await?;
+            // Credentials in the URL are a secret like the signing secret: sealed, and the
+            // URL shown (and stored in clear) without its password.
+            let has_password =
+                url::Url::parse(&url).is_ok_and(|parsed| parsed.password().is_some());
+            if has_password {
+                DestinationKind::Webhook {
+                    url: shown,
+                    sealed_url: Some(seal(&url)?),
+                }
+            } else {
+                DestinationKind::Webhook {
+                    url,
+                    sealed_url: None,
+                }
+            }
         }
         "nats" => {
             let subject = request.subject.ok_or_else(|| {
@@ -542,7 +556,7 @@ fn view(destination: &Destination) -> Value {
         "created_at": format_timestamp(destination.created_at),
     });
     match &destination.kind {
-        DestinationKind::Webhook { url } => {
+        DestinationKind::Webhook { url, .. } => {
             view["kind"] = "webhook".into();
             view["url"] = url.clone().into();
         }

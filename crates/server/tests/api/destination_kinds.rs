@@ -779,3 +779,39 @@ async fn broker_and_database_addresses_are_checked_and_their_urls_kept_sealed() 
         "{record}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_a_webhook_url_are_sealed_and_not_shown_but_still_sent() {
+    let mut app = delivering_app().await;
+    let tenant = app.create_tenant().await;
+    let receiver = Receiver::start(Behaviour::Accept).await;
+    let with_credentials = receiver
+        .url
+        .replace("http://", "http://hook-user:hook-pass-7f3e@");
+    let created = create_destination(
+        &app,
+        &tenant,
+        json!({"kind": "webhook", "url": with_credentials}),
+    )
+    .await;
+    let shown = created["url"].as_str().unwrap().to_owned();
+    assert!(!shown.contains("hook-pass-7f3e"), "{shown}");
+    assert!(shown.contains("hook-user@"), "{shown}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(destination(&app, &tenant, &id).await["url"], shown.as_str());
+    send_one(&app, &tenant, event("cred-1", "t", json!({}))).await;
+    wait_until("the event is delivered", PATIENCE, || async {
+        receiver.delivered_events().len() == 1
+    })
+    .await;
+    // The receiver got the credentials (Basic auth from the sealed URL).
+    let request = &receiver.received()[0];
+    let authorization = request.headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(authorization.starts_with("Basic "), "{authorization}");
+    app.stop().await;
+    let records = stored_destination_records(app.store()).await;
+    assert!(!records[0].contains("hook-pass-7f3e"), "{}", records[0]);
+}

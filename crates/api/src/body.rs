@@ -116,6 +116,14 @@ fn decode(raw: &[u8], encoding: &Encoding, limit: usize) -> Result<Vec<u8>, ApiE
             let decoder = ruzstd::decoding::StreamingDecoder::new(raw).map_err(|err| {
                 ApiError::bad_request("bad_encoding", format!("the zstd body is corrupt: {err}"))
             })?;
+            // A frame that declares more than the limit is refused before any of it is read.
+            let declared = decoder.decoder.content_size();
+            if declared > limit as u64 {
+                return Err(too_large(
+                    limit,
+                    &format!("a zstd frame that declares {declared} bytes"),
+                ));
+            }
             decompress(decoder, limit, "zstd")
         }
     }

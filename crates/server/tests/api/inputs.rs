@@ -734,3 +734,32 @@ async fn idempotency_keys_search_parameters_and_byte_order_marks_are_read_strict
         .await;
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_zstd_frame_that_declares_more_than_the_limit_is_refused_unread() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    // Magic number; a header with an 8-byte content size and one segment; 1 TiB declared;
+    // then one empty raw block, the last.
+    let mut frame = vec![0x28, 0xB5, 0x2F, 0xFD, 0xE0];
+    frame.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    frame.extend_from_slice(&[0x01, 0x00, 0x00]);
+    let response = app
+        .client
+        .post(app.url("/v1/events"))
+        .bearer_auth(&tenant.api_key)
+        .header("content-type", "application/json")
+        .header("content-encoding", "zstd")
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let problem = body(response).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("declares 1099511627776 bytes")),
+        "{problem}"
+    );
+}

@@ -189,14 +189,15 @@ fn strip_position(msg: &str) -> String {
 }
 
 /// Returns the timestamp as stored: in UTC years 0000-9999 (RFC 3339 checks only the local
-/// date, so `0000-01-01T00:00:00+01:00` is year -1 in UTC) and truncated to microseconds, the
-/// precision events are ordered and compared at.
+/// date, so `0000-01-01T00:00:00+01:00` is year -1 in UTC), to the nanosecond the client
+/// sent. (Event ids carry it to the microsecond, which orders events; the stored JSON, dedup
+/// and search keep every digit, so `…00.000000001Z` is not `…00Z`.)
 fn storable_timestamp(ts: OffsetDateTime) -> Option<OffsetDateTime> {
     let utc = OffsetDateTime::from_unix_timestamp(ts.unix_timestamp()).ok()?;
     if !(0..=9999).contains(&utc.year()) {
         return None;
     }
-    utc.replace_nanosecond(ts.nanosecond() / 1_000 * 1_000).ok()
+    utc.replace_nanosecond(ts.nanosecond()).ok()
 }
 
 /// Parses an RFC 3339 date-time.
@@ -706,7 +707,7 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_outside_utc_years_0_to_9999_are_refused_and_others_kept_to_the_microsecond() {
+    fn timestamps_outside_utc_years_0_to_9999_are_refused_and_others_kept_to_the_nanosecond() {
         for ts in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"] {
             let json = format!(r#"{{"event_type":"t","timestamp":"{ts}"}}"#);
             assert_eq!(
@@ -718,7 +719,7 @@ mod tests {
         let event =
             NewEvent::from_json(r#"{"event_type":"t","timestamp":"2025-10-02T12:00:00.1234567Z"}"#)
                 .unwrap();
-        assert_eq!(event.timestamp.unwrap().nanosecond(), 123_456_000);
+        assert_eq!(event.timestamp.unwrap().nanosecond(), 123_456_700);
     }
 
     #[test]

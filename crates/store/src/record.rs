@@ -54,7 +54,8 @@ impl IdGen {
 }
 
 /// Writes the event's JSON exactly as the API returns it.
-/// The timestamp is the one the id carries (the client's, or the receipt time).
+/// The timestamp is the client's, to the nanosecond it sent (the id carries it to the
+/// microsecond), or else the receipt time the id carries.
 pub(crate) fn write_event_json(
     json: &mut Vec<u8>,
     id: EventId,
@@ -62,9 +63,13 @@ pub(crate) fn write_event_json(
     event_id: &str,
     received_at: &str,
 ) -> Result<(), StoreError> {
-    let timestamp =
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(id.timestamp_micros()) * 1_000)
-            .map_err(|err| StoreError::Corrupt(format!("event id timestamp: {err}")))?;
+    let timestamp = match event.timestamp {
+        Some(sent) => sent,
+        None => {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(id.timestamp_micros()) * 1_000)
+                .map_err(|err| StoreError::Corrupt(format!("event id timestamp: {err}")))?
+        }
+    };
     let timestamp = pulsestream_core::format_timestamp(timestamp);
     let encode = |json: &mut Vec<u8>, text: &str| {
         serde_json::to_writer(json, text).map_err(StoreError::unavailable)

@@ -52,6 +52,7 @@ conformance!(
     an_event_id_is_stored_once_and_a_changed_copy_is_a_conflict,
     copies_in_one_batch_the_first_wins,
     numbers_written_differently_are_the_same_content,
+    timestamps_keep_their_nanoseconds,
     concurrent_copies_are_stored_once,
     an_idempotency_key_replays_its_statuses_and_refuses_another_body,
     events_are_read_back_only_by_their_tenant,
@@ -294,6 +295,42 @@ async fn numbers_written_differently_are_the_same_content(store: &Arc<dyn Store>
             .await,
     );
     assert_eq!(changed, vec![AppendStatus::Conflict(id)]);
+}
+
+async fn timestamps_keep_their_nanoseconds(store: &Arc<dyn Store>) {
+    let tenant = TenantId::random();
+    let fine = append(
+        store,
+        tenant,
+        vec![json!({"event_id": "ns", "event_type": "t",
+                    "timestamp": "2026-01-01T00:00:00.000000001Z"})],
+    )
+    .await;
+    let id = accepted(fine[0]);
+    let stored = store
+        .event(tenant, id)
+        .await
+        .expect("read")
+        .expect("stored");
+    let json: Value = serde_json::from_slice(&stored.json).unwrap();
+    assert_eq!(json["timestamp"], "2026-01-01T00:00:00.000000001Z");
+    // One nanosecond apart is another event, not a retry.
+    let coarse = append(
+        store,
+        tenant,
+        vec![json!({"event_id": "ns", "event_type": "t", "timestamp": "2026-01-01T00:00:00Z"})],
+    )
+    .await;
+    assert_eq!(coarse, vec![AppendStatus::Conflict(id)]);
+    // The same instant in another offset is the same event.
+    let again = append(
+        store,
+        tenant,
+        vec![json!({"event_id": "ns", "event_type": "t",
+                    "timestamp": "2026-01-01T01:00:00.000000001+01:00"})],
+    )
+    .await;
+    assert_eq!(again, vec![AppendStatus::Duplicate(id)]);
 }
 
 async fn copies_in_one_batch_the_first_wins(store: &Arc<dyn Store>) {

@@ -45,17 +45,8 @@ pub async fn read_text_body(
     {
         return Err(too_large(limit, &format!("{length} bytes")));
     }
-    let raw = Limited::new(body, limit).collect().await.map_err(|err| {
-        if err
-            .downcast_ref::<http_body_util::LengthLimitError>()
-            .is_some()
-        {
-            too_large(limit, "more than that")
-        } else {
-            ApiError::bad_request("body_read", "the request body could not be read to its end")
-        }
-    })?;
-    let bytes = decode(&raw.to_bytes(), &encoding, limit)?;
+    let raw = collect(body, limit).await?;
+    let bytes = decode(&raw, &encoding, limit)?;
     let mut text = String::from_utf8(bytes).map_err(|err| {
         ApiError::bad_request(
             "invalid_utf8",
@@ -92,7 +83,16 @@ pub async fn decode_content(
         return Ok(request);
     }
     let (mut parts, body) = request.into_parts();
-    let raw = Limited::new(body, limit).collect().await.map_err(|err| {
+    let raw = collect(body, limit).await?;
+    let bytes = decode(&raw, &encoding, limit)?;
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// Reads a body to its end, at most `limit` bytes as sent.
+async fn collect(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    let collected = Limited::new(body, limit).collect().await.map_err(|err| {
         if err
             .downcast_ref::<http_body_util::LengthLimitError>()
             .is_some()
@@ -102,10 +102,7 @@ pub async fn decode_content(
             ApiError::bad_request("body_read", "the request body could not be read to its end")
         }
     })?;
-    let bytes = decode(&raw.to_bytes(), &encoding, limit)?;
-    parts.headers.remove(header::CONTENT_ENCODING);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Ok(axum::extract::Request::from_parts(parts, Body::from(bytes)))
+    Ok(collected.to_bytes())
 }
 
 fn decode(raw: &[u8], encoding: &Encoding, limit: usize) -> Result<Vec<u8>, ApiError> {

@@ -8,6 +8,7 @@
 //! id, which every message carries (`message_id` in AMQP, the JSON's `id` everywhere).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +91,53 @@ impl<T> Default for Links<T> {
     }
 }
 
+/// A connection a sink keeps for a destination.
+#[async_trait]
+pub(crate) trait Link: Send + Sized {
+    /// Whether it can still be used (a link that broke is replaced before a send).
+    fn alive(&self) -> bool;
+
+    /// Ends it after a failed send, so the next send starts clean.
+    async fn close(self) {}
+}
+
+impl<T: Link> Links<T> {
+    /// Sends through the destination's link, connecting first when there is none (or it
+    /// broke). A link that sent is kept; one that failed is closed and dropped.
+    pub async fn send<C, CF, S, SF>(
+        &self,
+        destination: DestinationId,
+        connect: C,
+        send: S,
+    ) -> SendOutcome
+    where
+        C: FnOnce() -> CF,
+        CF: Future<Output = Result<T, SendOutcome>>,
+        S: FnOnce(T) -> SF,
+        SF: Future<Output = (T, Result<(), SendOutcome>)>,
+    {
+        let slot = self.slot(destination);
+        let mut slot = slot.lock().await;
+        let link = match slot.take() {
+            Some((link, _)) if link.alive() => link,
+            _ => match connect().await {
+                Ok(link) => link,
+                Err(outcome) => return outcome,
+            },
+        };
+        match send(link).await {
+            (link, Ok(())) => {
+                *slot = Some((link, Instant::now()));
+                SendOutcome::Delivered
+            }
+            (link, Err(outcome)) => {
+                link.close().await;
+                outcome
+            }
+        }
+    }
+}
+
 impl<T> Links<T> {
     /// The slot of a destination's link; drops slots idle for long (their link closes).
     pub fn slot(&self, destination: DestinationId) -> Slot<T> {
@@ -147,6 +195,22 @@ pub(crate) async fn connect_address(
 pub(crate) struct AmqpLink {
     connection: Connection,
     channel: Channel,
+}
+
+#[async_trait]
+impl Link for AmqpLink {
+    fn alive(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    async fn close(self) {
+        // A channel that saw an error may be closed already; do not wait long on it.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.connection.close(200, "".into()),
+        )
+        .await;
+    }
 }
 
 /// Publishes to RabbitMQ: one persistent message per event, `message_id` the event's id,
@@ -272,35 +336,16 @@ impl Sink for AmqpSink {
         else {
             return failed("not an AMQP destination");
         };
-        let slot = self.links.slot(destination.id);
-        let mut slot = slot.lock().await;
-        if slot.as_ref().is_some_and(|(link, _)| {
-            !link.connection.status().connected() || !link.channel.status().connected()
-        }) {
-            *slot = None;
-        }
-        let link = match slot.take() {
-            Some((link, _)) => link,
-            None => match self.connect(destination, connection).await {
-                Ok(link) => link,
-                Err(outcome) => return outcome,
-            },
-        };
-        match self.publish(&link, exchange, routing_key, deliveries).await {
-            Ok(()) => {
-                *slot = Some((link, Instant::now()));
-                SendOutcome::Delivered
-            }
-            Err(outcome) => {
-                // Start clean next time: a channel that saw an error may be closed.
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    link.connection.close(200, "".into()),
-                )
-                .await;
-                outcome
-            }
-        }
+        self.links
+            .send(
+                destination.id,
+                || self.connect(destination, connection),
+                |link| async move {
+                    let sent = self.publish(&link, exchange, routing_key, deliveries).await;
+                    (link, sent)
+                },
+            )
+            .await
     }
 }
 
@@ -323,6 +368,12 @@ pub(crate) struct MqttLink {
 impl Drop for MqttLink {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl Link for MqttLink {
+    fn alive(&self) -> bool {
+        !self.task.is_finished()
     }
 }
 
@@ -479,22 +530,16 @@ impl Sink for MqttSink {
         else {
             return failed("not an MQTT destination");
         };
-        let slot = self.links.slot(destination.id);
-        let mut slot = slot.lock().await;
-        let mut link = match slot.take() {
-            Some((link, _)) if !link.task.is_finished() => link,
-            _ => match self.connect(destination, connection).await {
-                Ok(link) => link,
-                Err(outcome) => return outcome,
-            },
-        };
-        match self.publish(&mut link, topic, deliveries).await {
-            Ok(()) => {
-                *slot = Some((link, Instant::now()));
-                SendOutcome::Delivered
-            }
-            // Dropping the link stops its event loop; the next send connects afresh.
-            Err(outcome) => outcome,
-        }
+        self.links
+            .send(
+                destination.id,
+                || self.connect(destination, connection),
+                |mut link| async move {
+                    let sent = self.publish(&mut link, topic, deliveries).await;
+                    // A failed link is dropped: that stops its event loop.
+                    (link, sent)
+                },
+            )
+            .await
     }
 }

@@ -8,7 +8,7 @@
 //! column.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pulsestream_core::secret::SecretCipher;
@@ -16,7 +16,7 @@ use pulsestream_core::{Destination, DestinationKind, TableColumns, parse_timesta
 use pulsestream_store::Delivery;
 use tokio_postgres::NoTls;
 
-use crate::brokers::{EventFields, Links, connect_address, failed, open_url};
+use crate::brokers::{EventFields, Link, Links, connect_address, failed, open_url};
 use crate::sink::{SendOutcome, Sink};
 
 /// An open connection and the statement that inserts a batch.
@@ -30,6 +30,12 @@ pub(crate) struct TableLink {
 impl Drop for TableLink {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+impl Link for TableLink {
+    fn alive(&self) -> bool {
+        !self.client.is_closed()
     }
 }
 
@@ -241,25 +247,16 @@ impl Sink for PostgresSink {
         else {
             return failed("not a PostgreSQL destination");
         };
-        let slot = self.links.slot(destination.id);
-        let mut slot = slot.lock().await;
-        let link = match slot.take() {
-            Some((link, _)) if !link.client.is_closed() => link,
-            _ => match self
-                .connect(destination, connection, table, columns, *create_table)
-                .await
-            {
-                Ok(link) => link,
-                Err(outcome) => return outcome,
-            },
-        };
-        match self.insert(&link, columns, deliveries).await {
-            Ok(()) => {
-                *slot = Some((link, Instant::now()));
-                SendOutcome::Delivered
-            }
-            Err(outcome) => outcome,
-        }
+        self.links
+            .send(
+                destination.id,
+                || self.connect(destination, connection, table, columns, *create_table),
+                |link| async move {
+                    let inserted = self.insert(&link, columns, deliveries).await;
+                    (link, inserted)
+                },
+            )
+            .await
     }
 }
 

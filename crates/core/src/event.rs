@@ -733,6 +733,130 @@ mod tests {
         assert_eq!(errors.len(), 1);
     }
 
+    /// A second opinion on duplicate keys: serde's own reading of the JSON, with a set per
+    /// object, against random payloads with few distinct keys (so duplicates are common),
+    /// nesting, arrays and escaped spellings.
+    #[test]
+    fn the_payload_scan_finds_exactly_the_duplicate_keys_serde_finds() {
+        struct Duplicates(bool);
+        impl<'de> serde::Deserialize<'de> for Duplicates {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl<'de> serde::de::Visitor<'de> for Visit {
+                    type Value = Duplicates;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("JSON")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: A,
+                    ) -> Result<Duplicates, A::Error> {
+                        let mut keys = std::collections::HashSet::new();
+                        let mut found = false;
+                        while let Some(key) = map.next_key::<String>()? {
+                            found |= !keys.insert(key);
+                            found |= map.next_value::<Duplicates>()?.0;
+                        }
+                        Ok(Duplicates(found))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut seq: A,
+                    ) -> Result<Duplicates, A::Error> {
+                        let mut found = false;
+                        while let Some(item) = seq.next_element::<Duplicates>()? {
+                            found |= item.0;
+                        }
+                        Ok(Duplicates(found))
+                    }
+                    fn visit_bool<E>(self, _: bool) -> Result<Duplicates, E> {
+                        Ok(Duplicates(false))
+                    }
+                    fn visit_i64<E>(self, _: i64) -> Result<Duplicates, E> {
+                        Ok(Duplicates(false))
+                    }
+                    fn visit_u64<E>(self, _: u64) -> Result<Duplicates, E> {
+                        Ok(Duplicates(false))
+                    }
+                    fn visit_f64<E>(self, _: f64) -> Result<Duplicates, E> {
+                        Ok(Duplicates(false))
+                    }
+                    fn visit_str<E>(self, _: &str) -> Result<Duplicates, E> {
+                        Ok(Duplicates(false))
+                    }
+                    fn visit_unit<E>(self) -> Result<Duplicates, E> {
+                        Ok(Duplicates(false))
+                    }
+                }
+                d.deserialize_any(Visit)
+            }
+        }
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        fn value(next: &mut impl FnMut(u64) -> u64, depth: u32, out: &mut String) {
+            match if depth > 4 { 3 } else { next(5) } {
+                0 | 1 => {
+                    out.push('{');
+                    for i in 0..next(6) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        // Few names, some spelled with an escape: duplicates are common.
+                        out.push_str(
+                            ["\"a\"", "\"b\"", "\"\\u0061\"", "\"a\\\"\"", "\"c\""]
+                                [next(5) as usize],
+                        );
+                        out.push(':');
+                        value(next, depth + 1, out);
+                    }
+                    out.push('}');
+                }
+                2 => {
+                    out.push('[');
+                    for i in 0..next(4) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        value(next, depth + 1, out);
+                    }
+                    out.push(']');
+                }
+                _ => out
+                    .push_str(["1", "\"a\"", "\"{\\\"a\\\":1}\"", "null", "[]"][next(5) as usize]),
+            }
+        }
+        let (mut with, mut without) = (0, 0);
+        for _ in 0..20_000 {
+            let mut payload = String::from("{");
+            for i in 0..next(5) {
+                if i > 0 {
+                    payload.push(',');
+                }
+                payload.push_str(["\"a\"", "\"b\"", "\"\\u0061\""][next(3) as usize]);
+                payload.push(':');
+                value(&mut next, 1, &mut payload);
+            }
+            payload.push('}');
+            let expected = serde_json::from_str::<Duplicates>(&payload).unwrap().0;
+            let found = scan(&payload).duplicate_key.is_some();
+            assert_eq!(found, expected, "{payload}");
+            if expected {
+                with += 1;
+            } else {
+                without += 1;
+            }
+        }
+        assert!(
+            with > 1_000 && without > 1_000,
+            "{with} with, {without} without"
+        );
+    }
+
     #[test]
     fn duplicate_keys_inside_the_payload_are_refused_with_their_path() {
         let loc = |json: &str| -> Option<Vec<String>> {

@@ -292,6 +292,13 @@ impl Problem {
     }
 }
 
+/// The innermost cause of an error: what an operator needs to read.
+pub(crate) fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(err), |err| err.source())
+        .last()
+        .map_or_else(String::new, ToString::to_string)
+}
+
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();

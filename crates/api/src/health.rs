@@ -56,12 +56,7 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     if let Err(err) = app.events.check_ready().await {
         // An operator asks why: the root cause goes into the answer (`reason`) and the log.
-        let mut reason = err.to_string();
-        let mut source = std::error::Error::source(&err);
-        while let Some(cause) = source {
-            reason = cause.to_string();
-            source = cause.source();
-        }
+        let reason = crate::error::root_cause(&err);
         tracing::warn!(reason = %reason, "not ready");
         return Err(
             ApiError::unavailable(format!("not ready: {reason}"), 5).with_field("reason", reason)

@@ -152,42 +152,67 @@ impl<T> Links<T> {
     }
 }
 
-/// Opens a destination's sealed connection URL.
-pub(crate) fn open_url(
-    secrets: &SecretCipher,
-    destination: &Destination,
-    sealed: &str,
-) -> Result<url::Url, SendOutcome> {
-    let text = secrets
-        .open(sealed, destination.id.as_bytes())
-        .map_err(|err| {
-            failed(format!(
-                "the destination's connection URL cannot be read: {err}"
-            ))
-        })?;
-    url::Url::parse(&text).map_err(|_| failed("the destination's connection URL is malformed"))
+/// What every broker and database sink needs to reach a destination: the key that opens its
+/// sealed connection URL, whether private addresses are allowed, and how long to wait.
+#[derive(Debug, Clone)]
+pub(crate) struct Reach {
+    secrets: Arc<SecretCipher>,
+    allow_private: bool,
+    pub timeout: Duration,
 }
 
-/// The address to connect to for `host:port`: unless private addresses are allowed, only a
-/// public one, checked now (the name may resolve elsewhere than when it was created).
-pub(crate) async fn connect_address(
-    host: &str,
-    port: u16,
-    allow_private: bool,
-) -> Result<SocketAddr, SendOutcome> {
-    let host = host.trim_matches(['[', ']']);
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|_| failed(format!("the host {host} does not resolve")))?
-        .collect();
-    addresses
-        .into_iter()
-        .find(|address| allow_private || is_public(address.ip()))
-        .ok_or_else(|| {
-            failed(
-                "the host resolves only to loopback, private or link-local addresses; they are refused unless the server runs with PULSESTREAM_ALLOW_PRIVATE_DESTINATIONS=true",
-            )
-        })
+/// A destination's connection URL, opened, with the address checked for its host.
+pub(crate) struct Endpoint {
+    pub url: url::Url,
+    pub host: String,
+    pub address: SocketAddr,
+}
+
+impl Reach {
+    pub fn new(timeout: Duration, allow_private: bool, secrets: Arc<SecretCipher>) -> Self {
+        Self {
+            secrets,
+            allow_private,
+            timeout,
+        }
+    }
+
+    /// Opens the sealed URL and resolves its host (at `default_port` when the URL names
+    /// none): unless private addresses are allowed, only a public address, checked now (the
+    /// name may resolve elsewhere than when the destination was created).
+    pub async fn endpoint(
+        &self,
+        destination: &Destination,
+        sealed: &str,
+        default_port: fn(&url::Url) -> u16,
+    ) -> Result<Endpoint, SendOutcome> {
+        let text = self
+            .secrets
+            .open(sealed, destination.id.as_bytes())
+            .map_err(|err| {
+                failed(format!(
+                    "the destination's connection URL cannot be read: {err}"
+                ))
+            })?;
+        let url = url::Url::parse(&text)
+            .map_err(|_| failed("the destination's connection URL is malformed"))?;
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let port = url.port().unwrap_or_else(|| default_port(&url));
+        let name = host.trim_matches(['[', ']']);
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
+            .await
+            .map_err(|_| failed(format!("the host {name} does not resolve")))?
+            .collect();
+        let address = addresses
+            .into_iter()
+            .find(|address| self.allow_private || is_public(address.ip()))
+            .ok_or_else(|| {
+                failed(
+                    "the host resolves only to loopback, private or link-local addresses; they are refused unless the server runs with PULSESTREAM_ALLOW_PRIVATE_DESTINATIONS=true",
+                )
+            })?;
+        Ok(Endpoint { url, host, address })
+    }
 }
 
 /// An open AMQP connection with a channel in confirm mode.
@@ -218,18 +243,14 @@ impl Link for AmqpLink {
 #[derive(Debug)]
 pub struct AmqpSink {
     links: Links<AmqpLink>,
-    allow_private: bool,
-    secrets: Arc<SecretCipher>,
-    timeout: Duration,
+    reach: Reach,
 }
 
 impl AmqpSink {
     pub fn new(timeout: Duration, allow_private: bool, secrets: Arc<SecretCipher>) -> Self {
         Self {
             links: Links::default(),
-            allow_private,
-            secrets,
-            timeout,
+            reach: Reach::new(timeout, allow_private, secrets),
         }
     }
 
@@ -238,18 +259,21 @@ impl AmqpSink {
         destination: &Destination,
         sealed: &str,
     ) -> Result<AmqpLink, SendOutcome> {
-        let mut url = open_url(&self.secrets, destination, sealed)?;
-        let tls = url.scheme() == "amqps";
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let port = url.port().unwrap_or(if tls { 5671 } else { 5672 });
-        let address = connect_address(&host, port, self.allow_private).await?;
-        if !tls {
+        let Endpoint {
+            mut url, address, ..
+        } = self
+            .reach
+            .endpoint(destination, sealed, |url| {
+                if url.scheme() == "amqps" { 5671 } else { 5672 }
+            })
+            .await?;
+        if url.scheme() != "amqps" {
             // Connect to the address just checked, not to a name that may resolve again.
             // (With TLS the name must stay, for the certificate.)
             let _ = url.set_ip_host(address.ip());
             let _ = url.set_port(Some(address.port()));
         }
-        let connected = tokio::time::timeout(self.timeout, async {
+        let connected = tokio::time::timeout(self.reach.timeout, async {
             let connection =
                 Connection::connect(url.as_str(), ConnectionProperties::default()).await?;
             let channel = connection.create_channel().await?;
@@ -302,7 +326,7 @@ impl AmqpSink {
             confirms.push(confirm);
         }
         for confirm in confirms {
-            match tokio::time::timeout(self.timeout, confirm).await {
+            match tokio::time::timeout(self.reach.timeout, confirm).await {
                 Ok(Ok(Confirmation::Ack(None))) => {}
                 Ok(Ok(Confirmation::Ack(Some(returned)))) => {
                     return Err(failed(format!(
@@ -381,18 +405,14 @@ impl Link for MqttLink {
 #[derive(Debug)]
 pub struct MqttSink {
     links: Links<MqttLink>,
-    allow_private: bool,
-    secrets: Arc<SecretCipher>,
-    timeout: Duration,
+    reach: Reach,
 }
 
 impl MqttSink {
     pub fn new(timeout: Duration, allow_private: bool, secrets: Arc<SecretCipher>) -> Self {
         Self {
             links: Links::default(),
-            allow_private,
-            secrets,
-            timeout,
+            reach: Reach::new(timeout, allow_private, secrets),
         }
     }
 
@@ -401,11 +421,13 @@ impl MqttSink {
         destination: &Destination,
         sealed: &str,
     ) -> Result<MqttLink, SendOutcome> {
-        let url = open_url(&self.secrets, destination, sealed)?;
+        let Endpoint { url, host, address } = self
+            .reach
+            .endpoint(destination, sealed, |url| {
+                if url.scheme() == "mqtts" { 8883 } else { 1883 }
+            })
+            .await?;
         let tls = url.scheme() == "mqtts";
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
-        let address = connect_address(&host, port, self.allow_private).await?;
         // Unique per connection: two nodes with the same client id would throw each other
         // off the broker.
         let client_id = format!(
@@ -429,7 +451,7 @@ impl MqttSink {
         let (client, mut event_loop) = rumqttc::AsyncClient::new(options, 1_024);
         event_loop
             .network_options
-            .set_connection_timeout(self.timeout.as_secs().max(1));
+            .set_connection_timeout(self.reach.timeout.as_secs().max(1));
         let (tell, news) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             loop {
@@ -476,7 +498,7 @@ impl MqttSink {
                 .await
                 .map_err(|err| failed(format!("MQTT publish failed: {err}")))?;
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = tokio::time::Instant::now() + self.reach.timeout;
         let mut sent = 0;
         let mut waiting: HashSet<u16> = HashSet::new();
         while sent < deliveries.len() || !waiting.is_empty() {

@@ -129,7 +129,6 @@ async fn dispatch(
                         let worker = Worker {
                             cursor: None,
                             last_read: Instant::now(),
-                            busy: false,
                             last_full_scan: Instant::now(),
                             destinations: destinations.clone(),
                             queue: queue.clone(),
@@ -178,8 +177,6 @@ struct Worker {
     cursor: Option<QueuePosition>,
     /// When the destination was last read from the store.
     last_read: Instant,
-    /// Whether the last round sent something.
-    busy: bool,
     last_full_scan: Instant,
     destinations: Arc<dyn DestinationStore>,
     queue: Arc<dyn DeliveryQueue>,
@@ -202,17 +199,17 @@ impl Worker {
         metrics::gauge!("pulsestream_delivery_circuit_open", "destination" => label.clone())
             .set(0.0);
         let mut last_gauge: Option<Instant> = None;
+        // Whether the last round sent something.
+        let mut busy = false;
         while !self.shutdown.is_cancelled() {
             // The pending count costs a count of the queue: only now and then, and only
             // while there is work (an idle destination costs nothing).
-            if last_gauge.is_none_or(|at| self.busy && at.elapsed() > Duration::from_secs(5)) {
+            if last_gauge.is_none_or(|at| busy && at.elapsed() > Duration::from_secs(5)) {
                 last_gauge = Some(Instant::now());
-                if let Ok(stats) = self.queue.delivery_stats(id).await {
-                    metrics::gauge!("pulsestream_delivery_pending_events", "destination" => label.clone()).set(stats.pending as f64);
-                }
+                self.report_pending(&label).await;
             }
             match self.step(&label).await {
-                Ok(Step::Continue) => self.busy = true,
+                Ok(Step::Continue) => busy = true,
                 Ok(Step::Idle(pause)) => {
                     tokio::select! {
                         () = self.shutdown.cancelled() => break,
@@ -220,11 +217,9 @@ impl Worker {
                     }
                 }
                 Ok(Step::Drained) => {
-                    if self.busy {
-                        self.busy = false;
-                        if let Ok(stats) = self.queue.delivery_stats(id).await {
-                            metrics::gauge!("pulsestream_delivery_pending_events", "destination" => label.clone()).set(stats.pending as f64);
-                        }
+                    if busy {
+                        busy = false;
+                        self.report_pending(&label).await;
                     }
                     let pause = match self.until_next_due().await {
                         Ok(pause) => pause,
@@ -248,6 +243,14 @@ impl Worker {
         }
         wakeups.unregister(tenant, id);
         tracing::debug!(destination_id = %id, "delivery worker stopped");
+    }
+
+    /// Sets the pending gauge from a count of the queue.
+    async fn report_pending(&self, label: &str) {
+        if let Ok(stats) = self.queue.delivery_stats(self.destination.id).await {
+            metrics::gauge!("pulsestream_delivery_pending_events", "destination" => label.to_owned())
+                .set(stats.pending as f64);
+        }
     }
 
     /// How long a worker with nothing to claim sleeps (unless woken by an append or a

@@ -16,7 +16,7 @@ use pulsestream_core::{Destination, DestinationKind, TableColumns, parse_timesta
 use pulsestream_store::Delivery;
 use tokio_postgres::NoTls;
 
-use crate::brokers::{EventFields, Link, Links, connect_address, failed, open_url};
+use crate::brokers::{Endpoint, EventFields, Link, Links, Reach, failed};
 use crate::sink::{SendOutcome, Sink};
 
 /// An open connection and the statement that inserts a batch.
@@ -43,9 +43,7 @@ impl Link for TableLink {
 #[derive(Debug)]
 pub struct PostgresSink {
     links: Links<TableLink>,
-    allow_private: bool,
-    secrets: Arc<SecretCipher>,
-    timeout: Duration,
+    reach: Reach,
 }
 
 /// Quotes a table name (`table` or `schema.table`) or column name as SQL identifiers.
@@ -116,9 +114,7 @@ impl PostgresSink {
     pub fn new(timeout: Duration, allow_private: bool, secrets: Arc<SecretCipher>) -> Self {
         Self {
             links: Links::default(),
-            allow_private,
-            secrets,
-            timeout,
+            reach: Reach::new(timeout, allow_private, secrets),
         }
     }
 
@@ -130,20 +126,19 @@ impl PostgresSink {
         columns: &TableColumns,
         create: bool,
     ) -> Result<TableLink, SendOutcome> {
-        let url = open_url(&self.secrets, destination, sealed)?;
+        let Endpoint { url, address, .. } =
+            self.reach.endpoint(destination, sealed, |_| 5432).await?;
+        let timeout = self.reach.timeout;
         let mut config: tokio_postgres::Config = url
             .as_str()
             .parse()
             .map_err(|_| failed("the destination's connection URL is malformed"))?;
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let port = url.port().unwrap_or(5432);
-        let address = connect_address(&host, port, self.allow_private).await?;
         // Connect to the address just checked (the URL's port, or 5432, stays as it is).
         config
             .hostaddr(address.ip())
-            .connect_timeout(self.timeout)
+            .connect_timeout(timeout)
             .application_name("pulsestream");
-        let connected = tokio::time::timeout(self.timeout, config.connect(NoTls)).await;
+        let connected = tokio::time::timeout(timeout, config.connect(NoTls)).await;
         let (client, connection) = match connected {
             Ok(Ok(pair)) => pair,
             Ok(Err(err)) => return Err(failed(format!("could not connect to PostgreSQL: {err}"))),
@@ -152,11 +147,8 @@ impl PostgresSink {
         let task = tokio::spawn(async move {
             let _ = connection.await;
         });
-        let statement_timeout = format!(
-            "SET statement_timeout = {}",
-            self.timeout.as_millis().max(1)
-        );
-        let prepared = tokio::time::timeout(self.timeout, async {
+        let statement_timeout = format!("SET statement_timeout = {}", timeout.as_millis().max(1));
+        let prepared = tokio::time::timeout(timeout, async {
             client.batch_execute(&statement_timeout).await?;
             if create {
                 client
@@ -218,7 +210,12 @@ impl PostgresSink {
                 _ => &payloads,
             });
         }
-        match tokio::time::timeout(self.timeout, link.client.execute(&link.insert, &params)).await {
+        match tokio::time::timeout(
+            self.reach.timeout,
+            link.client.execute(&link.insert, &params),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(failed(format!("the insert failed: {}", describe(&err)))),
             Err(_) => Err(failed("PostgreSQL did not answer in time")),

@@ -650,16 +650,7 @@ fn table_columns(given: Option<&Value>) -> Result<TableColumns, ApiError> {
     let Some(given) = given else {
         return Ok(columns);
     };
-    let bad = |field: &str, msg: &str| {
-        ApiError::validation(
-            format!("columns.{field} {msg}"),
-            vec![ErrorItem {
-                loc: vec!["body".into(), "columns".into(), field.into()],
-                kind: "value_error".into(),
-                msg: msg.to_owned(),
-            }],
-        )
-    };
+    let bad = |field: &str, msg: &str| member_error("columns", field, "value_error", msg);
     let Some(given) = given.as_object() else {
         return Err(field_error("columns", "type_error", "must be an object"));
     };
@@ -705,16 +696,7 @@ fn table_columns(given: Option<&Value>) -> Result<TableColumns, ApiError> {
 
 /// Reads a destination's filter: `source`, `q` and `payload.<path>`, the search's names.
 fn event_filter(given: &Value) -> Result<EventFilter, ApiError> {
-    let bad = |key: &str, kind: &str, msg: &str| {
-        ApiError::validation(
-            format!("filter.{key} {msg}"),
-            vec![ErrorItem {
-                loc: vec!["body".into(), "filter".into(), key.into()],
-                kind: kind.into(),
-                msg: msg.to_owned(),
-            }],
-        )
-    };
+    let bad = |key: &str, kind: &str, msg: &str| member_error("filter", key, kind, msg);
     let Some(given) = given.as_object() else {
         return Err(field_error("filter", "type_error", "must be an object"));
     };
@@ -779,13 +761,11 @@ fn ordering_key(given: &Value) -> Result<OrderingKey, ApiError> {
         ));
     }
     OrderingKey::parse(key.unwrap_or_default()).ok_or_else(|| {
-        ApiError::validation(
-            "ordering.key must be destination, event_type or payload.<path>",
-            vec![ErrorItem {
-                loc: vec!["body".into(), "ordering".into(), "key".into()],
-                kind: "value_error".into(),
-                msg: "must be destination, event_type or payload.<path>".into(),
-            }],
+        member_error(
+            "ordering",
+            "key",
+            "value_error",
+            "must be destination, event_type or payload.<path>",
         )
     })
 }
@@ -796,6 +776,18 @@ fn new_secret() -> String {
     format!(
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
+/// A 422 for one member of an object field: `loc` is `["body", field, member]`.
+fn member_error(field: &str, member: &str, kind: &str, msg: &str) -> ApiError {
+    ApiError::validation(
+        format!("{field}.{member} {msg}"),
+        vec![ErrorItem {
+            loc: vec!["body".into(), field.into(), member.into()],
+            kind: kind.into(),
+            msg: msg.to_owned(),
+        }],
     )
 }
 

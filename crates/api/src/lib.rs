@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -21,7 +22,9 @@ use axum::Router;
 use axum::http::HeaderName;
 use pulsestream_core::secret::SecretCipher;
 use pulsestream_limits::RateLimiter;
-use pulsestream_store::{DeliveryQueue, DestinationStore, EventStore, Store, TenantStore};
+use pulsestream_store::{
+    ActivityStore, DeliveryQueue, DestinationStore, EventStore, Store, Tally, TenantStore, TestSend,
+};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -44,6 +47,8 @@ pub struct ApiConfig {
     pub max_destinations_per_tenant: usize,
     /// A search page ends before the event that would take it past this many bytes.
     pub search_max_page_bytes: usize,
+    /// Events a live-tail subscriber may have waiting before it is cut.
+    pub tail_buffer_events: usize,
     /// Seals webhook signing secrets before they are stored.
     pub secrets: Arc<SecretCipher>,
     /// The Segment endpoints' size limits.
@@ -79,6 +84,14 @@ pub struct AppState {
     pub tenants: Arc<dyn TenantStore>,
     pub destinations: Arc<dyn DestinationStore>,
     pub deliveries: Arc<dyn DeliveryQueue>,
+    pub activity: Arc<dyn ActivityStore>,
+    /// Counts of this node not yet written to the store.
+    pub tally: Arc<Tally>,
+    /// Sends test events (`POST /v1/destinations/{id}/test`); absent, that answers 503.
+    pub test_sender: Option<Arc<dyn TestSend>>,
+    /// Cancelled when the server shuts down: live tails end (with a `cut` event) instead
+    /// of holding the shutdown up.
+    pub tail_stop: tokio_util::sync::CancellationToken,
     pub limiter: Arc<RateLimiter>,
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: Arc<str>,
@@ -104,7 +117,11 @@ impl AppState {
             events: store.clone(),
             tenants: store.clone(),
             destinations: store.clone(),
-            deliveries: store,
+            deliveries: store.clone(),
+            activity: store,
+            tally: Arc::default(),
+            test_sender: None,
+            tail_stop: tokio_util::sync::CancellationToken::new(),
             limiter,
             admin_token_hash: admin_token_hash.into(),
             config,
@@ -112,6 +129,63 @@ impl AppState {
             tenant_labels: Arc::new(observe::TenantLabels::new(100)),
             in_flight: Default::default(),
             search_turns: Arc::new(tokio::sync::Semaphore::new(SEARCHES_AT_ONCE)),
+        }
+    }
+}
+
+impl AppState {
+    /// Sets what sends test events.
+    #[must_use]
+    pub fn with_test_sender(mut self, sender: Arc<dyn TestSend>) -> Self {
+        self.test_sender = Some(sender);
+        self
+    }
+
+    /// Counts events of a tenant by outcome: in the metrics and in the tenant's stats.
+    pub(crate) fn count_events(
+        &self,
+        tenant: pulsestream_core::TenantId,
+        outcome: EventOutcome,
+        n: usize,
+    ) {
+        if n == 0 {
+            return;
+        }
+        observe::count_events(&self.tenant_labels, tenant, outcome.label(), n);
+        let n = n as u64;
+        self.tally.add(tenant, |counts| match outcome {
+            EventOutcome::Accepted => counts.accepted += n,
+            EventOutcome::Duplicate => counts.duplicates += n,
+            EventOutcome::Rejected => counts.rejected += n,
+            EventOutcome::RateLimited => counts.rate_limited += n,
+        });
+    }
+
+    /// Counts the bytes of a tenant's newly stored events.
+    pub(crate) fn count_stored_bytes(&self, tenant: pulsestream_core::TenantId, bytes: usize) {
+        if bytes > 0 {
+            self.tally
+                .add(tenant, |counts| counts.stored_bytes += bytes as u64);
+        }
+    }
+}
+
+/// What became of events a client sent.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EventOutcome {
+    Accepted,
+    Duplicate,
+    Rejected,
+    RateLimited,
+}
+
+impl EventOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::Rejected => "rejected",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -130,6 +204,9 @@ fn tenant_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(v1::events::post_event, v1::events::list_events))
         .routes(routes!(v1::events::post_batch))
         .routes(routes!(v1::events::get_event))
+        .routes(routes!(v1::stream::stream))
+        .routes(routes!(v1::activity::event_attempts))
+        .routes(routes!(v1::activity::stats))
         .routes(routes!(v1::cloudevents::post_cloudevents))
         .routes(routes!(v1::destinations::create, v1::destinations::list))
         .routes(routes!(v1::destinations::get, v1::destinations::delete))
@@ -138,6 +215,10 @@ fn tenant_routes() -> OpenApiRouter<AppState> {
             v1::destinations::purge
         ))
         .routes(routes!(v1::destinations::replay))
+        .routes(routes!(v1::destinations::pause))
+        .routes(routes!(v1::destinations::resume))
+        .routes(routes!(v1::destinations::test))
+        .routes(routes!(v1::activity::destination_attempts))
 }
 
 fn other_routes() -> OpenApiRouter<AppState> {
@@ -177,6 +258,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(tenant_routes)
         .merge(other_routes)
+        .merge(console::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             ApiError::method_not_allowed(format!("this endpoint does not take {method}"))

@@ -156,6 +156,9 @@ pub struct Destination {
     pub secret: String,
     /// Set when a receiver answered 410 Gone: nothing more is sent.
     pub disabled: bool,
+    /// Set by the tenant: nothing is sent, events still queue up and go out on resume.
+    #[serde(default)]
+    pub paused: bool,
     /// Beside `event_types`, what an event must match (the search language's filters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<EventFilter>,

@@ -84,6 +84,17 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
+    /// About how many bytes the event takes as stored JSON (its strings and payload, plus
+    /// the fixed fields): what a tenant's storage use counts.
+    pub fn approximate_json_len(&self) -> usize {
+        const FIXED: usize = 160;
+        FIXED
+            + self.event_id.as_ref().map_or(36, String::len)
+            + self.event_type.len()
+            + self.source.as_ref().map_or(0, String::len)
+            + self.payload.len()
+    }
+
     /// Validates one event, reporting every problem.
     ///
     /// # Errors

@@ -68,6 +68,7 @@ impl<'a> EventFields<'a> {
 
 pub(crate) fn failed(error: impl Into<String>) -> SendOutcome {
     SendOutcome::Failed {
+        status: None,
         error: error.into(),
         retry_after: None,
     }

@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use pulsestream_core::{Breaker, Circuit};
 use pulsestream_core::{Destination, DestinationId, RetryPolicy};
-use pulsestream_store::{Delivery, DeliveryQueue, DestinationStore, QueuePosition, StoreError};
+use pulsestream_store::{
+    ActivityStore, Attempt, AttemptOutcome, Delivery, DeliveryQueue, DestinationStore,
+    QueuePosition, StoreError, Tally,
+};
 use rand::Rng;
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
@@ -95,13 +98,12 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Starts the dispatcher.
     pub fn spawn(
-        destinations: Arc<dyn DestinationStore>,
-        queue: Arc<dyn DeliveryQueue>,
+        stores: DeliveryStores,
         sink: Arc<dyn Sink>,
         config: DeliveryConfig,
         shutdown: CancellationToken,
     ) -> Self {
-        let task = tokio::spawn(dispatch(destinations, queue, sink, config, shutdown));
+        let task = tokio::spawn(dispatch(stores, sink, config, shutdown));
         Self { task }
     }
 
@@ -111,20 +113,38 @@ impl Dispatcher {
     }
 }
 
+/// What the workers read and write: destinations, their queues, and the record of what
+/// happened (attempts, counts).
+#[derive(Debug, Clone)]
+pub struct DeliveryStores {
+    pub destinations: Arc<dyn DestinationStore>,
+    pub queue: Arc<dyn DeliveryQueue>,
+    pub activity: Arc<dyn ActivityStore>,
+    pub tally: Arc<Tally>,
+}
+
 async fn dispatch(
-    destinations: Arc<dyn DestinationStore>,
-    queue: Arc<dyn DeliveryQueue>,
+    stores: DeliveryStores,
     sink: Arc<dyn Sink>,
     config: DeliveryConfig,
     shutdown: CancellationToken,
 ) {
+    let DeliveryStores {
+        destinations,
+        queue,
+        activity,
+        tally,
+    } = stores;
     let queue: Arc<dyn DeliveryQueue> = Arc::new(turns::Turns::new(queue, STORE_TURNS));
     let mut workers: HashMap<DestinationId, JoinHandle<()>> = HashMap::new();
     loop {
         workers.retain(|_, worker| !worker.is_finished());
         match destinations.all_destinations().await {
             Ok(all) => {
-                for destination in all.into_iter().filter(|destination| !destination.disabled) {
+                for destination in all
+                    .into_iter()
+                    .filter(|destination| !destination.disabled && !destination.paused)
+                {
                     workers.entry(destination.id).or_insert_with(|| {
                         let worker = Worker {
                             cursor: None,
@@ -132,6 +152,8 @@ async fn dispatch(
                             last_full_scan: Instant::now(),
                             destinations: destinations.clone(),
                             queue: queue.clone(),
+                            activity: activity.clone(),
+                            tally: tally.clone(),
                             sink: sink.clone(),
                             breaker: Breaker::new(
                                 config.breaker_threshold,
@@ -180,6 +202,8 @@ struct Worker {
     last_full_scan: Instant,
     destinations: Arc<dyn DestinationStore>,
     queue: Arc<dyn DeliveryQueue>,
+    activity: Arc<dyn ActivityStore>,
+    tally: Arc<Tally>,
     sink: Arc<dyn Sink>,
     breaker: Breaker,
     config: DeliveryConfig,
@@ -284,7 +308,8 @@ impl Worker {
             else {
                 return Ok(Step::Stop);
             };
-            if current.disabled {
+            // Paused: the worker stops; the dispatcher starts another on resume.
+            if current.disabled || current.paused {
                 return Ok(Step::Stop);
             }
             self.destination = current;
@@ -339,10 +364,11 @@ impl Worker {
         self.cursor = Some(last.position());
         metrics::gauge!("pulsestream_delivery_in_flight_events", "destination" => label.to_owned())
             .set(due.len() as f64);
-        let outcome = self.sink.send(&self.destination, &due).await;
+        let (outcome, took) = self.send(&due).await;
         metrics::gauge!("pulsestream_delivery_in_flight_events", "destination" => label.to_owned())
             .set(0.0);
         if matches!(outcome, SendOutcome::TooLarge { .. }) && due.len() > 1 {
+            self.record_attempt(&due, &outcome, took, None, 0).await;
             return self.halve(due, label).await;
         }
         if self.destination.ordering.is_some()
@@ -351,9 +377,40 @@ impl Worker {
                 .iter()
                 .any(|delivery| order_key(delivery) != order_key(&due[0]))
         {
+            self.record_attempt(&due, &outcome, took, None, 0).await;
             return self.split_by_key(due, outcome, label).await;
         }
-        self.settle(&due, outcome, label).await
+        self.settle(&due, outcome, took, label).await
+    }
+
+    /// Sends through the sink; returns the outcome and how long it took.
+    async fn send(&self, due: &[Delivery]) -> (SendOutcome, Duration) {
+        let started = Instant::now();
+        let outcome = self.sink.send(&self.destination, due).await;
+        (outcome, started.elapsed())
+    }
+
+    /// Records an attempt for the console and the API. A failure to record is logged, not
+    /// returned: the outcome of the delivery itself is already recorded.
+    async fn record_attempt(
+        &self,
+        due: &[Delivery],
+        outcome: &SendOutcome,
+        took: Duration,
+        next_retry_at: Option<OffsetDateTime>,
+        dead_lettered: u32,
+    ) {
+        let attempt = attempt_of(
+            &self.destination,
+            due.iter().map(|delivery| delivery.event).collect(),
+            outcome,
+            took,
+            next_retry_at,
+            dead_lettered,
+        );
+        if let Err(err) = self.activity.record_attempt(&attempt).await {
+            tracing::warn!(destination_id = %self.destination.id, error = %err, "cannot record a delivery attempt");
+        }
     }
 
     /// A batch the receiver refused as too large (413), sent again in halves at once, and
@@ -384,9 +441,10 @@ impl Worker {
                 }
                 break;
             }
-            let outcome = self.sink.send(&self.destination, &part).await;
+            let (outcome, took) = self.send(&part).await;
             match outcome {
                 SendOutcome::TooLarge { .. } if part.len() > 1 => {
+                    self.record_attempt(&part, &outcome, took, None, 0).await;
                     for half in halves(part).into_iter().rev() {
                         parts.push_front(half);
                     }
@@ -396,7 +454,7 @@ impl Worker {
                     if !delivered {
                         failed_keys.extend(part.iter().map(order_key));
                     }
-                    if let Step::Stop = self.settle(&part, outcome, label).await? {
+                    if let Step::Stop = self.settle(&part, outcome, took, label).await? {
                         return Ok(Step::Stop);
                     }
                 }
@@ -426,11 +484,12 @@ impl Worker {
         }
         for group in groups {
             if !self.breaker.wait(Instant::now()).is_zero() {
-                self.settle(&group, failed.clone(), label).await?;
+                self.settle(&group, failed.clone(), Duration::ZERO, label)
+                    .await?;
                 continue;
             }
-            let outcome = self.sink.send(&self.destination, &group).await;
-            if let Step::Stop = self.settle(&group, outcome, label).await? {
+            let (outcome, took) = self.send(&group).await;
+            if let Step::Stop = self.settle(&group, outcome, took, label).await? {
                 return Ok(Step::Stop);
             }
         }
@@ -442,26 +501,39 @@ impl Worker {
         &mut self,
         due: &[Delivery],
         outcome: SendOutcome,
+        took: Duration,
         label: &str,
     ) -> Result<Step, StoreError> {
         let id = self.destination.id;
         // Too large for the receiver even alone (a batch is halved first): a failure.
         let outcome = match outcome {
-            SendOutcome::TooLarge { error } => SendOutcome::Failed {
+            SendOutcome::TooLarge { error, status } => SendOutcome::Failed {
+                status,
                 error: format!("{error}: the event alone is too large for the receiver"),
                 retry_after: None,
             },
             outcome => outcome,
         };
-        let SendOutcome::Failed { error, retry_after } = outcome else {
-            return self.settle_sent(due, outcome, label).await;
+        let SendOutcome::Failed {
+            ref error,
+            retry_after,
+            ..
+        } = outcome
+        else {
+            let step = self.settle_sent(due, &outcome, label).await?;
+            self.record_attempt(due, &outcome, took, None, 0).await;
+            return Ok(step);
         };
-        self.record_failure(due, &error, retry_after, label).await?;
+        let (next_retry_at, dead_lettered) =
+            self.record_failure(due, error, retry_after, label).await?;
+        self.record_attempt(due, &outcome, took, next_retry_at, dead_lettered)
+            .await;
+        let error = error.as_str();
         if let Some(circuit) = self.breaker.on_failure(Instant::now()) {
-            self.circuit_changed(circuit, Some(&error), label).await?;
+            self.circuit_changed(circuit, Some(error), label).await?;
         } else {
             self.queue
-                .record_circuit(id, self.breaker.state(Instant::now()), Some(&error))
+                .record_circuit(id, self.breaker.state(Instant::now()), Some(error))
                 .await?;
         }
         Ok(Step::Continue)
@@ -471,13 +543,16 @@ impl Worker {
     async fn settle_sent(
         &mut self,
         due: &[Delivery],
-        outcome: SendOutcome,
+        outcome: &SendOutcome,
         label: &str,
     ) -> Result<Step, StoreError> {
         let id = self.destination.id;
         match outcome {
             SendOutcome::Delivered => {
                 self.queue.record_delivered(id, due).await?;
+                self.tally.add(self.destination.tenant, |counts| {
+                    counts.delivered += due.len() as u64;
+                });
                 metrics::counter!("pulsestream_deliveries_total", "destination" => label.to_owned(), "outcome" => "delivered")
                     .increment(due.len() as u64);
                 if let Some(circuit) = self.breaker.on_success(Instant::now()) {
@@ -506,22 +581,27 @@ impl Worker {
         }
     }
 
-    /// Reschedules what has attempts left and dead-letters the rest.
+    /// Reschedules what has attempts left and dead-letters the rest. Returns the earliest
+    /// retry and how many went to the dead letters.
     async fn record_failure(
         &self,
         due: &[Delivery],
         error: &str,
         retry_after: Option<Duration>,
         label: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(Option<OffsetDateTime>, u32), StoreError> {
         let id = self.destination.id;
         let max_attempts = self.destination.max_attempts.max(1);
         let (exhausted, retry): (Vec<Delivery>, Vec<Delivery>) = due
             .iter()
             .cloned()
             .partition(|delivery| delivery.attempts + 1 >= max_attempts);
+        let dead_lettered = u32::try_from(exhausted.len()).unwrap_or(u32::MAX);
         if !exhausted.is_empty() {
             self.queue.dead_letter(id, &exhausted, error).await?;
+            self.tally.add(self.destination.tenant, |counts| {
+                counts.dead_lettered += exhausted.len() as u64;
+            });
             metrics::counter!("pulsestream_deliveries_total", "destination" => label.to_owned(), "outcome" => "dead_lettered")
                 .increment(exhausted.len() as u64);
         }
@@ -533,6 +613,7 @@ impl Worker {
                 .push(delivery);
         }
         let retry_after = retry_after.and_then(|after| time::Duration::try_from(after).ok());
+        let mut earliest: Option<OffsetDateTime> = None;
         for (attempts, deliveries) in by_attempts {
             let jitter = rand::rng().random::<f64>();
             let next = self.config.retry.next_attempt(
@@ -541,11 +622,12 @@ impl Worker {
                 jitter,
                 retry_after,
             );
+            earliest = Some(earliest.map_or(next, |earliest| earliest.min(next)));
             self.queue.reschedule(id, &deliveries, next, error).await?;
             metrics::counter!("pulsestream_deliveries_total", "destination" => label.to_owned(), "outcome" => "retried")
                 .increment(deliveries.len() as u64);
         }
-        Ok(())
+        Ok((earliest, dead_lettered))
     }
 
     async fn circuit_changed(
@@ -566,6 +648,102 @@ impl Worker {
         metrics::gauge!("pulsestream_delivery_circuit_open", "destination" => label.to_owned())
             .set(if circuit == Circuit::Closed { 0.0 } else { 1.0 });
         self.queue.record_circuit(id, circuit, error).await
+    }
+}
+
+/// The record of one attempt to send `events` to a destination.
+fn attempt_of(
+    destination: &Destination,
+    events: Vec<pulsestream_core::EventId>,
+    outcome: &SendOutcome,
+    took: Duration,
+    next_retry_at: Option<OffsetDateTime>,
+    dead_lettered: u32,
+) -> Attempt {
+    let (outcome, status, error) = match outcome {
+        SendOutcome::Delivered => (AttemptOutcome::Delivered, None, None),
+        SendOutcome::Gone => (AttemptOutcome::Gone, Some(410), None),
+        SendOutcome::TooLarge { error, status } => {
+            (AttemptOutcome::TooLarge, *status, Some(error.clone()))
+        }
+        SendOutcome::Failed { error, status, .. } => {
+            (AttemptOutcome::Failed, *status, Some(error.clone()))
+        }
+    };
+    Attempt {
+        id: uuid::Uuid::now_v7(),
+        tenant: destination.tenant,
+        destination: destination.id,
+        at: OffsetDateTime::now_utc(),
+        events,
+        outcome,
+        status,
+        error,
+        latency_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        next_retry_at,
+        dead_lettered,
+        test: false,
+    }
+}
+
+/// Sends test events: one made-up event, sent once through the destination's sink, its
+/// outcome recorded as a test attempt (no queue, no retry, no dead letter).
+#[derive(Debug)]
+pub struct Tester {
+    sink: Arc<dyn Sink>,
+    activity: Arc<dyn ActivityStore>,
+}
+
+impl Tester {
+    pub fn new(sink: Arc<dyn Sink>, activity: Arc<dyn ActivityStore>) -> Self {
+        Self { sink, activity }
+    }
+}
+
+#[async_trait::async_trait]
+impl pulsestream_store::TestSend for Tester {
+    async fn send_test(&self, destination: &Destination) -> Result<Attempt, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let id = pulsestream_core::EventId::from_parts(
+            now.unix_timestamp_nanos().div_euclid(1_000) as i64,
+            rand::rng().random(),
+        );
+        let stamp = now
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let json = serde_json::json!({
+            "id": id.to_string(),
+            "event_id": format!("test-{id}"),
+            "event_type": "pulsestream.test",
+            "source": "pulsestream",
+            "timestamp": stamp,
+            "received_at": stamp,
+            "payload": {"message": "A test event from PulseStream: it is not stored."}
+        });
+        let delivery = Delivery {
+            tenant: destination.tenant,
+            event: id,
+            attempts: 0,
+            due_micros: 0,
+            json: json.to_string().into_bytes(),
+            order: None,
+        };
+        let started = Instant::now();
+        let outcome = self
+            .sink
+            .send(destination, std::slice::from_ref(&delivery))
+            .await;
+        let mut attempt = attempt_of(
+            destination,
+            Vec::new(),
+            &outcome,
+            started.elapsed(),
+            None,
+            0,
+        );
+        attempt.test = true;
+        self.activity.record_attempt(&attempt).await?;
+        Ok(attempt)
     }
 }
 

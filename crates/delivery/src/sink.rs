@@ -30,12 +30,15 @@ pub enum SendOutcome {
     Failed {
         error: String,
         retry_after: Option<Duration>,
+        /// The receiver's HTTP status, when it answered.
+        status: Option<u16>,
     },
     /// The receiver answered 410 Gone: disable the destination.
     Gone,
     /// The receiver answered 413: the batch is too large for it (a smaller one may pass).
     TooLarge {
         error: String,
+        status: Option<u16>,
     },
 }
 
@@ -86,6 +89,7 @@ impl Sink for Sinks {
             }
             (DestinationKind::Nats { .. }, Some(nats)) => nats.send(destination, deliveries).await,
             (DestinationKind::Nats { .. }, None) => SendOutcome::Failed {
+                status: None,
                 error: "this server runs without NATS (set PULSESTREAM_NATS_URL)".into(),
                 retry_after: None,
             },
@@ -183,6 +187,7 @@ impl Sink for WebhookSink {
     async fn send(&self, destination: &Destination, deliveries: &[Delivery]) -> SendOutcome {
         let DestinationKind::Webhook { url, sealed_url } = &destination.kind else {
             return SendOutcome::Failed {
+                status: None,
                 error: "not a webhook destination".into(),
                 retry_after: None,
             };
@@ -192,6 +197,7 @@ impl Sink for WebhookSink {
                 Ok(url) => url.into_owned(),
                 Err(err) => {
                     return SendOutcome::Failed {
+                        status: None,
                         error: format!("the destination's URL cannot be read: {err}"),
                         retry_after: None,
                     };
@@ -203,6 +209,7 @@ impl Sink for WebhookSink {
             Ok(url) => url,
             Err(_) => {
                 return SendOutcome::Failed {
+                    status: None,
                     error: "the destination's URL is malformed".into(),
                     retry_after: None,
                 };
@@ -212,6 +219,7 @@ impl Sink for WebhookSink {
             && let Some(refused) = refused_literal(&url)
         {
             return SendOutcome::Failed {
+                status: None,
                 error: refused.to_string(),
                 retry_after: None,
             };
@@ -226,6 +234,7 @@ impl Sink for WebhookSink {
             Ok(secret) => secret,
             Err(err) => {
                 return SendOutcome::Failed {
+                    status: None,
                     error: format!("the destination's secret cannot be read: {err}"),
                     retry_after: None,
                 };
@@ -233,6 +242,7 @@ impl Sink for WebhookSink {
         };
         let Some(signature) = signature(&secret, &id, timestamp, &body) else {
             return SendOutcome::Failed {
+                status: None,
                 error: "the destination's secret is malformed".into(),
                 retry_after: None,
             };
@@ -252,6 +262,7 @@ impl Sink for WebhookSink {
             Ok(response) if response.status() == reqwest::StatusCode::GONE => SendOutcome::Gone,
             Ok(response) if response.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
                 SendOutcome::TooLarge {
+                    status: Some(413),
                     error: format!("the receiver answered {}", response.status()),
                 }
             }
@@ -262,6 +273,7 @@ impl Sink for WebhookSink {
                     .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
                 SendOutcome::Failed {
+                    status: Some(response.status().as_u16()),
                     error: format!("the receiver answered {}", response.status()),
                     retry_after,
                 }
@@ -283,6 +295,7 @@ fn failure(err: reqwest::Error) -> SendOutcome {
         format!("request failed: {}", err.without_url())
     };
     SendOutcome::Failed {
+        status: None,
         error,
         retry_after: None,
     }
@@ -326,12 +339,14 @@ impl Sink for NatsSink {
     async fn send(&self, destination: &Destination, deliveries: &[Delivery]) -> SendOutcome {
         let DestinationKind::Nats { subject } = &destination.kind else {
             return SendOutcome::Failed {
+                status: None,
                 error: "not a NATS destination".into(),
                 retry_after: None,
             };
         };
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return SendOutcome::Failed {
+                status: None,
                 error: "NATS is not connected (the client is reconnecting)".into(),
                 retry_after: None,
             };
@@ -352,6 +367,7 @@ impl Sink for NatsSink {
                 Ok(ack) => acks.push(ack),
                 Err(err) => {
                     return SendOutcome::Failed {
+                        status: None,
                         error: format!("NATS publish failed: {err}"),
                         retry_after: None,
                     };
@@ -363,12 +379,14 @@ impl Sink for NatsSink {
                 Ok(Ok(_)) => {}
                 Ok(Err(err)) => {
                     return SendOutcome::Failed {
+                        status: None,
                         error: format!("JetStream did not store the message: {err}"),
                         retry_after: None,
                     };
                 }
                 Err(_) => {
                     return SendOutcome::Failed {
+                        status: None,
                         error: "JetStream did not acknowledge in time".into(),
                         retry_after: None,
                     };

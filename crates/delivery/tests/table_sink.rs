@@ -37,6 +37,7 @@ fn destination(secrets: &SecretCipher, url: &str, table: &str) -> Destination {
         filter: None,
         ordering: None,
         max_batch_bytes: None,
+        paused: false,
         created_at: time::OffsetDateTime::now_utc(),
     }
 }

@@ -59,6 +59,7 @@ fn webhook(url: String) -> Destination {
         filter: None,
         ordering: None,
         max_batch_bytes: None,
+        paused: false,
         created_at: time::OffsetDateTime::now_utc(),
     }
 }

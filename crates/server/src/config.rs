@@ -48,6 +48,8 @@ pub mod defaults {
     pub const DELIVERY_RETRY_BASE_MS: u64 = 1_000;
     pub const DELIVERY_BATCH_MAX_BYTES: u64 = 1024 * 1024;
     pub const MAX_DESTINATIONS_PER_TENANT: usize = 100;
+    pub const ATTEMPTS_RETENTION_HOURS: u64 = 7 * 24;
+    pub const TAIL_BUFFER_EVENTS: usize = 1_000;
     pub const SEARCH_MAX_PAGE_BYTES: u64 = 8 * 1024 * 1024;
     pub const DELIVERY_BREAKER_COOL_DOWN_MS: u64 = 30_000;
     pub const WEBHOOK_TIMEOUT_MS: u64 = 10_000;
@@ -136,6 +138,23 @@ pub struct ServeConfig {
         default_value_t = defaults::MAX_DESTINATIONS_PER_TENANT
     )]
     pub max_destinations_per_tenant: usize,
+    /// How long delivery attempts are kept (for the API and the console), in hours.
+    #[arg(
+        long,
+        env = "PULSESTREAM_ATTEMPTS_RETENTION_HOURS",
+        default_value_t = defaults::ATTEMPTS_RETENTION_HOURS,
+        value_parser = clap::value_parser!(u64).range(1..=24 * 366)
+    )]
+    pub attempts_retention_hours: u64,
+    /// Events a live-tail subscriber may have waiting; one that falls further behind is cut
+    /// with a final `cut` event (it can resume with `Last-Event-ID`).
+    #[arg(
+        long,
+        env = "PULSESTREAM_TAIL_BUFFER_EVENTS",
+        default_value_t = defaults::TAIL_BUFFER_EVENTS,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000)
+    )]
+    pub tail_buffer_events: usize,
     /// How long an open circuit waits before probing its destination again, in milliseconds.
     #[arg(
         long,
@@ -216,6 +235,8 @@ impl ServeConfig {
             delivery_retry_base_ms: defaults::DELIVERY_RETRY_BASE_MS,
             delivery_batch_max_bytes: defaults::DELIVERY_BATCH_MAX_BYTES,
             max_destinations_per_tenant: defaults::MAX_DESTINATIONS_PER_TENANT,
+            attempts_retention_hours: defaults::ATTEMPTS_RETENTION_HOURS,
+            tail_buffer_events: defaults::TAIL_BUFFER_EVENTS,
             search_max_page_bytes: defaults::SEARCH_MAX_PAGE_BYTES,
             delivery_breaker_cool_down_ms: defaults::DELIVERY_BREAKER_COOL_DOWN_MS,
             webhook_timeout_ms: defaults::WEBHOOK_TIMEOUT_MS,

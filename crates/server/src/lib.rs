@@ -3,6 +3,7 @@
 //! `main` and the integration tests start the server the same way, through
 //! [`Server::bind`] and [`Server::run`].
 
+mod activity;
 pub mod config;
 pub mod http;
 pub mod telemetry;
@@ -18,11 +19,11 @@ use pulsestream_api::auth::secret_hash;
 use pulsestream_api::{ApiConfig, AppState, MetricsRender, SegmentLimits};
 use pulsestream_core::RetryPolicy;
 use pulsestream_core::secret::{SecretCipher, SecretKey};
-use pulsestream_delivery::{DeliveryConfig, Dispatcher, NatsSink, Sinks};
+use pulsestream_delivery::{DeliveryConfig, DeliveryStores, Dispatcher, NatsSink, Sinks, Tester};
 use pulsestream_limits::{RateLimiter, RedisSettings};
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use pulsestream_store::postgres::PostgresStore;
-use pulsestream_store::{DeliveryQueue, DestinationStore, Store, TenantStore};
+use pulsestream_store::{ActivityStore, DeliveryQueue, DestinationStore, Store, TenantStore};
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,8 @@ pub struct Server {
     store: Arc<dyn Store>,
     sinks: Arc<Sinks>,
     delivery: DeliveryConfig,
+    /// How long delivery attempts are kept.
+    attempts_retention: Duration,
     /// Set when a certificate and key are configured: the listener speaks HTTPS only.
     tls: Option<Arc<rustls::ServerConfig>>,
     connections: http::ConnectionLimits,
@@ -71,6 +74,7 @@ impl Server {
             max_destinations_per_tenant: config.max_destinations_per_tenant,
             search_max_page_bytes: usize::try_from(config.search_max_page_bytes)
                 .unwrap_or(usize::MAX),
+            tail_buffer_events: config.tail_buffer_events,
             secrets: secrets.clone(),
             segment: SegmentLimits {
                 max_message_bytes: config.segment_max_message_bytes,
@@ -86,7 +90,11 @@ impl Server {
             admin_token_hash,
             api_config,
             MetricsRender(Arc::new(|| metrics.render())),
-        );
+        )
+        .with_test_sender(Arc::new(Tester::new(
+            sinks.clone(),
+            store.clone() as Arc<dyn ActivityStore>,
+        )));
         let delivery = DeliveryConfig {
             retry: RetryPolicy {
                 base: time::Duration::milliseconds(config.delivery_retry_base_ms as i64),
@@ -102,6 +110,7 @@ impl Server {
             store,
             sinks,
             delivery,
+            attempts_retention: Duration::from_secs(config.attempts_retention_hours * 3600),
             tls,
             connections: http::ConnectionLimits {
                 header_read_timeout: config.header_read_timeout(),
@@ -125,19 +134,37 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, tls = self.tls.is_some(), "pulsestream is listening");
+        let tally = self.state.tally.clone();
+        // Live tails end when shutdown begins: open streams would hold the graceful
+        // shutdown up forever.
+        let tail_stop = self.state.tail_stop.clone();
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            tail_stop.cancel();
+        });
         let router = pulsestream_api::router(self.state);
         let workers = shutdown.child_token();
+        let activity = self.store.clone() as Arc<dyn ActivityStore>;
         let dispatcher = Dispatcher::spawn(
-            self.store.clone() as Arc<dyn DestinationStore>,
-            self.store.clone() as Arc<dyn DeliveryQueue>,
+            DeliveryStores {
+                destinations: self.store.clone() as Arc<dyn DestinationStore>,
+                queue: self.store.clone() as Arc<dyn DeliveryQueue>,
+                activity: activity.clone(),
+                tally: tally.clone(),
+            },
             self.sinks,
             self.delivery,
             workers.clone(),
         );
+        let upkeep =
+            activity::Upkeep::spawn(activity, tally, self.attempts_retention, workers.clone());
         http::serve(self.listener, router, self.connections, self.tls, shutdown).await;
         tracing::info!("in-flight requests finished; stopping delivery workers");
         workers.cancel();
         dispatcher.join().await;
+        // The last counts, written before the store closes.
+        upkeep.join().await;
         tracing::info!("delivery workers stopped; closing the store");
         self.store
             .close()

@@ -6,6 +6,7 @@
 //! returns; every call is scoped to a tenant. The embedded implementation lives in
 //! [`embedded`]; a PostgreSQL one can stand behind the same traits.
 
+mod activity;
 pub mod embedded;
 mod plan;
 pub mod postgres;
@@ -24,6 +25,10 @@ use pulsestream_core::{
 };
 use time::OffsetDateTime;
 
+pub use activity::{
+    ActivityStore, Attempt, AttemptCursor, AttemptOutcome, Counts, MinuteCounts, TailPage,
+    TailPosition, Tally, TenantCounts, TestSend, minute_of,
+};
 pub use plan::IDEMPOTENCY_WINDOW;
 pub use search::{Cursor, Order, PayloadFilter, SearchQuery, event_matches};
 pub use wakeups::Wakeups;
@@ -218,10 +223,14 @@ pub trait TenantStore: Send + Sync + Debug + 'static {
     async fn set_admin_token_hash(&self, hash: &str) -> Result<(), StoreError>;
 }
 
-/// Everything a server needs from its store: events, tenants, destinations and their queues.
-pub trait Store: EventStore + TenantStore + DestinationStore + DeliveryQueue {}
+/// Everything a server needs from its store: events, tenants, destinations and their
+/// queues, and what happened to them.
+pub trait Store:
+    EventStore + TenantStore + DestinationStore + DeliveryQueue + ActivityStore
+{
+}
 
-impl<T: EventStore + TenantStore + DestinationStore + DeliveryQueue> Store for T {}
+impl<T: EventStore + TenantStore + DestinationStore + DeliveryQueue + ActivityStore> Store for T {}
 
 /// One event waiting for one destination, as claimed by a delivery worker.
 #[derive(Debug, Clone)]

@@ -192,6 +192,7 @@ fn webhook(tenant: TenantId, event_types: &[&str], max_attempts: u32) -> Destina
         filter: None,
         ordering: None,
         max_batch_bytes: None,
+        paused: false,
         created_at: OffsetDateTime::now_utc(),
     }
 }

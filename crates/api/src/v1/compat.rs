@@ -14,10 +14,10 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use super::rate_limit;
-use crate::AppState;
 use crate::auth::secret_hash;
 use crate::error::ApiError;
 use crate::observe;
+use crate::{AppState, EventOutcome};
 
 /// A message that was not stored, and why.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -188,7 +188,7 @@ pub(crate) async fn store(
         mut rejections,
         carried,
     } = converted;
-    let count = |outcome, n| observe::count_events(&app.tenant_labels, tenant.id, outcome, n);
+    let count = |outcome, n| app.count_events(tenant.id, outcome, n);
     for rejection in &rejections {
         metrics::counter!("pulsestream_compat_rejected_total", "protocol" => protocol, "reason" => rejection.reason)
             .increment(1);
@@ -196,7 +196,7 @@ pub(crate) async fn store(
     metrics::counter!("pulsestream_ingest_messages_total", "protocol" => protocol)
         .increment(carried as u64);
     if events.is_empty() {
-        count("rejected", rejections.len());
+        count(EventOutcome::Rejected, rejections.len());
         let detail = match rejections.as_slice() {
             [only] => format!("the message was not stored: {}", only.msg),
             all => format!("none of the {} messages could be stored", all.len()),
@@ -210,7 +210,8 @@ pub(crate) async fn store(
     }
     let decision = rate_limit::admit(app, tenant, carried as u32)
         .await
-        .inspect_err(|_| count("rate_limited", carried))?;
+        .inspect_err(|_| count(EventOutcome::RateLimited, carried))?;
+    let sizes: Vec<usize> = events.iter().map(NewEvent::approximate_json_len).collect();
     let statuses = app
         .events
         .append_batch(AppendBatch {
@@ -221,6 +222,7 @@ pub(crate) async fn store(
         })
         .await?
         .statuses;
+    app.count_stored_bytes(tenant.id, super::events::accepted_bytes(&statuses, &sizes));
     let (mut accepted, mut duplicates) = (0, 0);
     for ((index, id), status) in valid.into_iter().zip(statuses) {
         match status {
@@ -241,9 +243,9 @@ pub(crate) async fn store(
         }
     }
     rejections.sort_by_key(|rejection| rejection.index);
-    count("accepted", accepted);
-    count("duplicate", duplicates);
-    count("rejected", rejections.len());
+    count(EventOutcome::Accepted, accepted);
+    count(EventOutcome::Duplicate, duplicates);
+    count(EventOutcome::Rejected, rejections.len());
     Ok(Outcome {
         counts: Counts {
             accepted,

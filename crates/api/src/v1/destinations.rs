@@ -302,6 +302,7 @@ pub async fn create(
         filter,
         ordering,
         max_batch_bytes: request.max_batch_bytes,
+        paused: false,
         created_at: OffsetDateTime::now_utc(),
     };
     app.destinations.put_destination(&destination).await?;
@@ -536,7 +537,111 @@ pub async fn purge(
     Ok(Json(json!({ "purged": purged })).into_response())
 }
 
-async fn find(app: &AppState, tenant: TenantId, id: &str) -> Result<Destination, ApiError> {
+/// `POST /v1/destinations/{id}/pause`.
+#[utoipa::path(
+    post,
+    path = "/v1/destinations/{id}/pause",
+    operation_id = "pause_destination",
+    tag = "destinations",
+    summary = "Pause a destination: nothing is sent, events keep queueing",
+    description = "Takes effect within two seconds on every node (a batch already on its way \
+        finishes). Events stored meanwhile wait in the queue and go out on resume.",
+    params(("id" = String, Path, format = "uuid", description = "The destination's id")),
+    responses(
+        (status = 200, description = "The destination, with `paused: true`", body = serde_json::Value),
+        (status = 404, response = doc::NotFound),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
+pub async fn pause(
+    State(app): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(&app, tenant.id, &id, true).await
+}
+
+/// `POST /v1/destinations/{id}/resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/destinations/{id}/resume",
+    operation_id = "resume_destination",
+    tag = "destinations",
+    summary = "Resume a paused destination: what queued up is sent",
+    params(("id" = String, Path, format = "uuid", description = "The destination's id")),
+    responses(
+        (status = 200, description = "The destination, with `paused: false`", body = serde_json::Value),
+        (status = 404, response = doc::NotFound),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
+pub async fn resume(
+    State(app): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(&app, tenant.id, &id, false).await
+}
+
+async fn set_paused(
+    app: &AppState,
+    tenant: TenantId,
+    id: &str,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    let mut destination = find(app, tenant, id).await?;
+    if destination.paused != paused {
+        destination.paused = paused;
+        // On resume, the dispatcher starts the destination's worker within a second.
+        app.destinations.put_destination(&destination).await?;
+    }
+    Ok(Json(view(&destination)).into_response())
+}
+
+/// `POST /v1/destinations/{id}/test`.
+#[utoipa::path(
+    post,
+    path = "/v1/destinations/{id}/test",
+    operation_id = "test_destination",
+    tag = "destinations",
+    summary = "Send a made-up test event to the destination now",
+    description = "Sends one event of type `pulsestream.test` (not stored, not queued, not \
+        retried) and answers with the attempt, which is also listed in the destination's \
+        attempts with `test: true`. Works while the destination is paused.",
+    params(("id" = String, Path, format = "uuid", description = "The destination's id")),
+    responses(
+        (status = 200, description = "The attempt: `outcome`, `status`, `error`, `latency_ms`", body = serde_json::Value),
+        (status = 404, response = doc::NotFound),
+        (status = 401, response = doc::Unauthorized),
+        (status = 503, response = doc::Unavailable),
+    ),
+    security(("bearerAuth" = [])),
+)]
+pub async fn test(
+    State(app): State<AppState>,
+    AuthTenant(tenant): AuthTenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let destination = find(&app, tenant.id, &id).await?;
+    let Some(sender) = &app.test_sender else {
+        return Err(ApiError::unavailable(
+            "this server cannot send test events",
+            60,
+        ));
+    };
+    let attempt = sender.send_test(&destination).await?;
+    Ok(Json(super::activity::attempt_view(&attempt)).into_response())
+}
+
+pub(crate) async fn find(
+    app: &AppState,
+    tenant: TenantId,
+    id: &str,
+) -> Result<Destination, ApiError> {
     let not_found = || ApiError::not_found(format!("no destination with id {id:?}"));
     let id = id.parse::<DestinationId>().map_err(|_| not_found())?;
     app.destinations
@@ -553,6 +658,7 @@ fn view(destination: &Destination) -> Value {
         "event_types": destination.event_types,
         "max_attempts": destination.max_attempts,
         "disabled": destination.disabled,
+        "paused": destination.paused,
         "created_at": format_timestamp(destination.created_at),
     });
     match &destination.kind {

@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pulsestream_core::{EventId, Tenant, parse_timestamp};
+use pulsestream_core::{EventId, NewEvent, Tenant, parse_timestamp};
 use pulsestream_store::{AppendBatch, AppendStatus, Cursor, Order, PayloadFilter, SearchQuery};
 use time::OffsetDateTime;
 use xxhash_rust::xxh3::Xxh3;
@@ -12,13 +12,13 @@ use xxhash_rust::xxh3::Xxh3;
 use super::idempotency::{self, Idempotency};
 use super::ingest::{BatchResponse, Checked, Endpoint, SingleAnswer};
 use super::rate_limit;
-use crate::AppState;
 use crate::auth::AuthTenant;
 use crate::body::{BodyFormat, TextBody, read_text_body};
 use crate::error::{ApiError, ErrorItem};
 use crate::extract::{Path, Query};
-use crate::observe::{self, RequestFacts};
+use crate::observe::RequestFacts;
 use crate::openapi as doc;
+use crate::{AppState, EventOutcome};
 
 /// `POST /v1/events`: one event.
 #[utoipa::path(
@@ -120,7 +120,7 @@ async fn ingest(
     received_at: OffsetDateTime,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
-    let count = |outcome, n| observe::count_events(&app.tenant_labels, tenant.id, outcome, n);
+    let count = |outcome, n| app.count_events(tenant.id, outcome, n);
     let body = read_text_body(
         headers,
         body,
@@ -131,7 +131,7 @@ async fn ingest(
     let mut checked = Checked::new(endpoint, &body).inspect_err(|err| {
         // A single event refused whole was one event rejected; a batch's bad envelope is not.
         if endpoint == Endpoint::Single && err.status() == StatusCode::UNPROCESSABLE_ENTITY {
-            count("rejected", 1);
+            count(EventOutcome::Rejected, 1);
         }
     })?;
     let request_hash = request_hash(endpoint, &body);
@@ -152,8 +152,9 @@ async fn ingest(
     let carried = checked.carried();
     let decision = rate_limit::admit(app, tenant, carried as u32)
         .await
-        .inspect_err(|_| count("rate_limited", carried))?;
+        .inspect_err(|_| count(EventOutcome::RateLimited, carried))?;
     let events = checked.take_events();
+    let sizes: Vec<usize> = events.iter().map(NewEvent::approximate_json_len).collect();
     let statuses = if events.is_empty() {
         Vec::new()
     } else {
@@ -166,6 +167,7 @@ async fn ingest(
         app.events.append_batch(batch).await?.statuses
     };
     drop(guard);
+    app.count_stored_bytes(tenant.id, accepted_bytes(&statuses, &sizes));
     let accepted = statuses
         .iter()
         .filter(|status| matches!(status, AppendStatus::Accepted(_)))
@@ -174,9 +176,9 @@ async fn ingest(
         .iter()
         .filter(|status| matches!(status, AppendStatus::Duplicate(_)))
         .count();
-    count("accepted", accepted);
-    count("duplicate", duplicates);
-    count("rejected", carried - accepted - duplicates);
+    count(EventOutcome::Accepted, accepted);
+    count(EventOutcome::Duplicate, duplicates);
+    count(EventOutcome::Rejected, carried - accepted - duplicates);
     let facts = RequestFacts {
         tenant: Some(tenant.id),
         events: Some(carried),
@@ -186,6 +188,16 @@ async fn ingest(
         response.extensions_mut().insert(facts);
         response
     })
+}
+
+/// The approximate bytes of the events of a request that were stored now.
+pub(crate) fn accepted_bytes(statuses: &[AppendStatus], sizes: &[usize]) -> usize {
+    statuses
+        .iter()
+        .zip(sizes)
+        .filter(|(status, _)| matches!(status, AppendStatus::Accepted(_)))
+        .map(|(_, size)| size)
+        .sum()
 }
 
 /// Hashes what makes two requests "the same" for an `Idempotency-Key`: the endpoint, the

@@ -1,5 +1,6 @@
 //! The tenant API, `/v1/...`.
 
+pub mod activity;
 pub mod cloudevents;
 pub(crate) mod compat;
 pub mod destinations;
@@ -9,3 +10,4 @@ pub mod ingest;
 pub mod posthog;
 pub mod rate_limit;
 pub mod segment;
+pub mod stream;

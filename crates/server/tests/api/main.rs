@@ -7,6 +7,9 @@ const BACKEND: harness::Backend = harness::Backend::Embedded;
 mod admin;
 mod batch;
 mod cli;
+mod console;
+/// The console in Chromium; embedded only (the console is the same on both stores).
+mod console_browser;
 /// Embedded only: PostgreSQL keeps no data directory.
 mod data_dir;
 mod delivery;

@@ -12,6 +12,8 @@ mod admin;
 #[path = "../api/batch.rs"]
 mod batch;
 mod cluster;
+#[path = "../api/console.rs"]
+mod console;
 mod database_faults;
 #[path = "../api/delivery.rs"]
 mod delivery;

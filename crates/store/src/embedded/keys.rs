@@ -40,6 +40,43 @@ pub(crate) fn event_key(tenant: TenantNo, id: EventId) -> [u8; EVENT_KEY_LEN] {
     key
 }
 
+pub(crate) const TAIL_KEY_LEN: usize = 4 + 8 + 16;
+
+/// `tail`: tenant, commit time (microseconds, the writer's, which only grows), id: a
+/// tenant's events in the order they were committed, for the live tail. Empty values.
+pub(crate) fn tail_key(tenant: TenantNo, commit_micros: i64, id: EventId) -> [u8; TAIL_KEY_LEN] {
+    let mut key = [0u8; TAIL_KEY_LEN];
+    key[..4].copy_from_slice(&tenant.bytes());
+    key[4..12].copy_from_slice(&order_preserving(commit_micros));
+    key[12..].copy_from_slice(id.as_bytes());
+    key
+}
+
+/// The commit time and event id of a `tail` key.
+pub(crate) fn decode_tail_key(key: &[u8]) -> Result<(i64, EventId), StoreError> {
+    let commit: [u8; 8] = bytes_at(key, 4, "tail key")?;
+    let id: [u8; 16] = bytes_at(key, 12, "tail key")?;
+    Ok((
+        (u64::from_be_bytes(commit) ^ (1 << 63)) as i64,
+        EventId::from_bytes(id),
+    ))
+}
+
+/// An i64 as 8 bytes that sort like the number (sign bit flipped, big-endian).
+pub(crate) fn order_preserving(value: i64) -> [u8; 8] {
+    ((value as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// `meta` key of the last commit time written (see `tail_key`).
+pub(crate) const COMMIT_MICROS_KEY: &[u8] = b"commit_micros";
+
+/// The last commit time written, if any commit stored an event.
+pub(crate) fn last_commit_micros(meta: &fjall::Keyspace) -> Option<i64> {
+    let value = meta.get(COMMIT_MICROS_KEY).ok()??;
+    let bytes: [u8; 8] = value.as_ref().try_into().ok()?;
+    Some(i64::from_be_bytes(bytes))
+}
+
 /// The 64-bit hash of an event type, kept in `by_type` values.
 pub(crate) fn type_hash(event_type: &str) -> u64 {
     xxh3_64(event_type.as_bytes())

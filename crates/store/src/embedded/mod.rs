@@ -9,6 +9,7 @@
 //! entry, each under a key of at most 20 bytes ([`keys`]).
 //! Tenants are few and read on every request, so they are also cached in memory.
 
+mod activity;
 mod dedup_filter;
 mod delivery;
 mod identity;
@@ -75,6 +76,10 @@ pub(crate) struct Keyspaces {
     pub outbox: Keyspace,
     pub dead_letters: Keyspace,
     pub delivery_stats: Keyspace,
+    pub tail: Keyspace,
+    pub attempts: Keyspace,
+    pub attempts_by_event: Keyspace,
+    pub counts: Keyspace,
     /// The tenants' numbers in keys.
     pub numbers: numbers::TenantNumbers,
 }
@@ -89,6 +94,8 @@ pub struct EmbeddedStore {
     /// Serialises tenant writes (read the stored tenant, change, persist, publish), so that
     /// two changes never rewrite the same old copy. One process owns the data dir.
     tenant_writes: Arc<Mutex<()>>,
+    /// Serialises the read-modify-write of counts.
+    counts_writes: Arc<Mutex<()>>,
     queue: delivery::Queue,
     /// Every append goes through this process: each one that stores events is signalled.
     wakeups: Arc<crate::Wakeups>,
@@ -183,6 +190,14 @@ impl EmbeddedStore {
             outbox: open_keyspace(&db, "outbox", config.index_memtable_bytes)?,
             dead_letters: open_keyspace(&db, "dead_letters", config.index_memtable_bytes)?,
             delivery_stats: open_keyspace(&db, "delivery_stats", config.index_memtable_bytes)?,
+            tail: open_keyspace(&db, "tail", config.index_memtable_bytes)?,
+            attempts: open_keyspace(&db, "attempts", config.index_memtable_bytes)?,
+            attempts_by_event: open_keyspace(
+                &db,
+                "attempts_by_event",
+                config.index_memtable_bytes,
+            )?,
+            counts: open_keyspace(&db, "counts", config.index_memtable_bytes)?,
             numbers: numbers::TenantNumbers::load(&meta)?,
         };
         check_format(&db, &keyspaces)?;
@@ -214,6 +229,7 @@ impl EmbeddedStore {
             writer,
             tenants,
             tenant_writes: Arc::default(),
+            counts_writes: Arc::default(),
             queue,
             wakeups: Arc::default(),
             identity,
@@ -564,6 +580,7 @@ impl DestinationStore for EmbeddedStore {
             store
                 .queue
                 .remove_prefix(&store.keyspaces.dead_letters, id)?;
+            store.queue.remove_prefix(&store.keyspaces.attempts, id)?;
             store
                 .keyspaces
                 .delivery_stats
@@ -572,6 +589,73 @@ impl DestinationStore for EmbeddedStore {
             Ok(true)
         })
         .await
+    }
+}
+
+#[async_trait]
+impl crate::ActivityStore for EmbeddedStore {
+    async fn tail(
+        &self,
+        tenant: TenantId,
+        after: Option<crate::TailPosition>,
+        limit: usize,
+    ) -> Result<crate::TailPage, StoreError> {
+        self.blocking(move |store| store.read_tail(tenant, after, limit))
+            .await
+    }
+
+    async fn tail_end(&self, tenant: TenantId) -> Result<Option<crate::TailPosition>, StoreError> {
+        self.blocking(move |store| store.tail_end_of(tenant)).await
+    }
+
+    async fn record_attempt(&self, attempt: &crate::Attempt) -> Result<(), StoreError> {
+        let attempt = attempt.clone();
+        self.blocking(move |store| store.write_attempt(&attempt))
+            .await
+    }
+
+    async fn attempts(
+        &self,
+        destination: DestinationId,
+        before: Option<crate::AttemptCursor>,
+        limit: usize,
+    ) -> Result<Vec<crate::Attempt>, StoreError> {
+        self.blocking(move |store| store.read_attempts(destination, before, limit))
+            .await
+    }
+
+    async fn event_attempts(
+        &self,
+        tenant: TenantId,
+        event: EventId,
+        limit: usize,
+    ) -> Result<Vec<crate::Attempt>, StoreError> {
+        self.blocking(move |store| store.read_event_attempts(tenant, event, limit))
+            .await
+    }
+
+    async fn add_counts(&self, counts: &[crate::MinuteCounts]) -> Result<(), StoreError> {
+        let counts = counts.to_vec();
+        self.blocking(move |store| store.write_counts(&counts))
+            .await
+    }
+
+    async fn counts(
+        &self,
+        tenant: TenantId,
+        since_minute: i64,
+    ) -> Result<crate::TenantCounts, StoreError> {
+        self.blocking(move |store| store.read_counts(tenant, since_minute))
+            .await
+    }
+
+    async fn prune_activity(
+        &self,
+        attempts_before: OffsetDateTime,
+        minutes_before: i64,
+    ) -> Result<u64, StoreError> {
+        self.blocking(move |store| store.prune(attempts_before, minutes_before))
+            .await
     }
 }
 

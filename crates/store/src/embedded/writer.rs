@@ -138,12 +138,15 @@ impl WriterHandle {
         ));
         dedup_filter.fill_in_background(keyspaces.dedup.iter());
         let filter = Arc::new(Mutex::new(dedup_filter.clone()));
+        // Commit times only grow, across restarts too (the live tail's positions and the
+        // queues' due times are built on them), even if the clock went back in between.
+        let last_commit_micros = keys::last_commit_micros(&keyspaces.meta).unwrap_or(i64::MIN);
         let writer = Writer {
             db,
             keyspaces,
             destinations,
             failed: failed.clone(),
-            last_commit_micros: i64::MIN,
+            last_commit_micros,
             in_flight: VecDeque::new(),
             finished: Arc::new(AtomicU64::new(0)),
             next_group: 0,
@@ -488,6 +491,13 @@ impl Writer {
             batch.insert(&ks.idempotency, key, record::encode_idempotency(&record));
             records.insert(key, record);
         }
+        if !accepted.is_empty() {
+            batch.insert(
+                &ks.meta,
+                keys::COMMIT_MICROS_KEY,
+                enqueue_micros.to_be_bytes(),
+            );
+        }
         Ok(Decision {
             batch,
             outcomes: decided.outcomes,
@@ -614,6 +624,12 @@ impl Writer {
             &ks.by_type,
             keys::type_key(tenant, &event.event_type, id),
             keys::type_value(tenant, &event.event_type),
+        );
+        // The live tail: the tenant's events in commit order.
+        batch.insert(
+            &ks.tail,
+            keys::tail_key(tenant, context.enqueue_micros, id),
+            [],
         );
         self.dedup_filter.insert(&dedup_key);
         batch.insert(

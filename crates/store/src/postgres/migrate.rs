@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "ordered delivery",
         include_str!("migrations/0002_ordered_delivery.sql"),
     ),
+    (3, "activity", include_str!("migrations/0003_activity.sql")),
 ];
 
 /// The advisory lock every migrating session takes (an arbitrary constant: "pulsestr").

@@ -15,6 +15,7 @@
 //! with `Retry-After` at once and `/readyz` says not ready. The first call after the pause
 //! tries the database again; recovery needs nobody.
 
+mod activity;
 mod append;
 mod migrate;
 mod queue;

@@ -1,0 +1,290 @@
+//! The embedded store's live tail, delivery attempts and counts (see `crate::activity`).
+//!
+//! - `tail` (written by the writer, in each event's commit): tenant, commit time, id.
+//! - `attempts`: destination, time, attempt id → the attempt as JSON; and
+//!   `attempts_by_event`: tenant, event, time, attempt id → destination, to find an event's
+//!   attempts without scanning. Written without fsync: losing the last few in a crash loses
+//!   a log line, not a delivery.
+//! - `counts`: tenant id, minute → seven counters; the minute `i64::MAX` holds all-time
+//!   counts. One process owns the store, so adding is a read-modify-write under a lock.
+
+use std::ops::Bound;
+
+use pulsestream_core::{DestinationId, EventId, TenantId};
+use time::OffsetDateTime;
+
+use super::keys::{self, TenantNo};
+use super::{EmbeddedStore, read};
+use crate::record::micros_of;
+use crate::{
+    Attempt, AttemptCursor, Counts, MinuteCounts, StoreError, TailPage, TailPosition, TenantCounts,
+};
+
+/// The `counts` minute that holds a tenant's all-time counts.
+const ALL_TIME: i64 = i64::MAX;
+
+fn attempt_key(destination: DestinationId, at_micros: i64, id: uuid::Uuid) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..16].copy_from_slice(destination.as_bytes());
+    key[16..24].copy_from_slice(&keys::order_preserving(at_micros));
+    key[24..].copy_from_slice(id.as_bytes());
+    key
+}
+
+fn by_event_key(tenant: TenantNo, event: EventId, at_micros: i64, id: uuid::Uuid) -> [u8; 44] {
+    let mut key = [0u8; 44];
+    key[..4].copy_from_slice(&tenant.bytes());
+    key[4..20].copy_from_slice(event.as_bytes());
+    key[20..28].copy_from_slice(&keys::order_preserving(at_micros));
+    key[28..].copy_from_slice(id.as_bytes());
+    key
+}
+
+fn counts_key(tenant: TenantId, minute: i64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(tenant.as_bytes());
+    key[16..].copy_from_slice(&keys::order_preserving(minute));
+    key
+}
+
+fn decode_counts(value: &[u8]) -> Result<Counts, StoreError> {
+    let mut values = [0u64; 7];
+    for (i, slot) in values.iter_mut().enumerate() {
+        *slot = u64::from_be_bytes(keys::bytes_at(value, i * 8, "counts value")?);
+    }
+    Ok(Counts::from_array(values))
+}
+
+fn encode_counts(counts: Counts) -> Vec<u8> {
+    counts
+        .to_array()
+        .iter()
+        .flat_map(|value| value.to_be_bytes())
+        .collect()
+}
+
+fn decode_attempt(value: &[u8]) -> Result<Attempt, StoreError> {
+    serde_json::from_slice(value).map_err(|err| StoreError::Corrupt(format!("attempt: {err}")))
+}
+
+impl EmbeddedStore {
+    pub(crate) fn read_tail(
+        &self,
+        tenant: TenantId,
+        after: Option<TailPosition>,
+        limit: usize,
+    ) -> Result<TailPage, StoreError> {
+        let ks = &self.keyspaces;
+        let Some(number) = ks.numbers.get(tenant) else {
+            return Ok(TailPage::default());
+        };
+        let low = match after {
+            Some(after) => {
+                Bound::Excluded(keys::tail_key(number, after.commit, after.event).to_vec())
+            }
+            None => Bound::Included(number.bytes().to_vec()),
+        };
+        let high = Bound::Included(
+            keys::tail_key(number, i64::MAX, EventId::from_parts(i64::MAX, u64::MAX)).to_vec(),
+        );
+        let mut page = TailPage::default();
+        for entry in ks.tail.range::<Vec<u8>, _>((low, high)).take(limit) {
+            let key = entry.key().map_err(StoreError::unavailable)?;
+            let (commit, event) = keys::decode_tail_key(&key)?;
+            // An event deleted since (retention, erasure) is skipped, its place kept.
+            if let Some(stored) = read::event(ks, tenant, event)? {
+                page.events.push((TailPosition { commit, event }, stored));
+            }
+        }
+        Ok(page)
+    }
+
+    pub(crate) fn tail_end_of(&self, tenant: TenantId) -> Result<Option<TailPosition>, StoreError> {
+        let ks = &self.keyspaces;
+        let Some(number) = ks.numbers.get(tenant) else {
+            return Ok(None);
+        };
+        match ks.tail.prefix(number.bytes()).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let key = entry.key().map_err(StoreError::unavailable)?;
+                let (commit, event) = keys::decode_tail_key(&key)?;
+                Ok(Some(TailPosition { commit, event }))
+            }
+        }
+    }
+
+    pub(crate) fn write_attempt(&self, attempt: &Attempt) -> Result<(), StoreError> {
+        let ks = &self.keyspaces;
+        let at = micros_of(attempt.at);
+        let value = serde_json::to_vec(attempt).map_err(StoreError::unavailable)?;
+        let mut batch = self.db.batch();
+        batch.insert(
+            &ks.attempts,
+            attempt_key(attempt.destination, at, attempt.id),
+            value,
+        );
+        if !attempt.events.is_empty() {
+            let number = ks.numbers.get_or_assign(attempt.tenant)?;
+            for event in &attempt.events {
+                batch.insert(
+                    &ks.attempts_by_event,
+                    by_event_key(number, *event, at, attempt.id),
+                    attempt.destination.as_bytes(),
+                );
+            }
+        }
+        batch.commit().map_err(StoreError::unavailable)
+    }
+
+    pub(crate) fn read_attempts(
+        &self,
+        destination: DestinationId,
+        before: Option<AttemptCursor>,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        let low = Bound::Included(attempt_key(destination, i64::MIN, uuid::Uuid::nil()).to_vec());
+        let high = match before {
+            Some(cursor) => {
+                Bound::Excluded(attempt_key(destination, cursor.at_micros, cursor.id).to_vec())
+            }
+            None => Bound::Included(attempt_key(destination, i64::MAX, uuid::Uuid::max()).to_vec()),
+        };
+        let mut attempts = Vec::new();
+        for entry in self
+            .keyspaces
+            .attempts
+            .range::<Vec<u8>, _>((low, high))
+            .rev()
+            .take(limit)
+        {
+            let (_, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+            attempts.push(decode_attempt(&value)?);
+        }
+        Ok(attempts)
+    }
+
+    pub(crate) fn read_event_attempts(
+        &self,
+        tenant: TenantId,
+        event: EventId,
+        limit: usize,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        let ks = &self.keyspaces;
+        let Some(number) = ks.numbers.get(tenant) else {
+            return Ok(Vec::new());
+        };
+        let mut prefix = number.bytes().to_vec();
+        prefix.extend_from_slice(event.as_bytes());
+        let mut attempts = Vec::new();
+        for entry in ks.attempts_by_event.prefix(&prefix).rev().take(limit) {
+            let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+            let at = keys::bytes_at::<8>(&key, 20, "attempt index key")?;
+            let id = keys::bytes_at::<16>(&key, 28, "attempt index key")?;
+            let destination =
+                DestinationId::from_bytes(keys::bytes_at(&value, 0, "attempt index")?);
+            let mut attempt_key = [0u8; 40];
+            attempt_key[..16].copy_from_slice(destination.as_bytes());
+            attempt_key[16..24].copy_from_slice(&at);
+            attempt_key[24..].copy_from_slice(&id);
+            // Gone with its destination, or pruned: the index entry outlived it.
+            if let Some(value) = ks
+                .attempts
+                .get(attempt_key)
+                .map_err(StoreError::unavailable)?
+            {
+                let attempt = decode_attempt(&value)?;
+                if attempt.tenant == tenant {
+                    attempts.push(attempt);
+                }
+            }
+        }
+        Ok(attempts)
+    }
+
+    pub(crate) fn write_counts(&self, counts: &[MinuteCounts]) -> Result<(), StoreError> {
+        let ks = &self.keyspaces;
+        let _serial = self
+            .counts_writes
+            .lock()
+            .expect("counts lock is never poisoned");
+        let mut sums: std::collections::BTreeMap<[u8; 24], Counts> = Default::default();
+        for entry in counts {
+            for minute in [entry.minute, ALL_TIME] {
+                sums.entry(counts_key(entry.tenant, minute))
+                    .or_default()
+                    .add(&entry.counts);
+            }
+        }
+        let mut batch = self.db.batch();
+        for (key, add) in sums {
+            let mut total = match ks.counts.get(key).map_err(StoreError::unavailable)? {
+                Some(value) => decode_counts(&value)?,
+                None => Counts::default(),
+            };
+            total.add(&add);
+            batch.insert(&ks.counts, key, encode_counts(total));
+        }
+        batch.commit().map_err(StoreError::unavailable)
+    }
+
+    pub(crate) fn read_counts(
+        &self,
+        tenant: TenantId,
+        since_minute: i64,
+    ) -> Result<TenantCounts, StoreError> {
+        let ks = &self.keyspaces;
+        let mut result = TenantCounts::default();
+        let low = counts_key(tenant, since_minute);
+        let high = counts_key(tenant, ALL_TIME);
+        for entry in ks.counts.range(low..high) {
+            let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+            let minute = keys::bytes_at::<8>(&key, 16, "counts key")?;
+            let minute = (u64::from_be_bytes(minute) ^ (1 << 63)) as i64;
+            result.minutes.push((minute, decode_counts(&value)?));
+        }
+        if let Some(value) = ks.counts.get(high).map_err(StoreError::unavailable)? {
+            result.all_time = decode_counts(&value)?;
+        }
+        Ok(result)
+    }
+
+    pub(crate) fn prune(
+        &self,
+        attempts_before: OffsetDateTime,
+        minutes_before: i64,
+    ) -> Result<u64, StoreError> {
+        let ks = &self.keyspaces;
+        let cutoff = micros_of(attempts_before);
+        let mut pruned = 0u64;
+        let mut batch = self.db.batch();
+        for entry in ks.attempts.iter() {
+            let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+            let at = keys::bytes_at::<8>(&key, 16, "attempt key")?;
+            if (u64::from_be_bytes(at) ^ (1 << 63)) as i64 >= cutoff {
+                continue;
+            }
+            let attempt = decode_attempt(&value)?;
+            if let Some(number) = ks.numbers.get(attempt.tenant) {
+                for event in &attempt.events {
+                    batch.remove(
+                        &ks.attempts_by_event,
+                        by_event_key(number, *event, micros_of(attempt.at), attempt.id),
+                    );
+                }
+            }
+            batch.remove(&ks.attempts, key);
+            pruned += 1;
+        }
+        for entry in ks.counts.iter() {
+            let key = entry.key().map_err(StoreError::unavailable)?;
+            let minute = keys::bytes_at::<8>(&key, 16, "counts key")?;
+            let minute = (u64::from_be_bytes(minute) ^ (1 << 63)) as i64;
+            if minute < minutes_before {
+                batch.remove(&ks.counts, key);
+            }
+        }
+        batch.commit().map_err(StoreError::unavailable)?;
+        Ok(pruned)
+    }
+}

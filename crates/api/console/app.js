@@ -500,6 +500,7 @@ function tailScreen(main) {
 
   let params = new URLSearchParams(), ac = null, lastId = null, conn = '', connKind = '', paused = false;
   let buffer = [], pending = [], flushT = 0, retryT = 0, lastSeen = Date.now(), seen = new Set();
+  const retries = new WeakSet(); // events that came as `event: duplicate`
 
   main.append(
     head('Live tail', status),
@@ -580,11 +581,12 @@ function tailScreen(main) {
         const d = obj(parseJson(m.data));
         if (!lastId && typeof d.last_event_id === 'string' && d.last_event_id) lastId = d.last_event_id;
         setConn('live');
-      } else if (m.event === 'event') {
+      } else if (m.event === 'event' || m.event === 'duplicate') {
         const ev = parseJson(m.data);
         if (!ev || typeof ev !== 'object') return;
         if (connKind !== 'live') setConn('live');
-        incoming(ev);
+        if (m.event === 'duplicate') retries.add(ev); // a client's retry of a stored event
+        incoming(ev, m.id);
       } else if (m.event === 'cut') {
         cut = obj(parseJson(m.data));
         if (!lastId && typeof cut.last_event_id === 'string' && cut.last_event_id) lastId = cut.last_event_id;
@@ -608,8 +610,8 @@ function tailScreen(main) {
     return { cut: !!cut };
   }
 
-  function incoming(ev) {
-    const id = str(ev.id);
+  function incoming(ev, position) {
+    const id = position ? str(position) : str(ev.id);
     if (id) {
       if (seen.has(id)) return;
       seen.add(id);
@@ -640,10 +642,12 @@ function tailScreen(main) {
 
   function row(ev) {
     const id = str(ev.id);
-    const li = h('li', { class: 'tail-row', 'data-id': id },
+    const retry = retries.has(ev);
+    const li = h('li', { class: retry ? 'tail-row duplicate' : 'tail-row', 'data-id': id },
       h('div', { class: 'tail-sum', role: 'button', tabindex: '0', 'aria-expanded': 'false' },
         h('span', { class: 'c-time' }, time(ev.timestamp)),
-        h('span', { class: 'c-type' }, str(ev.event_type)),
+        h('span', { class: 'c-type' }, str(ev.event_type),
+          retry ? h('span', { class: 'tag dup', title: 'A retry of this stored event: answered duplicate, not stored again' }, 'duplicate') : null),
         h('span', { class: 'c-source' }, ev.source == null ? '—' : str(ev.source)),
         h('span', { class: 'c-eid mono' }, str(ev.event_id)),
         h('span', { class: 'c-preview mono' }, preview(ev.payload))),
@@ -794,7 +798,7 @@ function attemptRow(a) {
   a = obj(a);
   return h('tr', { class: 'attempt-row', 'data-id': str(a.id) },
     td(time(a.at)),
-    td(badge(a.outcome), a.test ? h('span', { class: 'tag' }, 'test') : null),
+    td([badge(a.outcome), a.test ? h('span', { class: 'tag' }, 'test') : null]),
     td(a.status == null ? '–' : str(a.status), 'num'),
     td(Array.isArray(a.events) ? num(a.events.length) : '–', 'num'),
     td(a.latency_ms == null ? '–' : num(a.latency_ms) + ' ms', 'num'),
@@ -987,7 +991,7 @@ async function destinationScreen(main, id) {
     let a;
     try { a = obj(await api('POST', base + '/test')); } catch (e) { testResult.replaceChildren(); throw e; }
     set(testResult, h('strong', null, 'Test: '), badge(a.outcome),
-      ` · ${a.status == null ? 'no HTTP answer' : 'HTTP ' + str(a.status)} · ${a.latency_ms == null ? '–' : num(a.latency_ms) + ' ms'}`,
+      ` · ${a.status != null ? 'HTTP ' + str(a.status) + ' · ' : a.outcome === 'delivered' ? '' : 'no HTTP answer · '}${a.latency_ms == null ? '–' : num(a.latency_ms) + ' ms'}`,
       a.error ? h('div', { class: 'err' }, str(a.error)) : null);
     testResult.dataset.outcome = KNOWN.has(a.outcome) ? a.outcome : 'other';
     await refreshAttempts();

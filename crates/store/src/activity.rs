@@ -20,32 +20,50 @@ use crate::{StoreError, StoredEvent};
 ///
 /// `commit` is the embedded writer's commit time in microseconds, or the PostgreSQL
 /// transaction id (a `xid8`) that stored the event; `event` orders one commit's events.
+/// `duplicate` marks a retry of a stored event (the tail shows it again, marked) rather
+/// than the event's storing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TailPosition {
     pub commit: i64,
     pub event: EventId,
+    pub duplicate: bool,
+}
+
+/// Two numbers as 48 hex digits that sort like the pair.
+fn hex_pair(high: i64, low: uuid::Uuid) -> String {
+    format!("{:016x}{}", (high as u64) ^ (1 << 63), low.simple())
+}
+
+fn parse_hex_pair(token: &str) -> Option<(i64, uuid::Uuid)> {
+    if token.len() != 48 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let high = u64::from_str_radix(&token[..16], 16).ok()? ^ (1 << 63);
+    let low = uuid::Uuid::try_parse(&token[16..]).ok()?;
+    Some((high as i64, low))
 }
 
 impl TailPosition {
-    /// The opaque token clients see (`id:` of the SSE stream): 48 hex digits.
+    /// The opaque token clients see (`id:` of the SSE stream): 49 hex digits.
     pub fn token(&self) -> String {
-        format!(
-            "{:016x}{}",
-            (self.commit as u64) ^ (1 << 63),
-            self.event.0.simple()
-        )
+        let mut token = hex_pair(self.commit, self.event.0);
+        token.push(if self.duplicate { '1' } else { '0' });
+        token
     }
 
     /// Reads a token made by [`Self::token`].
     pub fn parse(token: &str) -> Option<Self> {
-        if token.len() != 48 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let commit = u64::from_str_radix(&token[..16], 16).ok()? ^ (1 << 63);
-        let event = uuid::Uuid::try_parse(&token[16..]).ok()?;
+        let (pair, kind) = token.split_at_checked(48)?;
+        let (commit, event) = parse_hex_pair(pair)?;
+        let duplicate = match kind {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
         Some(Self {
-            commit: commit as i64,
+            commit,
             event: EventId(event),
+            duplicate,
         })
     }
 }
@@ -53,6 +71,7 @@ impl TailPosition {
 /// Up to a page of a tenant's tail after a position.
 #[derive(Debug, Clone, Default)]
 pub struct TailPage {
+    /// Each position with the event (for a duplicate: the stored event it repeats).
     pub events: Vec<(TailPosition, StoredEvent)>,
 }
 
@@ -110,19 +129,12 @@ impl AttemptCursor {
 
     /// The opaque token clients see: 48 hex digits.
     pub fn token(&self) -> String {
-        format!(
-            "{:016x}{}",
-            (self.at_micros as u64) ^ (1 << 63),
-            self.id.simple()
-        )
+        hex_pair(self.at_micros, self.id)
     }
 
     pub fn parse(token: &str) -> Option<Self> {
-        let position = TailPosition::parse(token)?;
-        Some(Self {
-            at_micros: position.commit,
-            id: position.event.0,
-        })
+        let (at_micros, id) = parse_hex_pair(token)?;
+        Some(Self { at_micros, id })
     }
 }
 
@@ -324,15 +336,25 @@ mod tests {
         let a = TailPosition {
             commit: -5,
             event: EventId::from_parts(10, 1),
+            duplicate: false,
+        };
+        let a_again = TailPosition {
+            duplicate: true,
+            ..a
         };
         let b = TailPosition {
             commit: 1_700_000_000_000_000,
             event: EventId::from_parts(-10, 0),
+            duplicate: false,
         };
-        assert_eq!(TailPosition::parse(&a.token()), Some(a));
-        assert_eq!(TailPosition::parse(&b.token()), Some(b));
-        assert!(a < b && a.token() < b.token());
+        for position in [a, a_again, b] {
+            assert_eq!(TailPosition::parse(&position.token()), Some(position));
+        }
+        assert!(a < a_again && a_again < b);
+        assert!(a.token() < a_again.token() && a_again.token() < b.token());
         assert_eq!(TailPosition::parse("zz"), None);
-        assert_eq!(TailPosition::parse(&"g".repeat(48)), None);
+        assert_eq!(TailPosition::parse(&"g".repeat(49)), None);
+        assert_eq!(TailPosition::parse(&format!("{}2", &a.token()[..48])), None);
+        assert_eq!(TailPosition::parse(&"é".repeat(30)), None);
     }
 }

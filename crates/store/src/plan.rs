@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use pulsestream_core::TenantId;
+use pulsestream_core::{EventId, TenantId};
 use time::Duration;
 
 use crate::record::same_content;
@@ -76,6 +76,9 @@ pub(crate) struct Decided {
     pub outcomes: Vec<Result<AppendOutcome, StoreError>>,
     /// (request, record) for each request with a key whose events were decided.
     pub records: Vec<(usize, IdempotencyRecord)>,
+    /// (request, id) of each event decided a duplicate of a stored one: a client's retry,
+    /// which the live tail shows (a replayed or twin request is not a new retry).
+    pub duplicates: Vec<(usize, EventId)>,
 }
 
 impl GroupPlan {
@@ -169,6 +172,7 @@ impl GroupPlan {
     ) -> Result<Decided, StoreError> {
         let mut statuses: Vec<Vec<AppendStatus>> = Vec::with_capacity(batches.len());
         let mut records = Vec::new();
+        let mut duplicates = Vec::new();
         for (request, (batch, plan)) in batches.iter().zip(&self.requests).enumerate() {
             let decided = match plan {
                 RequestPlan::Replay(recorded) => recorded.clone(),
@@ -201,6 +205,9 @@ impl GroupPlan {
                                 }
                             }
                         };
+                        if let AppendStatus::Duplicate(id) = status {
+                            duplicates.push((request, id));
+                        }
                         decided.push(status);
                     }
                     if let Some(claim) = &batch.idempotency {
@@ -226,7 +233,11 @@ impl GroupPlan {
                 _ => Ok(AppendOutcome { statuses }),
             })
             .collect();
-        Ok(Decided { outcomes, records })
+        Ok(Decided {
+            outcomes,
+            records,
+            duplicates,
+        })
     }
 }
 

@@ -50,7 +50,9 @@ const STORE_PATIENCE: Duration = Duration::from_secs(30);
         search filters (`event_id`, `event_type`, `source`, `since`, `until`, `payload.<path>`, \
         `q`). Starts with the next event stored, or after `Last-Event-ID` (header, or the \
         `last_event_id` parameter) without gaps or repeats. Sends `event: ready` first, then \
-        `event: event` with `id:` and the stored event as `data:`, a `: heartbeat` comment every \
+        `event: event` with `id:` and the stored event as `data:`, `event: duplicate` (the \
+        stored event again) when a client's retry of it was answered `duplicate`, a \
+        `: heartbeat` comment every \
         15 s, and `event: cut` before it ends early (`slow_reader`, `shutdown`, `unavailable`), \
         with the `last_event_id` to resume from.",
     params(
@@ -224,10 +226,12 @@ impl TailReader {
                     // A raw CR can only be whitespace in JSON (in strings it is escaped), and
                     // SSE reads it as a line break: leave it out.
                     let data = String::from_utf8_lossy(&event.json).replace('\r', "");
-                    let frame = Event::default()
-                        .id(position.token())
-                        .event("event")
-                        .data(data);
+                    let kind = if position.duplicate {
+                        "duplicate"
+                    } else {
+                        "event"
+                    };
+                    let frame = Event::default().id(position.token()).event(kind).data(data);
                     match tokio::time::timeout(SLOW_READER_GRACE, self.events.send(frame)).await {
                         Ok(Ok(())) => {}
                         // The subscriber left.

@@ -138,18 +138,29 @@ async fn the_live_tail_shows_new_events_and_resumes_without_gaps_or_repeats() {
         ],
     )
     .await;
+    // A retry: not stored again, but shown again, marked.
     app.post_event(&tenant, &event("o-3", "order.created", json!({})))
-        .await; // a duplicate: not stored again, not on the tail again
+        .await;
     let mut tail = Tail::open(&app, &tenant, "", Some(&last)).await;
     let (_, third) = tail.next_event().await;
     let (_, fourth) = tail.next_event().await;
     let mut got = vec![third["event_id"].clone(), fourth["event_id"].clone()];
     got.sort_by_key(|v| v.to_string());
     assert_eq!(got, vec![json!("o-3"), json!("o-4")]);
+    let retry = tail.next().await.expect("the retry");
+    assert_eq!(retry.event, "duplicate", "{retry:?}");
+    let repeated: Value = serde_json::from_str(&retry.data).unwrap();
+    assert_eq!(repeated["event_id"], "o-3");
+    let retry_id = retry.id.unwrap();
     app.post_event(&tenant, &event("o-5", "order.created", json!({})))
         .await;
     let (_, fifth) = tail.next_event().await;
     assert_eq!(fifth["event_id"], "o-5");
+    drop(tail);
+    // Resuming from the retry's own id goes on after it.
+    let mut tail = Tail::open(&app, &tenant, "", Some(&retry_id)).await;
+    let (_, again) = tail.next_event().await;
+    assert_eq!(again["event_id"], "o-5");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,13 +280,13 @@ async fn a_slow_reader_is_cut_and_can_resume_where_it_was_cut() {
     let last = cut
         .split("\"last_event_id\":\"")
         .nth(1)
-        .and_then(|rest| rest.get(..48))
+        .and_then(|rest| rest.get(..49))
         .expect("the cut names where to resume")
         .to_owned();
     // The id of the last event received is the one the cut names.
     let ids: Vec<&str> = text
         .match_indices("id: ")
-        .map(|(at, _)| &text[at + 4..at + 4 + 48])
+        .map(|(at, _)| &text[at + 4..at + 4 + 49])
         .collect();
     if let Some(last_received) = ids.last() {
         assert_eq!(*last_received, last);

@@ -79,21 +79,18 @@ impl EmbeddedStore {
             return Ok(TailPage::default());
         };
         let low = match after {
-            Some(after) => {
-                Bound::Excluded(keys::tail_key(number, after.commit, after.event).to_vec())
-            }
+            Some(after) => Bound::Excluded(keys::tail_position_key(number, after)),
             None => Bound::Included(number.bytes().to_vec()),
         };
-        let high = Bound::Included(
-            keys::tail_key(number, i64::MAX, EventId::from_parts(i64::MAX, u64::MAX)).to_vec(),
-        );
+        let last = EventId::from_parts(i64::MAX, u64::MAX);
+        let high = Bound::Included(keys::tail_duplicate_key(number, i64::MAX, last).to_vec());
         let mut page = TailPage::default();
         for entry in ks.tail.range::<Vec<u8>, _>((low, high)).take(limit) {
             let key = entry.key().map_err(StoreError::unavailable)?;
-            let (commit, event) = keys::decode_tail_key(&key)?;
+            let position = keys::decode_tail_key(&key)?;
             // An event deleted since (retention, erasure) is skipped, its place kept.
-            if let Some(stored) = read::event(ks, tenant, event)? {
-                page.events.push((TailPosition { commit, event }, stored));
+            if let Some(stored) = read::event(ks, tenant, position.event)? {
+                page.events.push((position, stored));
             }
         }
         Ok(page)
@@ -108,8 +105,7 @@ impl EmbeddedStore {
             None => Ok(None),
             Some(entry) => {
                 let key = entry.key().map_err(StoreError::unavailable)?;
-                let (commit, event) = keys::decode_tail_key(&key)?;
-                Ok(Some(TailPosition { commit, event }))
+                Ok(Some(keys::decode_tail_key(&key)?))
             }
         }
     }

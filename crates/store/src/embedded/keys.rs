@@ -52,14 +52,36 @@ pub(crate) fn tail_key(tenant: TenantNo, commit_micros: i64, id: EventId) -> [u8
     key
 }
 
-/// The commit time and event id of a `tail` key.
-pub(crate) fn decode_tail_key(key: &[u8]) -> Result<(i64, EventId), StoreError> {
+/// `tail` key of a duplicate of a stored event seen in a commit: the event's key and a 1,
+/// so it sorts right after the event's own entry of the same commit.
+pub(crate) fn tail_duplicate_key(
+    tenant: TenantNo,
+    commit_micros: i64,
+    id: EventId,
+) -> [u8; TAIL_KEY_LEN + 1] {
+    let mut key = [1u8; TAIL_KEY_LEN + 1];
+    key[..TAIL_KEY_LEN].copy_from_slice(&tail_key(tenant, commit_micros, id));
+    key
+}
+
+/// The position a `tail` key stands for.
+pub(crate) fn decode_tail_key(key: &[u8]) -> Result<crate::TailPosition, StoreError> {
     let commit: [u8; 8] = bytes_at(key, 4, "tail key")?;
     let id: [u8; 16] = bytes_at(key, 12, "tail key")?;
-    Ok((
-        (u64::from_be_bytes(commit) ^ (1 << 63)) as i64,
-        EventId::from_bytes(id),
-    ))
+    Ok(crate::TailPosition {
+        commit: (u64::from_be_bytes(commit) ^ (1 << 63)) as i64,
+        event: EventId::from_bytes(id),
+        duplicate: key.len() > TAIL_KEY_LEN,
+    })
+}
+
+/// The `tail` key of a position.
+pub(crate) fn tail_position_key(tenant: TenantNo, position: crate::TailPosition) -> Vec<u8> {
+    if position.duplicate {
+        tail_duplicate_key(tenant, position.commit, position.event).to_vec()
+    } else {
+        tail_key(tenant, position.commit, position.event).to_vec()
+    }
 }
 
 /// An i64 as 8 bytes that sort like the number (sign bit flipped, big-endian).

@@ -491,7 +491,15 @@ impl Writer {
             batch.insert(&ks.idempotency, key, record::encode_idempotency(&record));
             records.insert(key, record);
         }
-        if !accepted.is_empty() {
+        // Retries show on the live tail, marked, right after what this commit stores.
+        for (request, id) in &decided.duplicates {
+            batch.insert(
+                &ks.tail,
+                keys::tail_duplicate_key(contexts[*request].tenant, enqueue_micros, *id),
+                [],
+            );
+        }
+        if !accepted.is_empty() || !decided.duplicates.is_empty() {
             batch.insert(
                 &ks.meta,
                 keys::COMMIT_MICROS_KEY,

@@ -15,13 +15,14 @@ use crate::{
 /// The `activity_counts` minute that holds a tenant's all-time counts.
 const ALL_TIME: i64 = i64::MAX;
 
-fn position(xid: &str, id: Uuid) -> Result<TailPosition, StoreError> {
+fn position(xid: &str, id: Uuid, duplicate: bool) -> Result<TailPosition, StoreError> {
     let commit = xid
         .parse::<i64>()
         .map_err(|_| StoreError::Corrupt(format!("transaction id {xid:?}")))?;
     Ok(TailPosition {
         commit,
         event: EventId(id),
+        duplicate,
     })
 }
 
@@ -50,27 +51,37 @@ impl ActivityStore for PostgresStore {
         after: Option<TailPosition>,
         limit: usize,
     ) -> Result<TailPage, StoreError> {
-        let (xid, id) = after.map_or((0, Uuid::nil()), |after| (after.commit, after.event.0));
+        let (xid, id, duplicate) = after.map_or((0, Uuid::nil(), false), |after| {
+            (after.commit, after.event.0, after.duplicate)
+        });
         // Rows of transactions older than this statement's snapshot xmin only: every such
-        // transaction has ended, so no row can appear behind what is returned.
+        // transaction has ended, so no row can appear behind what is returned. Positions
+        // order by (xid, id, duplicate): a retry comes right after the event's own row.
         let rows = self
             .db
             .query(
-                "SELECT tail_xid::text, id, body FROM events
-                  WHERE tenant_id = $1 AND tail_xid IS NOT NULL
-                    AND (tail_xid > $2::text::xid8 OR (tail_xid = $2::text::xid8 AND id > $3))
-                    AND tail_xid < pg_snapshot_xmin(pg_current_snapshot())
-                  ORDER BY tail_xid, id LIMIT $4",
-                &[&tenant.0, &xid.to_string(), &id, &(limit as i64)],
+                "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+                 tail AS (
+                     SELECT tail_xid, id, false AS duplicate FROM events, horizon
+                      WHERE tenant_id = $1 AND tail_xid IS NOT NULL AND tail_xid >= $2::text::xid8
+                        AND tail_xid < horizon.xmin
+                     UNION ALL
+                     SELECT tail_xid, id, true FROM tail_duplicates, horizon
+                      WHERE tenant_id = $1 AND tail_xid >= $2::text::xid8 AND tail_xid < horizon.xmin)
+                 SELECT t.tail_xid::text, t.id, t.duplicate, e.body FROM tail t
+                   JOIN events e ON e.tenant_id = $1 AND e.id = t.id
+                  WHERE (t.tail_xid, t.id, t.duplicate) > ($2::text::xid8, $3, $4)
+                  ORDER BY t.tail_xid, t.id, t.duplicate LIMIT $5",
+                &[&tenant.0, &xid.to_string(), &id, &duplicate, &(limit as i64)],
             )
             .await?;
         let mut page = TailPage::default();
         for row in rows {
             let xid: String = row.get(0);
             let id: Uuid = row.get(1);
-            let body: String = row.get(2);
+            let body: String = row.get(3);
             page.events.push((
-                position(&xid, id)?,
+                position(&xid, id, row.get(2))?,
                 StoredEvent {
                     id: EventId(id),
                     json: body.into_bytes(),
@@ -84,14 +95,18 @@ impl ActivityStore for PostgresStore {
         let row = self
             .db
             .query_opt(
-                "SELECT tail_xid::text, id FROM events
-                  WHERE tenant_id = $1 AND tail_xid IS NOT NULL
-                    AND tail_xid < pg_snapshot_xmin(pg_current_snapshot())
-                  ORDER BY tail_xid DESC, id DESC LIMIT 1",
+                "WITH horizon AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
+                 SELECT tail_xid::text, id, duplicate FROM (
+                     SELECT tail_xid, id, false AS duplicate FROM events, horizon
+                      WHERE tenant_id = $1 AND tail_xid IS NOT NULL AND tail_xid < horizon.xmin
+                     UNION ALL
+                     SELECT tail_xid, id, true FROM tail_duplicates, horizon
+                      WHERE tenant_id = $1 AND tail_xid < horizon.xmin) AS tail
+                  ORDER BY tail_xid DESC, id DESC, duplicate DESC LIMIT 1",
                 &[&tenant.0],
             )
             .await?;
-        row.map(|row| position(&row.get::<_, String>(0), row.get(1)))
+        row.map(|row| position(&row.get::<_, String>(0), row.get(1), row.get(2)))
             .transpose()
     }
 
@@ -245,6 +260,12 @@ impl ActivityStore for PostgresStore {
             .execute(
                 "DELETE FROM activity_counts WHERE minute < $1",
                 &[&minutes_before],
+            )
+            .await?;
+        self.db
+            .execute(
+                "DELETE FROM tail_duplicates WHERE seen_at < $1",
+                &[&attempts_before],
             )
             .await?;
         Ok(pruned)

@@ -243,8 +243,34 @@ async fn commit_group(
     // transaction; commit before answering, since a 2xx promises they survive a crash.
     enqueue(&transaction, &inserts, &destinations).await?;
     record_outcomes(&transaction, batches, &decided.records).await?;
+    record_duplicates(&transaction, batches, &decided.duplicates).await?;
     transaction.commit().await.map_err(pg_error)?;
     Ok(decided.outcomes)
+}
+
+/// Puts the group's retries of stored events on the live tail (`tail_duplicates`, in this
+/// transaction, so under its id).
+async fn record_duplicates(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    batches: &[&AppendBatch],
+    duplicates: &[(usize, EventId)],
+) -> Result<(), StoreError> {
+    if duplicates.is_empty() {
+        return Ok(());
+    }
+    let (tenants, ids): (Vec<Uuid>, Vec<Uuid>) = duplicates
+        .iter()
+        .map(|(request, id)| (batches[*request].tenant.0, id.0))
+        .unzip();
+    transaction
+        .execute(
+            "INSERT INTO tail_duplicates (tenant_id, id)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
+            &[&tenants, &ids],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(())
 }
 
 /// Locks the group's `Idempotency-Key`s (sorted by lock id, so two groups never deadlock on

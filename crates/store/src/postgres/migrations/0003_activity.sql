@@ -7,6 +7,15 @@
 ALTER TABLE events ADD COLUMN tail_xid xid8;
 ALTER TABLE events ALTER COLUMN tail_xid SET DEFAULT pg_current_xact_id();
 CREATE INDEX events_tail ON events (tenant_id, tail_xid, id);
+-- Retries of stored events, shown on the tail again, marked (kept as long as attempts).
+CREATE TABLE tail_duplicates (
+    tenant_id uuid NOT NULL,
+    tail_xid  xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    id        uuid NOT NULL,
+    seen_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, tail_xid, id)
+);
+CREATE INDEX tail_duplicates_seen ON tail_duplicates (seen_at);
 
 -- Each delivery attempt, kept for a bounded time (pruned by every node).
 CREATE TABLE delivery_attempts (

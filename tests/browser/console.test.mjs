@@ -135,7 +135,10 @@ async function tailLive(page) {
   await open(page, tenantKey, '#/tail');
   await page.locator('#tail-status', { hasText: /^live$/ }).waitFor({ timeout: 5_000 });
 }
-const tailRow = (page, id) => page.locator(`#tail-list li.tail-row[data-id="${id}"]`);
+// The tail's rows of the stored event `id` (its row, and one per retry answered "duplicate"):
+// found by their link to the event's page.
+const tailRow = (page, id) => page.locator('#tail-list li.tail-row')
+  .filter({ has: page.locator(`a.open[href="#/events/${encodeURIComponent(id)}"]`) });
 
 // Searches by event type once the screen's first (unfiltered) search is shown, and waits
 // for exactly the events `ids` (newest first) in the results.
@@ -209,6 +212,48 @@ browserTest('2. live tail: an event shows within a second; pause holds events ba
   assert.ok(await page.locator('#tail-waiting').isHidden(), 'nothing waits any more');
 });
 
+browserTest('2b. live tail: a client\'s retry of a stored event shows as a duplicate row', async page => {
+  await tailLive(page);
+  const event = { event_type: `retry.${RUN}`, source: 'browser-test', payload: { order: 7, lines: [1, 2] } };
+  const first = await ingest(event);
+  assert.equal(first.status, 'accepted');
+  const rows = tailRow(page, first.id);
+  await rows.first().waitFor({ timeout: 5_000 });
+  assert.equal(await rows.count(), 1);
+
+  // The very same event again (same event_id, same content): 200 duplicate, not stored again.
+  const res = await fetch(BASE + '/v1/events', {
+    method: 'POST', headers: { Authorization: `Bearer ${tenantKey}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ ...event, event_id: first.event_id }),
+  });
+  assert.equal(res.status, 200);
+  const again = await res.json();
+  assert.deepEqual([again.status, again.id, again.event_id], ['duplicate', first.id, first.event_id]);
+
+  await until('a second row for the retried event', async () => (await rows.count()) === 2, 5_000);
+  const dup = rows.and(page.locator('.duplicate'));
+  assert.equal(await dup.count(), 1, 'one row is marked duplicate');
+  const tag = dup.locator('span.tag.dup');
+  // shown whole: not cut off by the event type's column (isVisible alone does not see clipping)
+  const unclipped = () => tag.evaluate(t => {
+    const r = t.getBoundingClientRect(), c = t.closest('.c-type').getBoundingClientRect();
+    return r.width > 0 && r.left >= c.left - 0.5 && r.right <= c.right + 0.5;
+  });
+  assert.ok(await tag.isVisible() && await unclipped(), 'the duplicate row shows its tag');
+  assert.equal((await tag.textContent()).trim(), 'duplicate');
+  assert.equal(await page.locator('#tail-list li.tail-row').first().evaluate(
+    (li, href) => li.classList.contains('duplicate') && !!li.querySelector(`a.open[href="${href}"]`),
+    `#/events/${encodeURIComponent(first.id)}`), true, 'the retry is the newest row');
+  const original = rows.and(page.locator(':not(.duplicate)'));
+  assert.equal(await original.count(), 1);
+  assert.equal(await original.locator('.tag.dup').count(), 0, 'the original row has no duplicate tag');
+  assert.equal(await dup.locator('.c-eid').textContent(), first.event_id);
+  await shot(page, 'tail-duplicate');
+  await page.setViewportSize(PHONE);
+  assert.ok(await unclipped(), 'the duplicate tag shows whole on a phone');
+  await shot(page, 'tail-duplicate-phone');
+});
+
 browserTest('3. search by event type finds the event and opens its payload', async page => {
   const type = `search.${RUN}`;
   const payload = { order: { id: 1234, lines: [{ sku: 'A-1', qty: 2 }] }, note: 'hello' };
@@ -226,6 +271,27 @@ browserTest('3. search by event type finds the event and opens its payload', asy
   assert.equal(await text(page, '#event-payload'), JSON.stringify(payload, null, 2));
   await page.locator('#event-attempts').waitFor({ state: 'attached', timeout: 5_000 });
   await shot(page, 'event-detail');
+});
+
+browserTest('3b. search: a late answer to an earlier search does not replace newer results', async page => {
+  const type = `late.${RUN}`;
+  const { id } = await ingest({ event_type: type, payload: { late: true } });
+  await ingest({ event_type: `other.${RUN}`, payload: {} });
+  // Holds back the screen's first (unfiltered) search, so it answers after the filtered one.
+  let held = 0;
+  await page.route(u => new URL(u).pathname === '/v1/events', async route => {
+    if (!held++) await sleep(1_500);
+    await route.continue().catch(() => {}); // the console may have given up on it
+  });
+  await open(page, tenantKey, '#/search');
+  await page.locator('#search-event-type').fill(type);
+  await page.locator('#search-submit').click();
+  const shown = () => page.locator('#search-results tr.event-row').evaluateAll(rs => rs.map(r => r.dataset.id));
+  await until(`the search for ${type}`, async () => String(await shown()) === id, 5_000);
+  await sleep(2_000); // past the held answer
+  assert.deepEqual(await shown(), [id], 'still the filtered results');
+  assert.match(await text(page, '#search-summary'), /^Page 1 · 1 event$/);
+  assert.ok(held >= 2, 'the first search was held back');
 });
 
 browserTest('4. a webhook destination made in the console gets events and test sends', async page => {

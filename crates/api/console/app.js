@@ -59,17 +59,20 @@ const pairsInput = (id, value) => field('Payload', h('textarea', { id, rows: 1, 
 const plural = (n, w) => `${n.toLocaleString()} ${w}${n === 1 ? '' : 's'}`;
 const muted = t => h('p', { class: 'muted' }, t);
 const td = (v, cls) => h('td', { class: cls }, v);
+const labelCells = (tr, heads) => { [...tr.cells].forEach((c, i) => { if (heads[i]) c.dataset.label = heads[i]; }); return tr; };
 const emptyRow = (n, msg) => h('tr', { class: 'empty' }, h('td', { colspan: String(n) }, msg));
 const to = (kind, id) => `#/${kind}/${enc(str(id))}`;
 const dl = (id, pairs) => h('dl', { id, class: 'meta' }, pairs.filter(Boolean).map(([k, v]) => [h('dt', null, k), h('dd', null, v)]));
 
 // "Previous page" / "Next page" over cursor pages. st = { cursor, next, stack } outlives the
-// screen; load(cursor) fetches and shows a page and returns its next_cursor.
+// screen; load(cursor) fetches and shows a page and returns its next_cursor (or STALE).
+const STALE = Symbol('stale');
 function pager(prefix, st, load, after) {
   const prev = btn(prefix + '-prev', 'Previous page', act(() => go(st.stack[st.stack.length - 1] ?? null, () => st.stack.pop())));
   const next = btn(prefix + '-next', 'Next page', act(() => go(st.next, () => st.stack.push(st.cursor))));
   async function go(cursor, commit) {
     const n = await load(cursor);
+    if (n === STALE) return; // a newer request took over
     if (commit) commit();
     st.cursor = cursor;
     st.next = typeof n === 'string' && n ? n : null;
@@ -646,7 +649,7 @@ function tailScreen(main) {
     const li = h('li', { class: retry ? 'tail-row duplicate' : 'tail-row', 'data-id': id },
       h('div', { class: 'tail-sum', role: 'button', tabindex: '0', 'aria-expanded': 'false' },
         h('span', { class: 'c-time' }, time(ev.timestamp)),
-        h('span', { class: 'c-type' }, str(ev.event_type),
+        h('span', { class: 'c-type' }, h('span', { class: 'name' }, str(ev.event_type)),
           retry ? h('span', { class: 'tag dup', title: 'A retry of this stored event: answered duplicate, not stored again' }, 'duplicate') : null),
         h('span', { class: 'c-source' }, ev.source == null ? '—' : str(ev.source)),
         h('span', { class: 'c-eid mono' }, str(ev.event_id)),
@@ -716,7 +719,7 @@ function searchScreen(main) {
   el.order = select('search-order', [['desc', 'Newest first'], ['asc', 'Oldest first']], v.order);
   const summary = h('p', { id: 'search-summary', class: 'muted', role: 'status' });
   const tbody = h('tbody');
-  let shown = 0;
+  let shown = 0, seq = 0, inflight = null;
   const [pagerEl, run] = pager('search', st, page, () => {
     summary.textContent = `Page ${st.stack.length + 1} · ${plural(shown, 'event')}${st.next ? ', more on the next page' : ''}`;
   });
@@ -756,8 +759,18 @@ function searchScreen(main) {
     const p = new URLSearchParams(st.params);
     if (cursor) p.set('cursor', cursor);
     summary.textContent = 'Searching…';
+    // Only the newest request may show its answer: an older one is aborted, and one that
+    // answers anyway (or fails) is dropped.
+    const mine = ++seq;
+    if (inflight) inflight.abort();
+    const ac = inflight = new AbortController();
     let data;
-    try { data = obj(await api('GET', '/v1/events?' + p)); } catch (e) { summary.textContent = ''; throw e; }
+    try { data = obj(await api('GET', '/v1/events?' + p, undefined, AbortSignal.any([S.ac.signal, ac.signal]))); } catch (e) {
+      if (mine !== seq) return STALE;
+      summary.textContent = '';
+      throw e;
+    }
+    if (mine !== seq) return STALE;
     const events = arr(data.events);
     set(tbody, events.length ? events.map(ev => linkRow(h('tr', { class: 'event-row', 'data-id': str(ev.id) },
       td(time(ev.timestamp)),
@@ -800,7 +813,7 @@ function attemptRow(a) {
     td(time(a.at)),
     td([badge(a.outcome), a.test ? h('span', { class: 'tag' }, 'test') : null]),
     td(a.status == null ? '–' : str(a.status), 'num'),
-    td(Array.isArray(a.events) ? num(a.events.length) : '–', 'num'),
+    td(!a.test && Array.isArray(a.events) ? num(a.events.length) : '–', 'num'),
     td(a.latency_ms == null ? '–' : num(a.latency_ms) + ' ms', 'num'),
     td(a.error ? str(a.error) : '–', 'err'),
     td(a.next_retry_at ? time(a.next_retry_at) : '–'),
@@ -840,11 +853,13 @@ async function eventScreen(main, id) {
   });
   const t = table('event-attempts', ATTEMPT_HEADS, null);
   add(t.firstChild, bodies);
+  t.hidden = !bodies.length;
   main.append(panel('Delivery attempts', bodies.length ? null : muted('No delivery attempts for this event.'), t));
 }
 
 // --- destinations
 
+const DEST_HEADS = ['Kind', 'Target', 'Event types', 'Status', 'Circuit', 'Pending', 'Delivered', 'Dead-lettered', 'Success rate'];
 const KINDS = [['webhook', 'Webhook'], ['nats', 'NATS'], ['amqp', 'RabbitMQ'], ['mqtt', 'MQTT'], ['postgres', 'PostgreSQL']];
 
 async function destinationsScreen(main) {
@@ -863,7 +878,7 @@ async function destinationsScreen(main) {
     kindField('mqtt', 'Topic', input('topic', 'destination-topic', 'events/{event_type}')),
     kindField('postgres', 'Table', input('table', 'destination-table', 'raw.events')),
   ];
-  const ct = h('label', { class: 'field check' }, el.createTable, 'Create the table if missing');
+  const ct = h('label', { class: 'field check' }, el.createTable, h('span', null, 'Create the table if missing'));
   ct.dataset.kinds = 'postgres';
   wrapped.push(ct);
   const sync = () => { for (const w of wrapped) w.hidden = !w.dataset.kinds.split(' ').includes(el.kind.value); };
@@ -877,7 +892,7 @@ async function destinationsScreen(main) {
 
   main.append(
     head('Destinations', btn('destinations-refresh', 'Refresh', act(load))),
-    table('destinations-table', ['Kind', 'Target', 'Event types', 'Status', 'Circuit', 'Pending', 'Delivered', 'Dead-lettered', 'Success rate'], tbody),
+    h('div', { class: 'stack' }, table('destinations-table', DEST_HEADS, tbody)),
     panel('New destination', slot, form));
 
   async function create() {
@@ -905,7 +920,7 @@ async function destinationsScreen(main) {
     const full = await Promise.all(list.map(d => api('GET', '/v1/destinations/' + enc(str(d.id)))
       .then(x => Object.assign({}, d, obj(x)))
       .catch(e => { if (e.name === 'AbortError') throw e; return d; })));
-    set(tbody, full.length ? full.map(d => linkRow(h('tr', { class: 'destination-row', 'data-id': str(d.id) },
+    set(tbody, full.length ? full.map(d => linkRow(labelCells(h('tr', { class: 'destination-row', 'data-id': str(d.id) },
       td(str(d.kind)),
       td(h('a', { href: to('destinations', d.id) }, targetCell(d))),
       td(typesOf(d)),
@@ -914,7 +929,7 @@ async function destinationsScreen(main) {
       td(num(d.pending), 'num'),
       td(num(d.delivered), 'num'),
       td(num(d.dead_lettered), 'num'),
-      td(successRate(d), 'num')), to('destinations', d.id)))
+      td(successRate(d), 'num')), DEST_HEADS), to('destinations', d.id)))
       : emptyRow(9, 'No destinations yet.'));
   }
 
@@ -930,9 +945,11 @@ async function destinationScreen(main, id) {
   const pauseB = btn('destination-pause', 'Pause', act(() => setPaused('pause')));
   const resumeB = btn('destination-resume', 'Resume', act(() => setPaused('resume')));
   const attBody = h('tbody');
+  const attWrap = table('destination-attempts', ATTEMPT_HEADS, attBody);
   const attEmpty = muted('No delivery attempts yet.');
   const more = btn('attempts-more', 'More', act(loadMore));
   const dlBody = h('tbody');
+  const dlWrap = table('dead-letters-table', ['', 'Event', 'Attempts', 'Last error', 'Failed at', ''], dlBody);
   const dlEmpty = muted('No dead letters.');
   const dlMsg = h('p', { id: 'dead-letters-message', class: 'msg', role: 'status' });
   let d = null, attCursor = null, attIds = new Set(), dlKey = null, metaKey = null;
@@ -943,9 +960,9 @@ async function destinationScreen(main, id) {
       h('div', { class: 'toolbar' }, pauseB, resumeB,
         btn('destination-test', 'Send test event', act(sendTest)),
         btn('destination-refresh', 'Refresh', act(refresh)),
-        btn('destination-delete', 'Delete', act(remove), 'danger')),
+        btn('destination-delete', 'Delete destination', act(remove), 'danger end')),
       testResult, meta),
-    panel('Delivery attempts', table('destination-attempts', ATTEMPT_HEADS, attBody), attEmpty, h('div', { class: 'pager' }, more)),
+    panel('Delivery attempts', attWrap, attEmpty, h('div', { class: 'pager' }, more)),
     h('section', { id: 'dead-letters', class: 'panel' }, h('h2', null, 'Dead letters'),
       h('div', { class: 'toolbar' },
         btn('dead-letters-replay-selected', 'Replay selected', act(() => {
@@ -954,10 +971,10 @@ async function destinationScreen(main, id) {
           return replay(ids);
         })),
         btn('dead-letters-replay-all', 'Replay all', act(() => replay(null))),
-        btn('dead-letters-purge', 'Purge all', act(purge), 'danger')),
+        btn('dead-letters-purge', 'Purge all', act(purge), 'danger end')),
       dlMsg,
-      table('dead-letters-table', ['', 'Event', 'Attempts', 'Last error', 'Failed at', ''], dlBody), dlEmpty));
-  more.hidden = true;
+      dlWrap, dlEmpty));
+  more.hidden = attWrap.hidden = dlWrap.hidden = true;
 
   async function loadDest() {
     d = obj(await api('GET', base));
@@ -1009,6 +1026,7 @@ async function destinationScreen(main, id) {
     const rows = fresh.map(attemptRow);
     if (atTop) attBody.prepend(...rows); else attBody.append(...rows);
     attEmpty.hidden = attIds.size > 0;
+    attWrap.hidden = !attIds.size;
   }
 
   async function refreshAttempts() {
@@ -1048,6 +1066,7 @@ async function destinationScreen(main, id) {
         td(h('button', { type: 'button', class: 'dead-letter-replay', onclick: act(() => replay([eid])) }, 'Replay')));
     }));
     dlEmpty.hidden = list.length > 0;
+    dlWrap.hidden = !list.length;
   }
 
   async function replay(ids) {

@@ -173,6 +173,18 @@ impl ApiError {
         err
     }
 
+    /// 507: the data directory's filesystem is short of free space: nothing was stored.
+    pub fn insufficient_storage(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut err = Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            "Insufficient storage",
+            detail,
+        );
+        err.0.retry_after_secs = Some(retry_after_secs);
+        err
+    }
+
     /// 408: the request (its body upload included) took too long.
     pub fn request_timeout(detail: impl Into<String>) -> Self {
         Self::new(

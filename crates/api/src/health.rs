@@ -54,6 +54,11 @@ pub async fn healthz() -> impl IntoResponse {
     ),
 )]
 pub async fn readyz(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    if let Some(shortage) = app.disk.shortage() {
+        tracing::warn!(reason = %shortage, "not ready");
+        return Err(ApiError::unavailable(format!("not ready: {shortage}"), 30)
+            .with_field("reason", "disk_space_low"));
+    }
     if let Err(err) = app.events.check_ready().await {
         // An operator asks why: the root cause goes into the answer (`reason`) and the log.
         let reason = crate::error::root_cause(&err);

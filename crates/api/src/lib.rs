@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod console;
+pub mod disk;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -89,6 +90,8 @@ pub struct AppState {
     pub tally: Arc<Tally>,
     /// Sends test events (`POST /v1/destinations/{id}/test`); absent, that answers 503.
     pub test_sender: Option<Arc<dyn TestSend>>,
+    /// Free space on the data directory, measured by the server (never low on PostgreSQL).
+    pub disk: Arc<disk::DiskSpace>,
     /// Cancelled when the server shuts down: live tails end (with a `cut` event) instead
     /// of holding the shutdown up.
     pub tail_stop: tokio_util::sync::CancellationToken,
@@ -122,6 +125,7 @@ impl AppState {
             tally: Arc::default(),
             test_sender: None,
             tail_stop: tokio_util::sync::CancellationToken::new(),
+            disk: Arc::default(),
             limiter,
             admin_token_hash: admin_token_hash.into(),
             config,

@@ -42,6 +42,7 @@ use crate::v1::ingest::BatchResult;
             UnsupportedMediaType,
             ValidationFailed,
             RateLimited,
+            InsufficientStorage,
             Unavailable,
         )
     ),
@@ -320,6 +321,14 @@ pub struct ValidationFailed(pub Problem);
 )]
 pub struct RateLimited(pub Problem);
 
+/// Free disk space on the data directory is below `--min-free-disk`: nothing was stored.
+#[derive(Debug, ToResponse)]
+#[response(
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))
+)]
+pub struct InsufficientStorage(pub Problem);
+
 /// A dependency is unavailable or the server is shedding load; the request had no effect.
 #[derive(Debug, ToResponse)]
 #[response(
@@ -494,6 +503,7 @@ mod tests {
                 &serde_json::from_str::<serde_json::Value>("{").expect_err("bad JSON"),
             ),
             ApiError::rate_limited("slow down", 1),
+            ApiError::insufficient_storage("the disk is full", 30),
         ];
         for error in errors {
             let response = error.into_response();

@@ -49,6 +49,7 @@ pub mod defaults {
     pub const DELIVERY_BATCH_MAX_BYTES: u64 = 1024 * 1024;
     pub const MAX_DESTINATIONS_PER_TENANT: usize = 100;
     pub const ATTEMPTS_RETENTION_HOURS: u64 = 7 * 24;
+    pub const MIN_FREE_DISK: &str = "5%";
     pub const TAIL_BUFFER_EVENTS: usize = 1_000;
     pub const SEARCH_MAX_PAGE_BYTES: u64 = 8 * 1024 * 1024;
     pub const DELIVERY_BREAKER_COOL_DOWN_MS: u64 = 30_000;
@@ -138,6 +139,16 @@ pub struct ServeConfig {
         default_value_t = defaults::MAX_DESTINATIONS_PER_TENANT
     )]
     pub max_destinations_per_tenant: usize,
+    /// Free space the data directory's filesystem keeps (embedded store): below it, ingest
+    /// answers 507 and `/readyz` 503 until space comes back. Bytes (`500MB`, `2GiB`,
+    /// `1073741824`) or a share of the filesystem (`5%`); `0` turns the check off.
+    #[arg(
+        long,
+        env = "PULSESTREAM_MIN_FREE_DISK",
+        default_value = defaults::MIN_FREE_DISK,
+        value_parser = MinFreeDisk::parse
+    )]
+    pub min_free_disk: MinFreeDisk,
     /// How long delivery attempts are kept (for the API and the console), in hours.
     #[arg(
         long,
@@ -236,6 +247,7 @@ impl ServeConfig {
             delivery_batch_max_bytes: defaults::DELIVERY_BATCH_MAX_BYTES,
             max_destinations_per_tenant: defaults::MAX_DESTINATIONS_PER_TENANT,
             attempts_retention_hours: defaults::ATTEMPTS_RETENTION_HOURS,
+            min_free_disk: MinFreeDisk::parse(defaults::MIN_FREE_DISK).expect("the default parses"),
             tail_buffer_events: defaults::TAIL_BUFFER_EVENTS,
             search_max_page_bytes: defaults::SEARCH_MAX_PAGE_BYTES,
             delivery_breaker_cool_down_ms: defaults::DELIVERY_BREAKER_COOL_DOWN_MS,
@@ -347,5 +359,89 @@ mod tests {
 
         assert!(refused.contains("PULSESTREAM_SECRET_KEY"), "{refused}");
         assert!(config.validate().is_ok());
+    }
+}
+
+/// How much free space the data directory keeps: bytes, or a share of the filesystem.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinFreeDisk {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl MinFreeDisk {
+    /// Reads `5%`, `0.5%`, `500MB`, `2GiB`, `1073741824` or `0`.
+    ///
+    /// # Errors
+    /// Anything else, with what is expected.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let expected = || {
+            format!("{text:?} is not a size: give bytes (500MB, 2GiB, 1073741824) or a share (5%)")
+        };
+        if let Some(percent) = text.strip_suffix('%') {
+            let value: f64 = percent.trim().parse().map_err(|_| expected())?;
+            if !(0.0..=100.0).contains(&value) {
+                return Err(format!("{text:?}: a share must be from 0% to 100%"));
+            }
+            return Ok(Self::Percent(value));
+        }
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u64 = number.parse().map_err(|_| expected())?;
+        let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "tb" => 1_000_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            "tib" => 1 << 40,
+            _ => return Err(expected()),
+        };
+        number
+            .checked_mul(scale)
+            .map(Self::Bytes)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+
+    /// The bytes to keep free on a filesystem of `total` bytes.
+    pub fn bytes_of(self, total: u64) -> u64 {
+        match self {
+            Self::Bytes(bytes) => bytes,
+            // Exact enough: a share of a filesystem's size.
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            Self::Percent(share) => (total as f64 * share / 100.0) as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod min_free_disk_tests {
+    use super::MinFreeDisk;
+
+    #[test]
+    fn sizes_and_shares_parse_and_nonsense_does_not() {
+        assert_eq!(MinFreeDisk::parse("5%"), Ok(MinFreeDisk::Percent(5.0)));
+        assert_eq!(MinFreeDisk::parse("0"), Ok(MinFreeDisk::Bytes(0)));
+        assert_eq!(
+            MinFreeDisk::parse("500MB"),
+            Ok(MinFreeDisk::Bytes(500_000_000))
+        );
+        assert_eq!(MinFreeDisk::parse("2GiB"), Ok(MinFreeDisk::Bytes(2 << 30)));
+        assert_eq!(MinFreeDisk::parse("1024"), Ok(MinFreeDisk::Bytes(1024)));
+        for bad in ["", "%", "-1", "5 bananas", "101%", "1e3", "99999999999TiB"] {
+            assert!(MinFreeDisk::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(MinFreeDisk::Percent(10.0).bytes_of(1_000), 100);
+        assert_eq!(MinFreeDisk::Bytes(7).bytes_of(1_000), 7);
     }
 }

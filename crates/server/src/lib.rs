@@ -5,6 +5,7 @@
 
 mod activity;
 pub mod config;
+mod disk;
 pub mod http;
 pub mod telemetry;
 pub mod tls;
@@ -46,6 +47,8 @@ pub struct Server {
     delivery: DeliveryConfig,
     /// How long delivery attempts are kept.
     attempts_retention: Duration,
+    /// The embedded store's directory and the free space it keeps (none on PostgreSQL).
+    disk_guard: Option<(std::path::PathBuf, config::MinFreeDisk)>,
     /// Set when a certificate and key are configured: the listener speaks HTTPS only.
     tls: Option<Arc<rustls::ServerConfig>>,
     connections: http::ConnectionLimits,
@@ -95,6 +98,13 @@ impl Server {
             sinks.clone(),
             store.clone() as Arc<dyn ActivityStore>,
         )));
+        // A server started on a full disk refuses ingest from its first request.
+        let disk_guard = (config.postgres().is_none()
+            && config.min_free_disk != config::MinFreeDisk::Bytes(0))
+        .then(|| (config.data_dir.clone(), config.min_free_disk));
+        if let Some((dir, min)) = &disk_guard {
+            disk::measure(dir, *min, &state.disk);
+        }
         let delivery = DeliveryConfig {
             retry: RetryPolicy {
                 base: time::Duration::milliseconds(config.delivery_retry_base_ms as i64),
@@ -111,6 +121,7 @@ impl Server {
             sinks,
             delivery,
             attempts_retention: Duration::from_secs(config.attempts_retention_hours * 3600),
+            disk_guard,
             tls,
             connections: http::ConnectionLimits {
                 header_read_timeout: config.header_read_timeout(),
@@ -135,6 +146,7 @@ impl Server {
         let addr = self.local_addr()?;
         tracing::info!(%addr, tls = self.tls.is_some(), "pulsestream is listening");
         let tally = self.state.tally.clone();
+        let disk_space = self.state.disk.clone();
         // Live tails end when shutdown begins: open streams would hold the graceful
         // shutdown up forever.
         let tail_stop = self.state.tail_stop.clone();
@@ -159,12 +171,18 @@ impl Server {
         );
         let upkeep =
             activity::Upkeep::spawn(activity, tally, self.attempts_retention, workers.clone());
+        let disk_monitor = self
+            .disk_guard
+            .map(|(dir, min)| disk::spawn(dir, min, disk_space, workers.clone()));
         http::serve(self.listener, router, self.connections, self.tls, shutdown).await;
         tracing::info!("in-flight requests finished; stopping delivery workers");
         workers.cancel();
         dispatcher.join().await;
         // The last counts, written before the store closes.
         upkeep.join().await;
+        if let Some(monitor) = disk_monitor {
+            let _ = monitor.await;
+        }
         tracing::info!("delivery workers stopped; closing the store");
         self.store
             .close()

@@ -103,6 +103,7 @@ impl<'a> Attributes<'a> {
         (status = 401, response = doc::Unauthorized),
         (status = 413, response = doc::PayloadTooLarge),
         (status = 429, response = doc::RateLimited),
+        (status = 507, response = doc::InsufficientStorage),
         (status = 503, response = doc::Unavailable),
     ),
     security(("bearerAuth" = [])),

@@ -208,6 +208,7 @@ pub(crate) async fn store(
             ),
         );
     }
+    app.disk.check_write()?;
     let decision = rate_limit::admit(app, tenant, carried as u32)
         .await
         .inspect_err(|_| count(EventOutcome::RateLimited, carried))?;

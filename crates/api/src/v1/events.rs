@@ -47,6 +47,7 @@ use crate::{AppState, EventOutcome};
         (status = 415, response = doc::UnsupportedMediaType),
         (status = 422, response = doc::ValidationFailed),
         (status = 429, response = doc::RateLimited),
+        (status = 507, response = doc::InsufficientStorage),
         (status = 503, response = doc::Unavailable),
     ),
     security(("bearerAuth" = [])),
@@ -96,6 +97,7 @@ pub async fn post_event(
         (status = 415, response = doc::UnsupportedMediaType),
         (status = 422, response = doc::ValidationFailed),
         (status = 429, response = doc::RateLimited),
+        (status = 507, response = doc::InsufficientStorage),
         (status = 503, response = doc::Unavailable),
     ),
     security(("bearerAuth" = [])),
@@ -150,6 +152,8 @@ async fn ingest(
     };
     // A request costs every event it carries, rejected ones included; a replay costs nothing.
     let carried = checked.carried();
+    // Short of disk: refuse before the budget is charged.
+    app.disk.check_write()?;
     let decision = rate_limit::admit(app, tenant, carried as u32)
         .await
         .inspect_err(|_| count(EventOutcome::RateLimited, carried))?;

@@ -58,6 +58,7 @@ macro_rules! capture_endpoint {
                 (status = 400, response = doc::BadRequest),
                 (status = 401, response = doc::Unauthorized),
                 (status = 429, response = doc::RateLimited),
+                (status = 507, response = doc::InsufficientStorage),
                 (status = 503, response = doc::Unavailable),
             ),
             security(("bearerAuth" = [])),

@@ -303,6 +303,21 @@ impl TestApp {
         self.task = Some(task);
     }
 
+    #[allow(dead_code)] // used by the embedded-only disk tests
+    /// Stops the server, whatever its store went through (a failed store may not close
+    /// cleanly), and starts a new one on the same data dir.
+    pub async fn restart_after_failure(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let stopped = task.await.expect("server task");
+            eprintln!("the server stopped with {stopped:?}");
+        }
+        let (base, shutdown, task) = start(&self.config).await;
+        self.api.base = base;
+        self.shutdown = shutdown;
+        self.task = Some(task);
+    }
+
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {

@@ -15,6 +15,8 @@ mod data_dir;
 mod delivery;
 mod dependency_faults;
 mod destination_kinds;
+/// Embedded only: a data directory on a small filesystem of its own.
+mod disk_full;
 mod durability;
 mod harness;
 mod hostile;

@@ -129,7 +129,7 @@ impl<T: Link> Links<T> {
         match send(link).await {
             (link, Ok(())) => {
                 *slot = Some((link, Instant::now()));
-                SendOutcome::Delivered
+                SendOutcome::Delivered { status: None }
             }
             (link, Err(outcome)) => {
                 link.close().await;

@@ -450,7 +450,7 @@ impl Worker {
                     }
                 }
                 outcome => {
-                    let delivered = matches!(outcome, SendOutcome::Delivered);
+                    let delivered = matches!(outcome, SendOutcome::Delivered { .. });
                     if !delivered {
                         failed_keys.extend(part.iter().map(order_key));
                     }
@@ -548,7 +548,7 @@ impl Worker {
     ) -> Result<Step, StoreError> {
         let id = self.destination.id;
         match outcome {
-            SendOutcome::Delivered => {
+            SendOutcome::Delivered { .. } => {
                 self.queue.record_delivered(id, due).await?;
                 self.tally.add(self.destination.tenant, |counts| {
                     counts.delivered += due.len() as u64;
@@ -661,7 +661,7 @@ fn attempt_of(
     dead_lettered: u32,
 ) -> Attempt {
     let (outcome, status, error) = match outcome {
-        SendOutcome::Delivered => (AttemptOutcome::Delivered, None, None),
+        SendOutcome::Delivered { status } => (AttemptOutcome::Delivered, *status, None),
         SendOutcome::Gone => (AttemptOutcome::Gone, Some(410), None),
         SendOutcome::TooLarge { error, status } => {
             (AttemptOutcome::TooLarge, *status, Some(error.clone()))

@@ -25,7 +25,8 @@ use crate::table::PostgresSink;
 /// How a send went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
-    Delivered,
+    /// Taken; `status` is the receiver's HTTP status (webhooks).
+    Delivered { status: Option<u16> },
     /// Try again later, not sooner than `retry_after` if the receiver said so.
     Failed {
         error: String,
@@ -36,10 +37,7 @@ pub enum SendOutcome {
     /// The receiver answered 410 Gone: disable the destination.
     Gone,
     /// The receiver answered 413: the batch is too large for it (a smaller one may pass).
-    TooLarge {
-        error: String,
-        status: Option<u16>,
-    },
+    TooLarge { error: String, status: Option<u16> },
 }
 
 /// Sends deliveries to destinations of the kinds it handles.
@@ -258,7 +256,9 @@ impl Sink for WebhookSink {
             .send()
             .await;
         match sent {
-            Ok(response) if response.status().is_success() => SendOutcome::Delivered,
+            Ok(response) if response.status().is_success() => SendOutcome::Delivered {
+                status: Some(response.status().as_u16()),
+            },
             Ok(response) if response.status() == reqwest::StatusCode::GONE => SendOutcome::Gone,
             Ok(response) if response.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
                 SendOutcome::TooLarge {
@@ -393,7 +393,7 @@ impl Sink for NatsSink {
                 }
             }
         }
-        SendOutcome::Delivered
+        SendOutcome::Delivered { status: None }
     }
 }
 

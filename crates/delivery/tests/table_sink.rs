@@ -80,16 +80,16 @@ async fn a_batch_sent_twice_makes_each_row_once() {
     let batch = deliveries(destination.tenant, 50);
     assert_eq!(
         sink.send(&destination, &batch).await,
-        SendOutcome::Delivered
+        SendOutcome::Delivered { status: None }
     );
     // Half of it again, then all of it: what is there already is left alone.
     assert_eq!(
         sink.send(&destination, &batch[..25]).await,
-        SendOutcome::Delivered
+        SendOutcome::Delivered { status: None }
     );
     assert_eq!(
         sink.send(&destination, &batch).await,
-        SendOutcome::Delivered
+        SendOutcome::Delivered { status: None }
     );
     let rows: i64 = client
         .query_one(&format!("SELECT count(DISTINCT id) FROM {table}"), &[])

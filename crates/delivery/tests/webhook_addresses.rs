@@ -113,6 +113,6 @@ async fn loopback_receivers_get_nothing_unless_private_destinations_are_allowed(
     let allowed = sink(true);
     let outcome = send(&allowed, format!("http://localhost:{}/hook", receiver.port)).await;
 
-    assert_eq!(outcome, SendOutcome::Delivered);
+    assert_eq!(outcome, SendOutcome::Delivered { status: Some(200) });
     assert_eq!(receiver.hits(), 1);
 }

@@ -60,7 +60,7 @@ pub struct AttemptsQuery {
     summary = "List a destination's delivery attempts, newest first",
     description = "Each attempt: `id`, `destination_id`, `at`, `events` (the event ids sent \
         together), `outcome` (`delivered`, `failed`, `too_large`, `gone`), `status` (the \
-        receiver's HTTP status, when it answered with an error), `error`, `latency_ms`, \
+        webhook receiver's HTTP status, when it answered), `error`, `latency_ms`, \
         `next_retry_at`, `dead_lettered` (how many of the events ran out of attempts) and \
         `test`. Kept for `--attempts-retention-hours` (7 days by default).",
     params(

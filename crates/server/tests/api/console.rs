@@ -329,7 +329,7 @@ async fn attempts_are_recorded_per_destination_and_per_event() {
     }
     // Newest first: delivered after two failures.
     assert_eq!(attempts[0]["outcome"], "delivered");
-    assert_eq!(attempts[0]["status"], Value::Null);
+    assert_eq!(attempts[0]["status"], 200);
     for failed in &attempts[1..] {
         assert_eq!(failed["outcome"], "failed");
         assert_eq!(failed["status"], 500);

@@ -209,6 +209,7 @@ fn tenant_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(v1::events::post_batch))
         .routes(routes!(v1::events::get_event))
         .routes(routes!(v1::stream::stream))
+        .routes(routes!(v1::export::export))
         .routes(routes!(v1::activity::event_attempts))
         .routes(routes!(v1::activity::stats))
         .routes(routes!(v1::cloudevents::post_cloudevents))

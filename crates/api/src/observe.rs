@@ -86,6 +86,26 @@ impl TenantLabels {
 
 /// Declares every metric of the API with its help text.
 pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "pulsestream_disk_free_bytes",
+        "Free bytes on the data directory's filesystem (embedded store), measured every second"
+    );
+    metrics::describe_gauge!(
+        "pulsestream_disk_low",
+        "1 while free disk space is below --min-free-disk and ingest answers 507"
+    );
+    metrics::describe_counter!(
+        "pulsestream_disk_refusals_total",
+        "Ingest requests refused with 507 for lack of disk space"
+    );
+    metrics::describe_counter!(
+        "pulsestream_exported_events_total",
+        "Events streamed by GET /v1/events/export"
+    );
+    metrics::describe_counter!(
+        "pulsestream_tail_cut_total",
+        "Live-tail streams ended early, by reason (slow_reader, shutdown, unavailable)"
+    );
     metrics::describe_counter!(
         "pulsestream_http_requests_total",
         "HTTP requests answered, by route, method and status"

@@ -17,6 +17,11 @@ use pulsestream_server::read_admin_token;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+/// Whether a refusal may go away by itself: worth sending the same request again.
+fn retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504 | 507)
+}
+
 /// How a command prints what the server answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -205,25 +210,10 @@ pub enum EventsCommand {
     },
     /// Searches the tenant's events, newest first (filters combine with AND).
     Search {
-        /// Event type, exact (repeatable: any of them).
-        #[arg(long = "type")]
-        event_types: Vec<String>,
+        #[command(flatten)]
+        filters: Filters,
         #[arg(long)]
         event_id: Option<String>,
-        #[arg(long)]
-        source: Option<String>,
-        /// RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-        /// RFC 3339 time.
-        #[arg(long)]
-        until: Option<String>,
-        /// `path=value` on the payload, e.g. `user.plan=pro` (repeatable).
-        #[arg(long = "payload")]
-        payload: Vec<String>,
-        /// Full text over payload strings.
-        #[arg(long)]
-        q: Option<String>,
         /// Events per page (1-1,000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -238,6 +228,66 @@ pub enum EventsCommand {
     },
     /// Shows one event.
     Get { id: String },
+    /// Exports the tenant's events as NDJSON, oldest first, to stdout or `--to FILE`; an
+    /// export that breaks off goes on after the last line written. `events send --file`
+    /// imports it (on this server or another).
+    Export {
+        #[command(flatten)]
+        filters: Filters,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+}
+
+/// The search filters, as `events search` and `events export` take them.
+#[derive(Debug, Args)]
+pub struct Filters {
+    /// Event type, exact (repeatable: any of them).
+    #[arg(long = "type")]
+    event_types: Vec<String>,
+    #[arg(long)]
+    source: Option<String>,
+    /// RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    /// `path=value` on the payload, e.g. `user.plan=pro` (repeatable).
+    #[arg(long = "payload")]
+    payload: Vec<String>,
+    /// Full text over payload strings.
+    #[arg(long)]
+    q: Option<String>,
+}
+
+impl Filters {
+    /// The query parameters of these filters.
+    fn query(self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut query: Vec<(String, String)> = self
+            .event_types
+            .into_iter()
+            .map(|event_type| ("event_type".to_owned(), event_type))
+            .collect();
+        for (name, value) in [
+            ("source", self.source),
+            ("since", self.since),
+            ("until", self.until),
+            ("q", self.q),
+        ] {
+            if let Some(value) = value {
+                query.push((name.to_owned(), value));
+            }
+        }
+        for filter in self.payload {
+            let (path, value) = filter
+                .split_once('=')
+                .with_context(|| format!("--payload {filter:?} is not path=value"))?;
+            query.push((format!("payload.{path}"), value.to_owned()));
+        }
+        Ok(query)
+    }
 }
 
 /// An HTTP client for one server, with one credential.
@@ -320,6 +370,52 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("failed to reach the server at {}", self.base))?;
+        self.read(response).await
+    }
+
+    /// Sends the request `make` builds, again after a network error, 408, 429, 500, 502,
+    /// 503, 504 or 507: after `Retry-After` when the server says, else after a delay that
+    /// doubles from 0.5 s to 30 s; `waiting` hears of each wait. Gives up after `RETRIES`
+    /// tries in a row. Safe for ingest when the events carry `event_id`s or the request an
+    /// `Idempotency-Key`.
+    async fn answer_retrying(
+        &self,
+        make: impl Fn() -> reqwest::RequestBuilder,
+        mut waiting: impl FnMut(&str, Duration),
+    ) -> anyhow::Result<Value> {
+        const RETRIES: u32 = 12;
+        let mut backoff = Duration::from_millis(500);
+        for attempt in 1.. {
+            let (why, retry_after) = match make().send().await {
+                Ok(response) if retryable(response.status()) => {
+                    let retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    (response.status().to_string(), retry_after)
+                }
+                Ok(response) => return self.read(response).await,
+                Err(err) if attempt < RETRIES => (format!("{err}"), None),
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("failed to reach the server at {}", self.base));
+                }
+            };
+            anyhow::ensure!(
+                attempt < RETRIES,
+                "gave up after {RETRIES} tries: the server answered {why}"
+            );
+            let wait = retry_after.unwrap_or(backoff).min(Duration::from_secs(300));
+            waiting(&why, wait);
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Reads an answer: a 2xx answer's JSON (`null` for an empty body), or the problem.
+    async fn read(&self, response: reqwest::Response) -> anyhow::Result<Value> {
         let status = response.status();
         let text = response
             .text()
@@ -639,39 +735,18 @@ pub async fn events(
                 }
             })
         }
+        EventsCommand::Export { filters, to } => export(&client, filters.query()?, to).await,
         EventsCommand::Search {
-            event_types,
+            filters,
             event_id,
-            source,
-            since,
-            until,
-            payload,
-            q,
             limit,
             cursor,
             asc,
             all,
         } => {
-            let mut query: Vec<(String, String)> = event_types
-                .into_iter()
-                .map(|event_type| ("event_type".to_owned(), event_type))
-                .collect();
-            for (name, value) in [
-                ("event_id", event_id),
-                ("source", source),
-                ("since", since),
-                ("until", until),
-                ("q", q),
-            ] {
-                if let Some(value) = value {
-                    query.push((name.to_owned(), value));
-                }
-            }
-            for filter in payload {
-                let (path, value) = filter
-                    .split_once('=')
-                    .with_context(|| format!("--payload {filter:?} is not path=value"))?;
-                query.push((format!("payload.{path}"), value.to_owned()));
+            let mut query = filters.query()?;
+            if let Some(event_id) = event_id {
+                query.push(("event_id".to_owned(), event_id));
             }
             query.push(("limit".into(), limit.to_string()));
             if asc {
@@ -704,6 +779,10 @@ const BATCH_LINES: usize = 1_000;
 
 /// Sends NDJSON in batches of up to 1,000 lines; prints each batch's counts and every
 /// rejected line (numbered from 1 in the whole input). Fails if any line was rejected.
+/// A batch the server cannot take now (429, 503, 507, a network error) is sent again after
+/// `Retry-After` or a backoff; the events' `event_id`s make that safe. This is also the
+/// import of an export (`GET /v1/events/export`): its lines are batch lines as they are.
+/// On a terminal, progress (events done, of how many, per second) goes to stderr.
 async fn send_ndjson(
     client: &Client,
     file: &std::path::Path,
@@ -719,6 +798,7 @@ async fn send_ndjson(
     };
     let mut lines = BufReader::new(reader).lines();
     let (mut totals, mut first_line, mut batch_no) = (Totals::default(), 0_usize, 0_usize);
+    let mut progress = Progress::new(client.output, count_lines(file));
     loop {
         let mut batch = String::new();
         let mut count = 0;
@@ -730,15 +810,21 @@ async fn send_ndjson(
         if count == 0 {
             break;
         }
-        let mut request = client
-            .request(Method::POST, "/v1/events/batch")
-            .header("content-type", "application/x-ndjson")
-            .body(batch);
-        if let Some(key) = &idempotency_key {
-            // One key per batch: a rerun of the same file replays each batch's answer.
-            request = request.header("idempotency-key", format!("{key}-{batch_no}"));
-        }
-        let answer = match client.answer(request).await {
+        let make = || {
+            let request = client
+                .request(Method::POST, "/v1/events/batch")
+                .header("content-type", "application/x-ndjson")
+                .body(batch.clone());
+            match &idempotency_key {
+                // One key per batch: a rerun of the same file replays each batch's answer.
+                Some(key) => request.header("idempotency-key", format!("{key}-{batch_no}")),
+                None => request,
+            }
+        };
+        let answered = client
+            .answer_retrying(make, |why, wait| progress.waiting(why, wait))
+            .await;
+        let answer = match answered {
             Ok(answer) => answer,
             // Every line rejected: the 422 still carries per-line results.
             Err(err) => match err.downcast::<Problem>() {
@@ -747,10 +833,13 @@ async fn send_ndjson(
                 Err(err) => return Err(err),
             },
         };
+        progress.clear();
         totals.add(&answer, first_line, client.output)?;
         first_line += count;
         batch_no += 1;
+        progress.done(first_line);
     }
+    progress.finish();
     if client.output == Output::Text {
         println!(
             "sent {} events: {} stored, {} duplicates, {} conflicts, {} rejected",
@@ -763,6 +852,166 @@ async fn send_ndjson(
         totals.rejected + totals.conflicts
     );
     Ok(())
+}
+
+/// Streams `GET /v1/events/export` to stdout or a file, whole lines only; when the export
+/// breaks off (or the server is briefly unavailable) it asks again with `after` the last
+/// line's `id`, so nothing is written twice or left out.
+async fn export(
+    client: &Client,
+    query: Vec<(String, String)>,
+    to: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out: Box<dyn Write> = match &to {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("failed to create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut progress = Progress::new(client.output, None);
+    let mut after: Option<String> = None;
+    let (mut written, mut breaks) = (0usize, 0u32);
+    loop {
+        let mut params = query.clone();
+        if let Some(after) = &after {
+            params.push(("after".into(), after.clone()));
+        }
+        let mut url = reqwest::Url::parse(&format!("{}/v1/events/export", client.base))
+            .with_context(|| format!("--server {:?} is not a URL", client.base))?;
+        url.query_pairs_mut().extend_pairs(&params);
+        let path_and_query = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        let response = match client.request(Method::GET, &path_and_query).send().await {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) if retryable(response.status()) && breaks < 12 => {
+                breaks += 1;
+                progress.waiting(response.status().as_str(), Duration::from_secs(1));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Ok(response) => return client.read(response).await.map(|_| ()),
+            Err(err) if breaks < 12 => {
+                breaks += 1;
+                progress.waiting(&err.to_string(), Duration::from_secs(1));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(err) => return Err(err).context("failed to reach the server"),
+        };
+        let mut response = response;
+        let mut pending: Vec<u8> = Vec::new();
+        let ended = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    pending.extend_from_slice(&chunk);
+                    if let Some(end) = pending.iter().rposition(|byte| *byte == b'\n') {
+                        let lines: Vec<u8> = pending.drain(..=end).collect();
+                        out.write_all(&lines)
+                            .context("failed to write the export")?;
+                        let last = lines[..lines.len() - 1]
+                            .rsplit(|byte| *byte == b'\n')
+                            .next()
+                            .unwrap_or_default();
+                        let event: Value = serde_json::from_slice(last)
+                            .context("the export holds a line that is not JSON")?;
+                        after = event["id"].as_str().map(str::to_owned);
+                        written += lines.iter().filter(|byte| **byte == b'\n').count();
+                        progress.done(written);
+                    }
+                }
+                Ok(None) => break true,
+                Err(_) => break false,
+            }
+        };
+        if ended {
+            break;
+        }
+        // Broken off: what was not a whole line is asked for again.
+        breaks += 1;
+        anyhow::ensure!(
+            breaks <= 12,
+            "the export broke off 12 times; {written} events written"
+        );
+    }
+    out.flush().context("failed to write the export")?;
+    progress.finish();
+    if client.output == Output::Text {
+        match &to {
+            Some(path) => eprintln!("exported {written} events to {}", path.display()),
+            None => eprintln!("exported {written} events"),
+        }
+    }
+    Ok(())
+}
+
+/// The lines of a file, for progress (none for stdin, or a file that cannot be read).
+fn count_lines(file: &std::path::Path) -> Option<usize> {
+    if file.as_os_str() == "-" {
+        return None;
+    }
+    let reader = BufReader::new(std::fs::File::open(file).ok()?);
+    Some(reader.split(b'\n').count())
+}
+
+/// A progress line on stderr, redrawn in place, only on a terminal and for text output.
+struct Progress {
+    shown: bool,
+    total: Option<usize>,
+    started: std::time::Instant,
+    last: usize,
+}
+
+impl Progress {
+    fn new(output: Output, total: Option<usize>) -> Self {
+        Self {
+            shown: output == Output::Text && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            total,
+            started: std::time::Instant::now(),
+            last: 0,
+        }
+    }
+
+    fn done(&mut self, events: usize) {
+        self.last = events;
+        if !self.shown {
+            return;
+        }
+        let rate = events as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        let of = self
+            .total
+            .map(|total| format!(" of {total}"))
+            .unwrap_or_default();
+        eprint!("\r\x1b[2K{events}{of} events sent, {rate:.0}/s");
+    }
+
+    fn waiting(&mut self, why: &str, wait: Duration) {
+        if self.shown {
+            eprint!(
+                "\r\x1b[2K{} events sent; the server answered {why}, trying again in {:.1} s",
+                self.last,
+                wait.as_secs_f64()
+            );
+        } else {
+            eprintln!(
+                "the server answered {why}; trying again in {:.1} s",
+                wait.as_secs_f64()
+            );
+        }
+    }
+
+    /// Clears the line before other output.
+    fn clear(&self) {
+        if self.shown {
+            eprint!("\r\x1b[2K");
+        }
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
 }
 
 #[derive(Default)]

@@ -5,6 +5,7 @@ pub mod cloudevents;
 pub(crate) mod compat;
 pub mod destinations;
 pub mod events;
+pub mod export;
 pub(crate) mod idempotency;
 pub mod ingest;
 pub mod posthog;

@@ -2,74 +2,12 @@
 //! and for scripts (`--output json`), and how it fails (the problem's title and detail on
 //! stderr, a non-zero exit code).
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{ADMIN_TOKEN, TestApp, TestTenant};
+use crate::harness::{ADMIN_TOKEN, Run, TestApp, TestTenant, pulsestream, tenant_cli};
 use crate::receiver::{Behaviour, Receiver, wait_until};
-
-/// What one run of the binary printed, and how it ended.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(self) -> Self {
-        assert_eq!(self.code, Some(0), "{self:#?}");
-        self
-    }
-
-    fn failed(self) -> Self {
-        assert_eq!(self.code, Some(1), "{self:#?}");
-        self
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|err| panic!("{err}: {self:#?}"))
-    }
-}
-
-/// Runs `pulsestream ARGS` against `base`, with `stdin` as its input, off the runtime's
-/// threads (the server under test runs on them).
-async fn pulsestream(base: &str, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pulsestream"));
-    command
-        .args(args)
-        .env("PULSESTREAM_URL", base)
-        .env_remove("PULSESTREAM_ADMIN_TOKEN")
-        .env_remove("PULSESTREAM_API_KEY")
-        .env("PULSESTREAM_DATA_DIR", "/nonexistent-pulsestream-data")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let stdin = stdin.to_owned();
-    let output: Output = tokio::task::spawn_blocking(move || {
-        let mut child = command.spawn().expect("run pulsestream");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
-        child.wait_with_output().expect("wait for pulsestream")
-    })
-    .await
-    .expect("task");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 async fn admin(app: &TestApp, args: &[&str]) -> Run {
     pulsestream(
@@ -77,16 +15,6 @@ async fn admin(app: &TestApp, args: &[&str]) -> Run {
         args,
         &[("PULSESTREAM_ADMIN_TOKEN", ADMIN_TOKEN)],
         "",
-    )
-    .await
-}
-
-async fn tenant_cli(app: &TestApp, tenant: &TestTenant, args: &[&str], stdin: &str) -> Run {
-    pulsestream(
-        &app.base,
-        args,
-        &[("PULSESTREAM_API_KEY", tenant.api_key.as_str())],
-        stdin,
     )
     .await
 }

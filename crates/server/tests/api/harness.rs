@@ -2,6 +2,8 @@
 //! fresh PostgreSQL schema when the suite runs on PostgreSQL), and helpers named after what a
 //! client does.
 
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use pulsestream_server::config::Secret;
@@ -262,7 +264,12 @@ impl TestApp {
     }
 
     pub async fn spawn_with(adjust: impl FnOnce(&mut ServeConfig)) -> Self {
-        let store = TestStore::new().await;
+        Self::spawn_on(crate::BACKEND, adjust).await
+    }
+
+    /// A server on the given store, whatever the suite's own.
+    pub async fn spawn_on(backend: Backend, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let store = TestStore::for_backend(backend).await;
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), store.dir.path().into());
         store.apply(&mut config);
         config.admin_token = Some(Secret(ADMIN_TOKEN.into()));
@@ -475,4 +482,76 @@ pub fn event(event_id: &str, event_type: &str, payload: Value) -> Value {
 
 pub async fn body(response: Response) -> Value {
     response.json().await.expect("JSON body")
+}
+
+/// What one run of the binary printed, and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, Some(0), "{self:#?}");
+        self
+    }
+
+    #[allow(dead_code)]
+    pub fn failed(self) -> Self {
+        assert_eq!(self.code, Some(1), "{self:#?}");
+        self
+    }
+
+    #[allow(dead_code)]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|err| panic!("{err}: {self:#?}"))
+    }
+}
+
+/// Runs `pulsestream ARGS` against `base`, with `stdin` as its input, off the runtime's
+/// threads (the server under test runs on them).
+pub async fn pulsestream(base: &str, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pulsestream"));
+    command
+        .args(args)
+        .env("PULSESTREAM_URL", base)
+        .env_remove("PULSESTREAM_ADMIN_TOKEN")
+        .env_remove("PULSESTREAM_API_KEY")
+        .env("PULSESTREAM_DATA_DIR", "/nonexistent-pulsestream-data")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let stdin = stdin.to_owned();
+    let output: Output = tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().expect("run pulsestream");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
+        child.wait_with_output().expect("wait for pulsestream")
+    })
+    .await
+    .expect("task");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+pub async fn tenant_cli(app: &TestApp, tenant: &TestTenant, args: &[&str], stdin: &str) -> Run {
+    pulsestream(
+        &app.base,
+        args,
+        &[("PULSESTREAM_API_KEY", tenant.api_key.as_str())],
+        stdin,
+    )
+    .await
 }

@@ -23,6 +23,7 @@ mod hostile;
 mod idempotency;
 mod ingest;
 mod inputs;
+mod lifecycle;
 mod load;
 mod openapi;
 mod operations;

@@ -160,13 +160,13 @@ async fn the_document_lists_every_route_with_its_security_and_bodies() {
     assert_eq!(
         statuses("post", "/v1/events"),
         [
-            "200", "201", "400", "401", "409", "413", "415", "422", "429", "503"
+            "200", "201", "400", "401", "409", "413", "415", "422", "429", "503", "507"
         ]
     );
     assert_eq!(
         statuses("post", "/v1/events/batch"),
         [
-            "200", "207", "400", "401", "409", "413", "415", "422", "429", "503"
+            "200", "207", "400", "401", "409", "413", "415", "422", "429", "503", "507"
         ]
     );
     let rate_limited = &doc["components"]["responses"]["RateLimited"];

@@ -33,6 +33,8 @@ mod idempotency;
 mod ingest;
 #[path = "../api/inputs.rs"]
 mod inputs;
+#[path = "../api/lifecycle.rs"]
+mod lifecycle;
 #[path = "../api/load.rs"]
 mod load;
 #[path = "../api/openapi.rs"]

@@ -153,6 +153,18 @@ impl ApiError {
         )
     }
 
+    /// 422: one bad query parameter, located at `["query", name]`.
+    pub fn bad_query(name: &str, kind: &str, msg: impl Into<String>) -> Self {
+        Self::validation(
+            "1 bad query parameter",
+            vec![ErrorItem {
+                loc: vec!["query".into(), name.into()],
+                kind: kind.into(),
+                msg: msg.into(),
+            }],
+        )
+    }
+
     /// 422: the `Idempotency-Key` belongs to a different request body.
     pub fn idempotency_key_reused() -> Self {
         Self::unprocessable(

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use crate::AppState;
 use crate::auth::AuthTenant;
-use crate::error::{ApiError, ErrorItem};
+use crate::error::ApiError;
 use crate::extract::{Path, Query};
 use crate::openapi as doc;
 
@@ -31,17 +31,6 @@ pub(crate) fn attempt_view(attempt: &Attempt) -> Value {
         "dead_lettered": attempt.dead_lettered,
         "test": attempt.test,
     })
-}
-
-fn bad_query(name: &str, kind: &str, msg: &str) -> ApiError {
-    ApiError::validation(
-        "1 bad query parameter",
-        vec![ErrorItem {
-            loc: vec!["query".into(), name.into()],
-            kind: kind.into(),
-            msg: msg.into(),
-        }],
-    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +75,7 @@ pub async fn destination_attempts(
     let destination = super::destinations::find(&app, tenant.id, &id).await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
-        return Err(bad_query(
+        return Err(ApiError::bad_query(
             "limit",
             "limit_range",
             "must be an integer from 1 to 1000",
@@ -94,7 +83,7 @@ pub async fn destination_attempts(
     }
     let before = match &query.cursor {
         Some(token) => Some(AttemptCursor::parse(token).ok_or_else(|| {
-            bad_query(
+            ApiError::bad_query(
                 "cursor",
                 "cursor_invalid",
                 "is not a cursor returned by this endpoint",
@@ -199,7 +188,7 @@ pub async fn stats(
 ) -> Result<Response, ApiError> {
     let window = query.minutes.unwrap_or(60);
     if !(1..=1_440).contains(&window) {
-        return Err(bad_query(
+        return Err(ApiError::bad_query(
             "minutes",
             "range",
             "must be an integer from 1 to 1440",

@@ -433,13 +433,10 @@ pub async fn dead_letters(
     let destination = find(&app, tenant.id, &id).await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1_000).contains(&limit) {
-        return Err(ApiError::validation(
-            "1 bad query parameter",
-            vec![ErrorItem {
-                loc: vec!["query".into(), "limit".into()],
-                kind: "limit_range".into(),
-                msg: "must be an integer from 1 to 1000".into(),
-            }],
+        return Err(ApiError::bad_query(
+            "limit",
+            "limit_range",
+            "must be an integer from 1 to 1000",
         ));
     }
     let letters: Vec<Value> = app

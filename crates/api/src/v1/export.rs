@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use super::events::parse_search;
 use crate::AppState;
 use crate::auth::AuthTenant;
-use crate::error::{ApiError, ErrorItem};
+use crate::error::ApiError;
 use crate::extract::Query;
 use crate::openapi as doc;
 
@@ -126,34 +126,23 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 
 /// The search filters, `order` (ascending unless said) and `after`; no `limit` or `cursor`.
 fn parse_export(params: Vec<(String, String)>) -> Result<SearchQuery, ApiError> {
-    let bad = |name: &str, kind: &str, msg: &str| {
-        ApiError::validation(
-            "1 bad query parameter",
-            vec![ErrorItem {
-                loc: vec!["query".into(), name.into()],
-                kind: kind.into(),
-                msg: msg.into(),
-            }],
-        )
-    };
     let mut after = None;
     let mut order = Order::Asc;
     let mut filters = Vec::with_capacity(params.len());
     for (name, value) in params {
         match name.as_str() {
             "after" => {
-                after =
-                    Some(value.parse::<EventId>().map_err(|_| {
-                        bad("after", "cursor_invalid", "is not the id of an event")
-                    })?);
+                after = Some(value.parse::<EventId>().map_err(|_| {
+                    ApiError::bad_query("after", "cursor_invalid", "is not the id of an event")
+                })?);
             }
             "order" => match value.as_str() {
                 "asc" => order = Order::Asc,
                 "desc" => order = Order::Desc,
-                _ => return Err(bad("order", "enum", "must be asc or desc")),
+                _ => return Err(ApiError::bad_query("order", "enum", "must be asc or desc")),
             },
             "limit" | "cursor" => {
-                return Err(bad(
+                return Err(ApiError::bad_query(
                     &name,
                     "unknown_parameter",
                     "is not a parameter of the export (it has no pages; resume with after)",

@@ -90,6 +90,9 @@ pub struct AppState {
     pub tally: Arc<Tally>,
     /// Sends test events (`POST /v1/destinations/{id}/test`); absent, that answers 503.
     pub test_sender: Option<Arc<dyn TestSend>>,
+    /// Takes backups (the embedded store); `None` on PostgreSQL.
+    pub backup: Option<admin::backups::BackupFn>,
+    pub backups: Arc<admin::backups::Backups>,
     /// Free space on the data directory, measured by the server (never low on PostgreSQL).
     pub disk: Arc<disk::DiskSpace>,
     /// Cancelled when the server shuts down: live tails end (with a `cut` event) instead
@@ -126,6 +129,8 @@ impl AppState {
             test_sender: None,
             tail_stop: tokio_util::sync::CancellationToken::new(),
             disk: Arc::default(),
+            backup: None,
+            backups: Arc::default(),
             limiter,
             admin_token_hash: admin_token_hash.into(),
             config,
@@ -244,6 +249,8 @@ fn other_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::tenants::get, admin::tenants::update))
         .routes(routes!(admin::tenants::create_key))
         .routes(routes!(admin::tenants::revoke_key))
+        .routes(routes!(admin::backups::start))
+        .routes(routes!(admin::backups::latest))
         .routes(routes!(health::healthz))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(health::readyz))

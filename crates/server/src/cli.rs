@@ -62,6 +62,23 @@ pub struct AdminAuth {
     data_dir: PathBuf,
 }
 
+impl AdminAuth {
+    /// The token given, or the one the server generated in its data dir.
+    fn token(self) -> anyhow::Result<String> {
+        Ok(match self.admin_token {
+            Some(token) => token.0,
+            None => read_admin_token(&self.data_dir).with_context(|| {
+                format!(
+                    "no admin token: set PULSESTREAM_ADMIN_TOKEN or point --data-dir at the server's data dir (tried {})",
+                    self.data_dir
+                        .join(pulsestream_server::ADMIN_TOKEN_FILE)
+                        .display()
+                )
+            })?,
+        })
+    }
+}
+
 /// A tenant's API key.
 #[derive(Debug, Args)]
 pub struct TenantAuth {
@@ -461,23 +478,57 @@ impl Connection {
     }
 }
 
+/// Starts an online backup on the server and waits for it, showing how it goes.
+pub async fn backup(connection: &Connection, auth: AdminAuth, to: PathBuf) -> anyhow::Result<()> {
+    let client = Client::new(connection, auth.token()?)?;
+    let to = to.to_str().context("--to is not UTF-8")?.to_owned();
+    client
+        .call(Method::POST, "/admin/backups", Some(json!({ "to": to })))
+        .await?;
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let job = client
+            .call(Method::GET, "/admin/backups/latest", None)
+            .await?;
+        match job["status"].as_str() {
+            Some("running") => {
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    eprint!(
+                        "\r\x1b[2Kbacking up… {:.0} s",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            Some("done") => {
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    eprint!("\r\x1b[2K");
+                }
+                return client.print(&job, |job| {
+                    let report = &job["report"];
+                    format!(
+                        "backed up {} events ({} entries, {} bytes) to {} in {} ms\nrestore with: pulsestream restore --from {} --data-dir NEW_DIR\n",
+                        text(&report["events"]),
+                        text(&report["entries"]),
+                        text(&report["bytes"]),
+                        text(&job["to"]),
+                        text(&report["millis"]),
+                        text(&job["to"]),
+                    )
+                });
+            }
+            _ => anyhow::bail!("the backup failed: {}", text(&job["error"])),
+        }
+    }
+}
+
 /// Runs a `tenant` command with the admin token.
 pub async fn tenant(
     connection: &Connection,
     auth: AdminAuth,
     command: TenantCommand,
 ) -> anyhow::Result<()> {
-    let token = match auth.admin_token {
-        Some(token) => token.0,
-        None => read_admin_token(&auth.data_dir).with_context(|| {
-            format!(
-                "no admin token: set PULSESTREAM_ADMIN_TOKEN or point --data-dir at the server's data dir (tried {})",
-                auth.data_dir
-                    .join(pulsestream_server::ADMIN_TOKEN_FILE)
-                    .display()
-            )
-        })?,
-    };
+    let token = auth.token()?;
     let client = Client::new(connection, token)?;
     match command {
         TenantCommand::Create {

@@ -16,13 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use pulsestream_api::admin::backups::BackupFn;
 use pulsestream_api::auth::secret_hash;
 use pulsestream_api::{ApiConfig, AppState, MetricsRender, SegmentLimits};
 use pulsestream_core::RetryPolicy;
 use pulsestream_core::secret::{SecretCipher, SecretKey};
 use pulsestream_delivery::{DeliveryConfig, DeliveryStores, Dispatcher, NatsSink, Sinks, Tester};
 use pulsestream_limits::{RateLimiter, RedisSettings};
-use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use pulsestream_store::embedded::{
+    BACKUP_MARKER, BackupReport, EmbeddedConfig, EmbeddedStore, backup_report,
+};
 use pulsestream_store::postgres::PostgresStore;
 use pulsestream_store::{ActivityStore, DeliveryQueue, DestinationStore, Store, TenantStore};
 use rand::RngCore;
@@ -66,7 +69,7 @@ impl Server {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ => None,
         };
-        let store = open_store(config).await?;
+        let (store, embedded) = open_store(config).await?;
         let admin_token_hash = admin_token_hash(config, store.as_ref()).await?;
         let secrets = Arc::new(SecretCipher::new(&secret_key(config)?));
         let api_config = ApiConfig {
@@ -98,6 +101,8 @@ impl Server {
             sinks.clone(),
             store.clone() as Arc<dyn ActivityStore>,
         )));
+        let mut state = state;
+        state.backup = embedded.map(|store| backup_fn(store, config.data_dir.clone()));
         // A server started on a full disk refuses ingest from its first request.
         let disk_guard = (config.postgres().is_none()
             && config.min_free_disk != config::MinFreeDisk::Bytes(0))
@@ -193,9 +198,82 @@ impl Server {
     }
 }
 
+/// The files of a data directory beside the store that a backup carries.
+const DATA_DIR_FILES: [&str; 2] = [ADMIN_TOKEN_FILE, SECRET_KEY_FILE];
+
+/// Backs up the embedded store, and the admin token and secret key files beside it.
+fn backup_fn(store: EmbeddedStore, data_dir: std::path::PathBuf) -> BackupFn {
+    BackupFn(Arc::new(move |to: &Path| {
+        let report = store
+            .backup_to(to)
+            .map_err(|err| format!("{err}{}", error_chain(&err)))?;
+        for name in DATA_DIR_FILES {
+            let from = data_dir.join(name);
+            if from.exists() {
+                std::fs::copy(&from, to.join(name))
+                    .map_err(|err| format!("failed to copy {}: {err}", from.display()))?;
+            }
+        }
+        serde_json::to_value(&report).map_err(|err| err.to_string())
+    }))
+}
+
+/// `: cause: cause…` of an error's sources.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(err.source(), |err| err.source())
+        .map(|cause| format!(": {cause}"))
+        .collect()
+}
+
+/// Makes `data_dir` (absent or empty) a data directory that serves the complete backup in
+/// `from`: copies it, refusing an incomplete backup. Returns the backup's report.
+///
+/// # Errors
+/// `from` is not a complete backup, `data_dir` is not empty, or copying fails.
+pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<BackupReport> {
+    let report = backup_report(from)?;
+    anyhow::ensure!(
+        std::fs::read_dir(data_dir).map_or(true, |mut entries| entries.next().is_none()),
+        "{} is not empty: restore into a new directory",
+        data_dir.display()
+    );
+    copy_tree(from, data_dir).with_context(|| {
+        format!(
+            "failed to copy {} to {}",
+            from.display(),
+            data_dir.display()
+        )
+    })?;
+    // The marker says where the data came from; it is no part of a data directory.
+    std::fs::rename(
+        data_dir.join(BACKUP_MARKER),
+        data_dir.join("restored-from-backup.json"),
+    )?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    Ok(report)
+}
+
+/// Copies a directory tree, each file synced.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+            std::fs::File::open(&target)?.sync_all()?;
+        }
+    }
+    std::fs::File::open(to)?.sync_all()
+}
+
 /// Opens PostgreSQL when a database URL is configured (applying pending migrations),
-/// otherwise the embedded store in the data dir.
-async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn Store>> {
+/// otherwise the embedded store in the data dir (returned also as itself, for backups).
+async fn open_store(
+    config: &ServeConfig,
+) -> anyhow::Result<(Arc<dyn Store>, Option<EmbeddedStore>)> {
     if let Some(postgres) = config.postgres() {
         let store = PostgresStore::connect(&postgres)
             .await
@@ -205,7 +283,7 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn Store>> {
             schema_version = pulsestream_store::postgres::latest_version(),
             "events are stored in PostgreSQL"
         );
-        return Ok(Arc::new(store));
+        return Ok((Arc::new(store), None));
     }
     let mut store_config = EmbeddedConfig::new(&config.data_dir);
     store_config.queue_capacity = config.write_queue_capacity;
@@ -213,7 +291,7 @@ async fn open_store(config: &ServeConfig) -> anyhow::Result<Arc<dyn Store>> {
     let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_config))
         .await?
         .with_context(|| format!("failed to open the embedded store in {}", dir.display()))?;
-    Ok(Arc::new(store))
+    Ok((Arc::new(store.clone()), Some(store)))
 }
 
 /// Applies the PostgreSQL migrations this build knows and returns the versions applied.

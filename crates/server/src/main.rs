@@ -3,6 +3,7 @@
 
 mod cli;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -53,6 +54,27 @@ enum Command {
         #[command(subcommand)]
         command: DestinationCommand,
     },
+    /// Takes an online backup of a running server's embedded store into a directory on the
+    /// server's machine (with the admin token); ingest goes on meanwhile.
+    Backup {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        auth: AdminAuth,
+        /// An absolute directory on the server's machine, absent or empty.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Makes a new data directory from a complete backup (offline: no server needed), then
+    /// `pulsestream serve --data-dir` serves it.
+    Restore {
+        /// The backup (a directory `pulsestream backup` wrote).
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to make: absent or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Sends, reads and searches a tenant's events (with the tenant's API key).
     Events {
         #[command(flatten)]
@@ -83,6 +105,15 @@ fn main() -> ExitCode {
     let (result, connection) = match cli.command {
         Command::Serve(config) => (runtime.block_on(serve(config)), None),
         Command::Migrate(config) => (runtime.block_on(migrate(config)), None),
+        Command::Backup {
+            connection,
+            auth,
+            to,
+        } => (
+            runtime.block_on(cli::backup(&connection, auth, to)),
+            Some(connection),
+        ),
+        Command::Restore { from, data_dir } => (restore(&from, &data_dir), None),
         Command::Tenant {
             connection,
             auth,
@@ -119,6 +150,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let report = pulsestream_server::restore(from, data_dir)?;
+    println!(
+        "restored {} events ({} entries, {} bytes) of the backup taken at {} into {} in {:.1} s",
+        report.events,
+        report.entries,
+        report.bytes,
+        report.taken_at,
+        data_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "serve it with: pulsestream serve --data-dir {}",
+        data_dir.display()
+    );
+    Ok(())
 }
 
 async fn migrate(config: ServeConfig) -> anyhow::Result<()> {

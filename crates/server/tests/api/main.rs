@@ -5,6 +5,8 @@
 const BACKEND: harness::Backend = harness::Backend::Embedded;
 
 mod admin;
+/// Embedded only: PostgreSQL is backed up with its own tools.
+mod backup;
 mod batch;
 mod cli;
 mod console;

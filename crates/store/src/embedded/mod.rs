@@ -10,6 +10,7 @@
 //! Tenants are few and read on every request, so they are also cached in memory.
 
 mod activity;
+mod backup;
 mod dedup_filter;
 mod delivery;
 mod identity;
@@ -34,6 +35,7 @@ use crate::{
     StoreError, StoredEvent, TenantChangeFailed, TenantStore,
 };
 
+pub use backup::{BACKUP_MARKER, BackupReport, backup_report};
 pub use writer::{MAX_GROUP_EVENTS, describe_metrics};
 
 /// Settings of the embedded store.
@@ -82,6 +84,56 @@ pub(crate) struct Keyspaces {
     pub counts: Keyspace,
     /// The tenants' numbers in keys.
     pub numbers: numbers::TenantNumbers,
+}
+
+impl Keyspaces {
+    /// Opens (or creates) every keyspace of the store in `db`.
+    fn open(db: &Database, memtable_bytes: u64) -> Result<Self, StoreError> {
+        let meta = open_keyspace(db, "meta", memtable_bytes)?;
+        Ok(Self {
+            events: db
+                .keyspace("events", || {
+                    KeyspaceCreateOptions::default().with_kv_separation(Some(
+                        // Every event goes to the blob files (fjall's default threshold,
+                        // 1 KiB, kept typical ~450-byte events inline in the tree, where
+                        // flushes and compactions rewrote them). Measured: ingest +3 to
+                        // +10 % on a growing store, search no slower.
+                        KvSeparationOptions::default().separation_threshold(64),
+                    ))
+                })
+                .map_err(StoreError::unavailable)?,
+            by_type: open_keyspace(db, "by_type", memtable_bytes)?,
+            dedup: open_keyspace(db, "dedup", memtable_bytes)?,
+            idempotency: open_keyspace(db, "idempotency", memtable_bytes)?,
+            meta: meta.clone(),
+            outbox: open_keyspace(db, "outbox", memtable_bytes)?,
+            dead_letters: open_keyspace(db, "dead_letters", memtable_bytes)?,
+            delivery_stats: open_keyspace(db, "delivery_stats", memtable_bytes)?,
+            tail: open_keyspace(db, "tail", memtable_bytes)?,
+            attempts: open_keyspace(db, "attempts", memtable_bytes)?,
+            attempts_by_event: open_keyspace(db, "attempts_by_event", memtable_bytes)?,
+            counts: open_keyspace(db, "counts", memtable_bytes)?,
+            numbers: numbers::TenantNumbers::load(&meta)?,
+        })
+    }
+
+    /// Every keyspace with its name (what a backup copies).
+    fn all(&self) -> [(&'static str, &Keyspace); 12] {
+        [
+            ("events", &self.events),
+            ("by_type", &self.by_type),
+            ("dedup", &self.dedup),
+            ("idempotency", &self.idempotency),
+            ("meta", &self.meta),
+            ("outbox", &self.outbox),
+            ("dead_letters", &self.dead_letters),
+            ("delivery_stats", &self.delivery_stats),
+            ("tail", &self.tail),
+            ("attempts", &self.attempts),
+            ("attempts_by_event", &self.attempts_by_event),
+            ("counts", &self.counts),
+        ]
+    }
 }
 
 /// PulseStream's zero-setup store. Cheap to clone.
@@ -170,37 +222,17 @@ impl EmbeddedStore {
             // which spins while worker 1 is busy (~10 % of a core in flume send/recv).
             .open()
             .map_err(StoreError::unavailable)?;
-        let meta = open_keyspace(&db, "meta", config.index_memtable_bytes)?;
-        let keyspaces = Keyspaces {
-            events: db
-                .keyspace("events", || {
-                    KeyspaceCreateOptions::default().with_kv_separation(Some(
-                        // Every event goes to the blob files (fjall's default threshold,
-                        // 1 KiB, kept typical ~450-byte events inline in the tree, where
-                        // flushes and compactions rewrote them). Measured: ingest +3 to
-                        // +10 % on a growing store, search no slower.
-                        KvSeparationOptions::default().separation_threshold(64),
-                    ))
-                })
-                .map_err(StoreError::unavailable)?,
-            by_type: open_keyspace(&db, "by_type", config.index_memtable_bytes)?,
-            dedup: open_keyspace(&db, "dedup", config.index_memtable_bytes)?,
-            idempotency: open_keyspace(&db, "idempotency", config.index_memtable_bytes)?,
-            meta: meta.clone(),
-            outbox: open_keyspace(&db, "outbox", config.index_memtable_bytes)?,
-            dead_letters: open_keyspace(&db, "dead_letters", config.index_memtable_bytes)?,
-            delivery_stats: open_keyspace(&db, "delivery_stats", config.index_memtable_bytes)?,
-            tail: open_keyspace(&db, "tail", config.index_memtable_bytes)?,
-            attempts: open_keyspace(&db, "attempts", config.index_memtable_bytes)?,
-            attempts_by_event: open_keyspace(
-                &db,
-                "attempts_by_event",
-                config.index_memtable_bytes,
-            )?,
-            counts: open_keyspace(&db, "counts", config.index_memtable_bytes)?,
-            numbers: numbers::TenantNumbers::load(&meta)?,
-        };
+        let keyspaces = Keyspaces::open(&db, config.index_memtable_bytes)?;
         check_format(&db, &keyspaces)?;
+        Self::start(config, db, keyspaces, &path)
+    }
+
+    fn start(
+        config: &EmbeddedConfig,
+        db: Database,
+        keyspaces: Keyspaces,
+        path: &Path,
+    ) -> Result<Self, StoreError> {
         let tenants = Arc::new(RwLock::new(load_tenants(&keyspaces.meta)?));
         let destinations: delivery::DestinationCache =
             Arc::new(RwLock::new(delivery::load_destinations(&keyspaces.meta)?));
@@ -214,7 +246,7 @@ impl EmbeddedStore {
             destinations: destinations.clone(),
             stats_lock: Arc::default(),
         };
-        let identity = identity::DirIdentity::of(&path)?;
+        let identity = identity::DirIdentity::of(path)?;
         let writer = writer::WriterHandle::start(
             db.clone(),
             keyspaces.clone(),

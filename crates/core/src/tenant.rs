@@ -84,6 +84,17 @@ pub struct Tenant {
     pub keys: Vec<TenantKey>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Days events are kept, by their `timestamp`; `0` keeps them forever; `None` follows
+    /// the server's `--retention-days`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<u32>,
+}
+
+impl Tenant {
+    /// The days this tenant's events are kept, given the server's default; `None`: forever.
+    pub fn retention(&self, server_default: u32) -> Option<u32> {
+        Some(self.retention_days.unwrap_or(server_default)).filter(|days| *days > 0)
+    }
 }
 
 /// One change to a stored tenant, said as an intent rather than as a new record, so that the
@@ -97,6 +108,8 @@ pub enum TenantChange {
         name: Option<String>,
         per_minute: Option<u32>,
         burst: Option<u32>,
+        /// `Some(0)`: keep forever.
+        retention_days: Option<u32>,
     },
     /// Adds an API key; the other keys keep working.
     AddKey(TenantKey),
@@ -124,7 +137,11 @@ impl TenantChange {
                 name,
                 per_minute,
                 burst,
+                retention_days,
             } => {
+                if retention_days.is_some() {
+                    tenant.retention_days = *retention_days;
+                }
                 let rate_limit = if per_minute.is_some() || burst.is_some() {
                     let current = tenant.rate_limit;
                     let per_minute = per_minute.unwrap_or(current.per_minute);
@@ -164,6 +181,7 @@ mod tests {
             rate_limit: RateLimit { per_minute, burst },
             keys: vec![key()],
             created_at: OffsetDateTime::UNIX_EPOCH,
+            retention_days: None,
         }
     }
 
@@ -182,6 +200,7 @@ mod tests {
             name: None,
             per_minute,
             burst,
+            retention_days: None,
         }
     }
 
@@ -224,6 +243,7 @@ mod tests {
             name: Some("new".into()),
             per_minute: Some(0),
             burst: None,
+            retention_days: None,
         };
         assert_eq!(
             renamed.apply(&mut stored),

@@ -1,10 +1,10 @@
-//! Upkeep of what the console shows: counts written out every few seconds, and old
-//! attempts and minute counts pruned now and then.
+//! Upkeep: counts written out every few seconds, old attempts and minute counts pruned now
+//! and then, and events past their tenant's retention deleted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pulsestream_store::{ActivityStore, Tally, minute_of};
+use pulsestream_store::{ActivityStore, Store, Tally, minute_of};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,16 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Minute counts are kept two days (the API shows at most one).
 const MINUTES_KEPT: i64 = 2 * 24 * 60;
 
+/// Event retention: the server's default days (0: forever) and how often it is applied.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    pub default_days: u32,
+    pub every: Duration,
+}
+
+/// Events deleted per store call: a bounded batch, so ingest is never held up long.
+const EXPIRE_BATCH: usize = 10_000;
+
 /// The running upkeep task.
 #[derive(Debug)]
 pub(crate) struct Upkeep {
@@ -24,19 +34,22 @@ pub(crate) struct Upkeep {
 
 impl Upkeep {
     pub(crate) fn spawn(
-        store: Arc<dyn ActivityStore>,
+        store: Arc<dyn Store>,
         tally: Arc<Tally>,
         attempts_retention: Duration,
+        retention: Retention,
         shutdown: CancellationToken,
     ) -> Self {
         let task = tokio::spawn(async move {
             let mut flush = tokio::time::interval(FLUSH_EVERY);
             let mut prune = tokio::time::interval(PRUNE_EVERY);
+            let mut expire = tokio::time::interval(retention.every);
             loop {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     _ = flush.tick() => flush_counts(store.as_ref(), &tally).await,
                     _ = prune.tick() => prune_old(store.as_ref(), attempts_retention).await,
+                    _ = expire.tick() => expire_events(store.as_ref(), retention, &shutdown).await,
                 }
             }
             flush_counts(store.as_ref(), &tally).await;
@@ -58,6 +71,55 @@ async fn flush_counts(store: &dyn ActivityStore, tally: &Tally) {
     if let Err(err) = store.add_counts(&counts).await {
         tracing::warn!(error = %err, "cannot write counts; keeping them for the next try");
         tally.put_back(counts);
+    }
+}
+
+/// Deletes every tenant's events past its retention, a batch at a time.
+async fn expire_events(store: &dyn Store, retention: Retention, shutdown: &CancellationToken) {
+    let mut after = None;
+    loop {
+        let tenants = match store.tenants(after, 100).await {
+            Ok(tenants) => tenants,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list tenants for retention");
+                return;
+            }
+        };
+        let Some(last) = tenants.last() else {
+            return;
+        };
+        after = Some(last.id);
+        for tenant in &tenants {
+            let Some(days) = tenant.retention(retention.default_days) else {
+                continue;
+            };
+            let before = OffsetDateTime::now_utc() - time::Duration::days(i64::from(days));
+            let mut deleted = 0u64;
+            loop {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                match store.expire_events(tenant.id, before, EXPIRE_BATCH).await {
+                    Ok(count) => {
+                        deleted += count;
+                        metrics::counter!("pulsestream_retention_deleted_events_total")
+                            .increment(count);
+                        if count < EXPIRE_BATCH as u64 {
+                            break;
+                        }
+                        // Between batches, ingest goes first.
+                        tokio::task::yield_now().await;
+                    }
+                    Err(err) => {
+                        tracing::warn!(tenant_id = %tenant.id, error = %err, "cannot delete expired events");
+                        break;
+                    }
+                }
+            }
+            if deleted > 0 {
+                tracing::info!(tenant_id = %tenant.id, deleted, retention_days = days, "deleted events past their retention");
+            }
+        }
     }
 }
 

@@ -99,6 +99,10 @@ pub enum TenantCommand {
         /// Most events at once (default: the per-minute rate).
         #[arg(long)]
         burst: Option<u32>,
+        /// Days events are kept, by their timestamp (0: forever; default: the server's
+        /// --retention-days).
+        #[arg(long)]
+        retention_days: Option<u32>,
     },
     /// Lists tenants.
     List,
@@ -113,6 +117,9 @@ pub enum TenantCommand {
         rate_limit_per_minute: Option<u32>,
         #[arg(long)]
         burst: Option<u32>,
+        /// Days events are kept, by their timestamp (0: forever).
+        #[arg(long)]
+        retention_days: Option<u32>,
     },
     /// Issues a new API key (shown only this once); the other keys keep working.
     AddKey {
@@ -535,10 +542,12 @@ pub async fn tenant(
             name,
             rate_limit_per_minute,
             burst,
+            retention_days,
         } => {
             let mut body = json!({ "name": name });
             set_some(&mut body, "rate_limit_per_minute", rate_limit_per_minute);
             set_some(&mut body, "burst", burst);
+            set_some(&mut body, "retention_days", retention_days);
             let answer = client
                 .call(Method::POST, "/admin/tenants", Some(body))
                 .await?;
@@ -584,11 +593,13 @@ pub async fn tenant(
             name,
             rate_limit_per_minute,
             burst,
+            retention_days,
         } => {
             let mut body = json!({});
             set_some(&mut body, "name", name);
             set_some(&mut body, "rate_limit_per_minute", rate_limit_per_minute);
             set_some(&mut body, "burst", burst);
+            set_some(&mut body, "retention_days", retention_days);
             let path = format!("/admin/tenants/{}", segment(&id));
             let answer = client.call(Method::PATCH, &path, Some(body)).await?;
             client.print(&answer, tenant_text)
@@ -1173,6 +1184,14 @@ fn tenant_text(tenant: &Value) -> String {
                 text(&tenant["rate_limit_per_minute"]),
                 text(&tenant["burst"])
             ),
+        ),
+        (
+            "retention",
+            match tenant["retention_days"].as_u64() {
+                None => "the server's default".to_owned(),
+                Some(0) => "forever".to_owned(),
+                Some(days) => format!("{days} days"),
+            },
         ),
         ("created", text(&tenant["created_at"])),
     ]);

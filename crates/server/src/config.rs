@@ -50,6 +50,8 @@ pub mod defaults {
     pub const MAX_DESTINATIONS_PER_TENANT: usize = 100;
     pub const ATTEMPTS_RETENTION_HOURS: u64 = 7 * 24;
     pub const MIN_FREE_DISK: &str = "5%";
+    pub const RETENTION_DAYS: u32 = 0;
+    pub const RETENTION_CHECK_SECS: u64 = 600;
     pub const TAIL_BUFFER_EVENTS: usize = 1_000;
     pub const SEARCH_MAX_PAGE_BYTES: u64 = 8 * 1024 * 1024;
     pub const DELIVERY_BREAKER_COOL_DOWN_MS: u64 = 30_000;
@@ -149,6 +151,23 @@ pub struct ServeConfig {
         value_parser = MinFreeDisk::parse
     )]
     pub min_free_disk: MinFreeDisk,
+    /// Days events are kept, by their `timestamp`, for tenants that do not set their own
+    /// `retention_days`; `0` keeps them forever.
+    #[arg(
+        long,
+        env = "PULSESTREAM_RETENTION_DAYS",
+        default_value_t = defaults::RETENTION_DAYS,
+        value_parser = clap::value_parser!(u32).range(0..=36_500)
+    )]
+    pub retention_days: u32,
+    /// How often expired events are looked for and deleted, in seconds.
+    #[arg(
+        long,
+        env = "PULSESTREAM_RETENTION_CHECK_SECS",
+        default_value_t = defaults::RETENTION_CHECK_SECS,
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
+    pub retention_check_secs: u64,
     /// How long delivery attempts are kept (for the API and the console), in hours.
     #[arg(
         long,
@@ -247,6 +266,8 @@ impl ServeConfig {
             delivery_batch_max_bytes: defaults::DELIVERY_BATCH_MAX_BYTES,
             max_destinations_per_tenant: defaults::MAX_DESTINATIONS_PER_TENANT,
             attempts_retention_hours: defaults::ATTEMPTS_RETENTION_HOURS,
+            retention_days: defaults::RETENTION_DAYS,
+            retention_check_secs: defaults::RETENTION_CHECK_SECS,
             min_free_disk: MinFreeDisk::parse(defaults::MIN_FREE_DISK).expect("the default parses"),
             tail_buffer_events: defaults::TAIL_BUFFER_EVENTS,
             search_max_page_bytes: defaults::SEARCH_MAX_PAGE_BYTES,

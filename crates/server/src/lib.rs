@@ -50,6 +50,8 @@ pub struct Server {
     delivery: DeliveryConfig,
     /// How long delivery attempts are kept.
     attempts_retention: Duration,
+    /// Event retention: the default days and how often it is applied.
+    retention: activity::Retention,
     /// The embedded store's directory and the free space it keeps (none on PostgreSQL).
     disk_guard: Option<(std::path::PathBuf, config::MinFreeDisk)>,
     /// Set when a certificate and key are configured: the listener speaks HTTPS only.
@@ -126,6 +128,10 @@ impl Server {
             sinks,
             delivery,
             attempts_retention: Duration::from_secs(config.attempts_retention_hours * 3600),
+            retention: activity::Retention {
+                default_days: config.retention_days,
+                every: Duration::from_secs(config.retention_check_secs),
+            },
             disk_guard,
             tls,
             connections: http::ConnectionLimits {
@@ -174,8 +180,13 @@ impl Server {
             self.delivery,
             workers.clone(),
         );
-        let upkeep =
-            activity::Upkeep::spawn(activity, tally, self.attempts_retention, workers.clone());
+        let upkeep = activity::Upkeep::spawn(
+            self.store.clone(),
+            tally,
+            self.attempts_retention,
+            self.retention,
+            workers.clone(),
+        );
         let disk_monitor = self
             .disk_guard
             .map(|(dir, min)| disk::spawn(dir, min, disk_space, workers.clone()));

@@ -176,6 +176,17 @@ pub trait EventStore: Send + Sync + Debug + 'static {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
 
+    /// Deletes up to `limit` of the tenant's events whose `timestamp` is before `before`,
+    /// with their index and dedup entries and dead letters (their queued deliveries are
+    /// dropped when next claimed, or with them). Returns how many went: call again until 0.
+    /// An `event_id` deleted so may be stored again: retention is the dedup horizon.
+    async fn expire_events(
+        &self,
+        tenant: TenantId,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+
     /// Checks that the store can serve requests.
     async fn check_ready(&self) -> Result<(), StoreError>;
 

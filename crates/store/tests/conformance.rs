@@ -228,6 +228,7 @@ fn tenant(name: &str, hash: &str) -> Tenant {
         id: TenantId::random(),
         name: name.into(),
         rate_limit: RateLimit::new(600, None).expect("a valid limit"),
+        retention_days: None,
         keys: vec![key(hash)],
         created_at: OffsetDateTime::now_utc(),
     }
@@ -1128,6 +1129,7 @@ async fn tenants_are_created_found_by_key_and_changed(store: &Arc<dyn Store>) {
                 name: Some("acme inc".into()),
                 per_minute: Some(1_200),
                 burst: None,
+                retention_days: None,
             },
         )
         .await
@@ -1189,7 +1191,8 @@ async fn tenants_are_created_found_by_key_and_changed(store: &Arc<dyn Store>) {
                 &TenantChange::Update {
                     name: None,
                     per_minute: Some(0),
-                    burst: None
+                    burst: None,
+                    retention_days: None,
                 }
             )
             .await,
@@ -1225,6 +1228,7 @@ async fn concurrent_tenant_changes_never_bring_a_revoked_key_back(store: &Arc<dy
             name: None,
             per_minute: Some(600 + round * 10 + n),
             burst: None,
+            retention_days: None,
         }));
         let results = join(
             changes

@@ -39,6 +39,10 @@ pub struct CreateTenant {
     /// The most events admitted at once; defaults to `rate_limit_per_minute`.
     #[schema(minimum = 1)]
     burst: Option<u32>,
+    /// Days events are kept, by their `timestamp` (0: forever); absent: the server's
+    /// `--retention-days`.
+    #[schema(maximum = 36500)]
+    retention_days: Option<u32>,
 }
 
 /// The body of `PATCH /admin/tenants/{id}`: only the fields sent change. A new
@@ -55,6 +59,9 @@ pub struct UpdateTenant {
     /// The most events admitted at once.
     #[schema(minimum = 1)]
     burst: Option<u32>,
+    /// Days events are kept, by their `timestamp` (0: forever).
+    #[schema(maximum = 36500)]
+    retention_days: Option<u32>,
 }
 
 /// The body of `POST /admin/tenants/{id}/keys` (optional).
@@ -96,6 +103,8 @@ pub(crate) struct TenantView {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     created_at: OffsetDateTime,
+    /// Days events are kept (0: forever); `null`: the server's `--retention-days`.
+    retention_days: Option<u32>,
     /// The tenant's keys that work (revoked ones are gone).
     keys: Vec<KeyView>,
     /// The first API key: shown once, in the answer that creates the tenant.
@@ -145,6 +154,7 @@ impl TenantView {
             rate_limit_per_minute: tenant.rate_limit.per_minute,
             burst: tenant.rate_limit.burst,
             created_at: tenant.created_at,
+            retention_days: tenant.retention_days,
             keys: tenant
                 .keys
                 .iter()
@@ -198,6 +208,7 @@ pub async fn create(
         rate_limit,
         keys: vec![key],
         created_at: OffsetDateTime::now_utc(),
+        retention_days: check_retention(request.retention_days)?,
     };
     app.tenants.create_tenant(&tenant).await?;
     tracing::info!(tenant_id = %tenant.id, "tenant created");
@@ -275,6 +286,23 @@ fn query_error(field: &str, msg: &str) -> ApiError {
     )
 }
 
+/// The most days of retention (100 years): more is a typo, not a policy.
+const MAX_RETENTION_DAYS: u32 = 36_500;
+
+fn check_retention(days: Option<u32>) -> Result<Option<u32>, ApiError> {
+    match days {
+        Some(days) if days > MAX_RETENTION_DAYS => Err(ApiError::validation(
+            "1 bad field",
+            vec![ErrorItem {
+                loc: vec!["body".into(), "retention_days".into()],
+                kind: "less_than_equal".into(),
+                msg: format!("must be at most {MAX_RETENTION_DAYS} (0 keeps events forever)"),
+            }],
+        )),
+        days => Ok(days),
+    }
+}
+
 /// `GET /admin/tenants/{id}`.
 #[utoipa::path(
     get,
@@ -332,6 +360,7 @@ pub async fn update(
         name,
         per_minute: request.rate_limit_per_minute,
         burst: request.burst,
+        retention_days: check_retention(request.retention_days)?,
     };
     let tenant = change_tenant(&app, &id, &change).await?;
     Ok(Json(TenantView::of(&tenant)).into_response())

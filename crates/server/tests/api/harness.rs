@@ -77,6 +77,12 @@ impl TestStore {
         }
     }
 
+    /// The PostgreSQL schema of this store, if it is on PostgreSQL.
+    #[allow(dead_code)] // used by the PostgreSQL suite
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
     /// Points a server's settings at this store.
     pub fn apply(&self, config: &mut ServeConfig) {
         config.data_dir = self.dir.path().to_path_buf();

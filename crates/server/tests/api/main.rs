@@ -31,6 +31,7 @@ mod openapi;
 mod operations;
 mod rate_limits;
 mod receiver;
+mod retention;
 mod sdks;
 mod search;
 mod security;

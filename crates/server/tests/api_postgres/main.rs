@@ -41,10 +41,13 @@ mod load;
 mod openapi;
 #[path = "../api/operations.rs"]
 mod operations;
+mod pg_dump;
 #[path = "../api/rate_limits.rs"]
 mod rate_limits;
 #[path = "../api/receiver.rs"]
 mod receiver;
+#[path = "../api/retention.rs"]
+mod retention;
 #[path = "../api/sdks.rs"]
 mod sdks;
 #[path = "../api/search.rs"]

@@ -284,3 +284,66 @@ impl EmbeddedStore {
         Ok(pruned)
     }
 }
+
+/// The fields of a stored event's JSON that its index entries are keyed by.
+#[derive(serde::Deserialize)]
+struct Keyed<'a> {
+    #[serde(borrow)]
+    event_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+}
+
+impl EmbeddedStore {
+    /// See `EventStore::expire_events`. The events, their type-index and dedup entries and
+    /// their dead letters go in one batch; the `tail` entries stay (the tail skips events it
+    /// cannot find) and queue entries are dropped when claimed.
+    pub(crate) fn expire(
+        &self,
+        tenant: TenantId,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let ks = &self.keyspaces;
+        let Some(number) = ks.numbers.get(tenant) else {
+            return Ok(0);
+        };
+        let low = keys::event_key(number, EventId::from_parts(i64::MIN, 0));
+        let high = keys::event_key(number, EventId::from_parts(micros_of(before), 0));
+        let destinations: Vec<DestinationId> = self
+            .queue
+            .destinations
+            .read()
+            .expect("destination cache lock is never poisoned")
+            .get(&tenant)
+            .map(|all| all.iter().map(|destination| destination.id).collect())
+            .unwrap_or_default();
+        let mut batch = self.db.batch();
+        let mut expired = 0u64;
+        for entry in ks.events.range(low..high).take(limit) {
+            let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+            let id = keys::id_suffix(&key)?;
+            let (json, _) = keys::decode_event_value(&value)?;
+            let keyed: Keyed<'_> = serde_json::from_slice(json)
+                .map_err(|err| StoreError::Corrupt(format!("stored event {id}: {err}")))?;
+            batch.remove(&ks.events, key);
+            batch.remove(&ks.by_type, keys::type_key(number, &keyed.event_type, id));
+            let dedup_key = keys::hashed_key(number, &keyed.event_id);
+            // Only this event's own dedup entry (a hash collision names another).
+            if let Some(dedup) = ks.dedup.get(dedup_key).map_err(StoreError::unavailable)?
+                && keys::decode_dedup(&dedup)?.0 == id
+            {
+                batch.remove(&ks.dedup, dedup_key);
+            }
+            for destination in &destinations {
+                batch.remove(
+                    &ks.dead_letters,
+                    super::delivery::dead_letter_key(*destination, id),
+                );
+            }
+            expired += 1;
+        }
+        batch.commit().map_err(StoreError::unavailable)?;
+        Ok(expired)
+    }
+}

@@ -102,7 +102,7 @@ fn decode_outbox_value(value: &[u8]) -> (u32, Option<QueueOrder>) {
     (attempts, order)
 }
 
-fn dead_letter_key(destination: DestinationId, event: EventId) -> [u8; 32] {
+pub(crate) fn dead_letter_key(destination: DestinationId, event: EventId) -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(destination.as_bytes());
     key[16..].copy_from_slice(event.as_bytes());
@@ -184,19 +184,24 @@ impl Queue {
             EventId::from_bytes([0xff; 16]),
         );
         let mut claimed = Vec::new();
+        let mut expired = Vec::new();
         for entry in self.outbox.range((low, Bound::Included(high))).take(limit) {
             let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
             let (due_micros, event) = decode_outbox_key(&key)?;
             let (attempts, order) = decode_outbox_value(&value);
-            claimed.push(Delivery {
-                tenant,
-                event,
-                attempts,
-                due_micros,
-                json: self.event_json(number, event)?,
-                order,
-            });
+            match self.event_json(number, event)? {
+                Some(json) => claimed.push(Delivery {
+                    tenant,
+                    event,
+                    attempts,
+                    due_micros,
+                    json,
+                    order,
+                }),
+                None => expired.push(key),
+            }
         }
+        self.drop_expired(destination, expired)?;
         Ok(claimed)
     }
 
@@ -216,17 +221,38 @@ impl Queue {
         ))
     }
 
-    /// The stored JSON of a queued event.
-    fn event_json(&self, number: keys::TenantNo, event: EventId) -> Result<Vec<u8>, StoreError> {
+    /// Removes queue entries whose events are gone (past their tenant's retention): they
+    /// are dropped, not delivered, and counted.
+    fn drop_expired(
+        &self,
+        destination: DestinationId,
+        keys: Vec<fjall::Slice>,
+    ) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!("pulsestream_deliveries_total", "destination" => destination.to_string(), "outcome" => "expired")
+            .increment(keys.len() as u64);
+        let mut batch = self.db.batch();
+        for key in keys {
+            batch.remove(&self.outbox, key);
+        }
+        batch.commit().map_err(StoreError::unavailable)
+    }
+
+    /// The stored JSON of a queued event, or `None` when the event is gone (expired).
+    fn event_json(
+        &self,
+        number: keys::TenantNo,
+        event: EventId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         match self
             .events
             .get(keys::event_key(number, event))
             .map_err(StoreError::unavailable)?
         {
-            Some(stored) => Ok(keys::decode_event_value(&stored)?.0.to_vec()),
-            None => Err(StoreError::Corrupt(format!(
-                "queued event {event} is missing"
-            ))),
+            Some(stored) => Ok(Some(keys::decode_event_value(&stored)?.0.to_vec())),
+            None => Ok(None),
         }
     }
 
@@ -257,6 +283,7 @@ impl Queue {
         queued.sort_unstable_by_key(|(.., order)| order.seq);
         let now = crate::record::micros_of(now);
         let mut held: std::collections::HashSet<i64> = std::collections::HashSet::new();
+        let mut expired = Vec::new();
         let mut claimed = Vec::new();
         for (event, due_micros, attempts, order) in queued {
             if claimed.len() == limit {
@@ -270,15 +297,23 @@ impl Queue {
                 held.insert(order.key);
                 continue;
             }
+            let Some(json) = self.event_json(number, event)? else {
+                expired.push(outbox_key(destination, due_micros, event));
+                continue;
+            };
             claimed.push(Delivery {
                 tenant,
                 event,
                 attempts,
                 due_micros,
-                json: self.event_json(number, event)?,
+                json,
                 order: Some(order),
             });
         }
+        self.drop_expired(
+            destination,
+            expired.into_iter().map(|key| key.to_vec().into()).collect(),
+        )?;
         Ok(claimed)
     }
 

@@ -396,6 +396,16 @@ impl EventStore for EmbeddedStore {
         .await
     }
 
+    async fn expire_events(
+        &self,
+        tenant: TenantId,
+        before: OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.blocking(move |store| store.expire(tenant, before, limit))
+            .await
+    }
+
     async fn check_ready(&self) -> Result<(), StoreError> {
         // The reason first: a removed directory also stops the writer.
         self.identity.check()?;

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use fjall::{Database, OwnedWriteBatch as WriteBatch, PersistMode};
+use fjall::{Database, OwnedWriteBatch as WriteBatch, PersistMode, Readable};
 use pulsestream_core::{Destination, EventId, NewEvent, Routable, format_timestamp};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -584,15 +584,33 @@ impl Writer {
             return Ok(None);
         };
         let (id, hash) = keys::decode_dedup(&value)?;
-        let Some(stored) = self
+        let stored = match self
             .keyspaces
             .events
             .get(keys::event_key(tenant, id))
             .map_err(StoreError::unavailable)?
-        else {
-            return Err(StoreError::Corrupt(format!(
-                "dedup entry points to missing event {id}"
-            )));
+        {
+            Some(stored) => stored,
+            None => {
+                // Retention deletes an event with its dedup entry in one batch, maybe
+                // between the two reads above: one snapshot sees both or neither.
+                let snapshot = self.db.snapshot();
+                let dedup = snapshot
+                    .get(&self.keyspaces.dedup, dedup_key)
+                    .map_err(StoreError::unavailable)?;
+                let event = snapshot
+                    .get(&self.keyspaces.events, keys::event_key(tenant, id))
+                    .map_err(StoreError::unavailable)?;
+                match (dedup, event) {
+                    (None, _) => return Ok(None),
+                    (Some(_), Some(stored)) => stored,
+                    (Some(_), None) => {
+                        return Err(StoreError::Corrupt(format!(
+                            "dedup entry points to missing event {id}"
+                        )));
+                    }
+                }
+            }
         };
         let (json, timestamp_given) = keys::decode_event_value(&stored)?;
         Ok(Some(record::stored_status(

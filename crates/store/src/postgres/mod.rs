@@ -513,6 +513,35 @@ impl EventStore for PostgresStore {
             .transpose()
     }
 
+    async fn expire_events(
+        &self,
+        tenant: TenantId,
+        before: time::OffsetDateTime,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        // Ids start with the event's timestamp: the primary key is the time index. The
+        // events' queued deliveries and dead letters go in the same statement.
+        let bound = EventId::from_parts(crate::record::micros_of(before), 0);
+        let row = self
+            .db
+            .query_opt(
+                "WITH gone AS (
+                     DELETE FROM events WHERE tenant_id = $1 AND id IN (
+                         SELECT id FROM events WHERE tenant_id = $1 AND id < $2
+                          ORDER BY id LIMIT $3)
+                     RETURNING id),
+                 queued AS (
+                     DELETE FROM outbox WHERE tenant_id = $1 AND event IN (SELECT id FROM gone)),
+                 dead AS (
+                     DELETE FROM dead_letters
+                      WHERE tenant_id = $1 AND event IN (SELECT id FROM gone))
+                 SELECT count(*) FROM gone",
+                &[&tenant.0, &bound.0, &(limit as i64)],
+            )
+            .await?;
+        Ok(row.map_or(0, |row| row.get::<_, i64>(0).max(0) as u64))
+    }
+
     async fn check_ready(&self) -> Result<(), StoreError> {
         self.db
             .guarded(async {

@@ -433,4 +433,14 @@ browserTest('9. the operator view lists tenants and creates one', async page => 
   assert.match(await key.textContent(), /^ps_\S+$/);
   await page.locator('#tenants-table tr.tenant-row', { hasText: name }).waitFor({ timeout: 5_000 });
   await shot(page, 'tenants');
+
+  // Change its limits and retention from the tenant's page.
+  await page.locator('#tenants-table tr.tenant-row', { hasText: name }).locator('a').first().click();
+  await page.locator('#tenant-edit-retention').waitFor({ timeout: 5_000 });
+  await page.locator('#tenant-edit-rate').fill('1200');
+  await page.locator('#tenant-edit-retention').fill('30');
+  await page.locator('#tenant-save').click();
+  await page.locator('#tenant-meta', { hasText: '30 days' }).waitFor({ timeout: 5_000 });
+  assert.match(await page.locator('#tenant-meta').textContent(), /1,200 events \/ minute/);
+  await shot(page, 'tenant-detail');
 });

@@ -1297,6 +1297,7 @@ async function tenantScreen(main, id) {
   const name = h('input', { id: 'tenant-edit-name' });
   const rate = h('input', { id: 'tenant-edit-rate', type: 'number' });
   const burst = h('input', { id: 'tenant-edit-burst', type: 'number' });
+  const retention = h('input', { id: 'tenant-edit-retention', type: 'number', placeholder: "the server's default" });
   const editMsg = h('p', { id: 'tenant-edit-message', class: 'msg', role: 'status' });
   const keysBody = h('tbody');
   const scope = select('key-scope', [['full'], ['ingest', 'ingest (send events only)']]);
@@ -1306,8 +1307,9 @@ async function tenantScreen(main, id) {
   main.append(
     head('Tenant', h('a', { href: '#/tenants', class: 'back' }, '← Tenants')),
     panel(null, meta),
-    panel('Name and limits', mkForm('tenant-edit-form', save,
+    panel('Name, limits and retention', mkForm('tenant-edit-form', save,
       field('Name', name), field('Rate limit (events / minute)', rate), field('Burst', burst),
+      field('Retention (days, 0 = forever)', retention),
       submitBar('tenant-save', 'Save')), editMsg),
     panel('API keys',
       table('tenant-keys', ['Prefix', 'Scope', 'Created', 'ID', ''], keysBody),
@@ -1316,11 +1318,14 @@ async function tenantScreen(main, id) {
 
   function render() {
     set(meta, dl('tenant-meta', [['Name', str(t.name)], ['ID', h('code', null, str(t.id))],
-      ['Rate limit', `${num(t.rate_limit_per_minute)} events / minute`], ['Burst', num(t.burst)], ['Created', time(t.created_at)]]));
+      ['Rate limit', `${num(t.rate_limit_per_minute)} events / minute`], ['Burst', num(t.burst)],
+      ['Retention', t.retention_days == null ? "the server's default" : t.retention_days === 0 ? 'forever' : `${num(t.retention_days)} days`],
+      ['Created', time(t.created_at)]]));
     title(`Tenant ${str(t.name)}`);
     name.value = str(t.name);
     rate.value = t.rate_limit_per_minute == null ? '' : str(t.rate_limit_per_minute);
     burst.value = t.burst == null ? '' : str(t.burst);
+    retention.value = t.retention_days == null ? '' : str(t.retention_days);
     const keys = arr(t.keys);
     set(keysBody, keys.length ? keys.map(k => {
       const kid = str(obj(k).id);
@@ -1341,6 +1346,7 @@ async function tenantScreen(main, id) {
     if (changed(name, t.name)) body.name = name.value;
     if (changed(rate, t.rate_limit_per_minute)) body.rate_limit_per_minute = intOr(rate.value);
     if (changed(burst, t.burst)) body.burst = intOr(burst.value);
+    if (changed(retention, t.retention_days)) body.retention_days = intOr(retention.value);
     if (!Object.keys(body).length) { editMsg.textContent = 'Nothing changed.'; return; }
     editMsg.textContent = '';
     t = obj(await api('PATCH', base, body));

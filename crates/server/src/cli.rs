@@ -860,7 +860,7 @@ async fn send_ndjson(
     };
     let mut lines = BufReader::new(reader).lines();
     let (mut totals, mut first_line, mut batch_no) = (Totals::default(), 0_usize, 0_usize);
-    let mut progress = Progress::new(client.output, count_lines(file));
+    let mut progress = Progress::new(client.output, "sent", count_lines(file));
     loop {
         let mut batch = String::new();
         let mut count = 0;
@@ -932,7 +932,7 @@ async fn export(
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let mut progress = Progress::new(client.output, None);
+    let mut progress = Progress::new(client.output, "exported", None);
     let mut after: Option<String> = None;
     let (mut written, mut breaks) = (0usize, 0u32);
     loop {
@@ -997,7 +997,7 @@ async fn export(
         );
     }
     out.flush().context("failed to write the export")?;
-    progress.finish();
+    progress.clear();
     if client.output == Output::Text {
         match &to {
             Some(path) => eprintln!("exported {written} events to {}", path.display()),
@@ -1019,14 +1019,17 @@ fn count_lines(file: &std::path::Path) -> Option<usize> {
 /// A progress line on stderr, redrawn in place, only on a terminal and for text output.
 struct Progress {
     shown: bool,
+    /// What is done with events: `sent`, `exported`.
+    verb: &'static str,
     total: Option<usize>,
     started: std::time::Instant,
     last: usize,
 }
 
 impl Progress {
-    fn new(output: Output, total: Option<usize>) -> Self {
+    fn new(output: Output, verb: &'static str, total: Option<usize>) -> Self {
         Self {
+            verb,
             shown: output == Output::Text && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             total,
             started: std::time::Instant::now(),
@@ -1044,14 +1047,15 @@ impl Progress {
             .total
             .map(|total| format!(" of {total}"))
             .unwrap_or_default();
-        eprint!("\r\x1b[2K{events}{of} events sent, {rate:.0}/s");
+        eprint!("\r\x1b[2K{events}{of} events {}, {rate:.0}/s", self.verb);
     }
 
     fn waiting(&mut self, why: &str, wait: Duration) {
         if self.shown {
             eprint!(
-                "\r\x1b[2K{} events sent; the server answered {why}, trying again in {:.1} s",
+                "\r\x1b[2K{} events {}; the server answered {why}, trying again in {:.1} s",
                 self.last,
+                self.verb,
                 wait.as_secs_f64()
             );
         } else {

@@ -242,7 +242,11 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 /// # Errors
 /// `from` is not a complete backup, `data_dir` is not empty, or copying fails.
 pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<BackupReport> {
-    let report = backup_report(from)?;
+    let report = backup_report(from).map_err(|err| match err {
+        // Not "stored data is corrupt": it is not a (whole) backup.
+        pulsestream_store::StoreError::Corrupt(why) => anyhow::anyhow!(why),
+        other => other.into(),
+    })?;
     anyhow::ensure!(
         std::fs::read_dir(data_dir).map_or(true, |mut entries| entries.next().is_none()),
         "{} is not empty: restore into a new directory",

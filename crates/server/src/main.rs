@@ -160,7 +160,10 @@ fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result
         report.events,
         report.entries,
         report.bytes,
-        report.taken_at,
+        report
+            .taken_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
         data_dir.display(),
         started.elapsed().as_secs_f64()
     );

@@ -49,6 +49,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    attempts_counts_and_expiry_follow_their_horizons,
     an_event_id_is_stored_once_and_a_changed_copy_is_a_conflict,
     copies_in_one_batch_the_first_wins,
     numbers_written_differently_are_the_same_content,
@@ -236,6 +237,125 @@ fn tenant(name: &str, hash: &str) -> Tenant {
 
 // ---------------------------------------------------------------------------------------
 // Events: exactly once, idempotency, reads
+
+/// Attempts are listed per destination and per event until pruned; counts add up per
+/// minute and all-time; expiry deletes old events with their dedup entries.
+async fn attempts_counts_and_expiry_follow_their_horizons(store: &Arc<dyn Store>) {
+    use pulsestream_store::{Attempt, AttemptOutcome, Counts, MinuteCounts};
+    let tenant = TenantId::random();
+    let old_ts = (OffsetDateTime::now_utc() - time::Duration::days(10))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let ids: Vec<EventId> = append(
+        store,
+        tenant,
+        vec![
+            json!({"event_id": "old", "event_type": "t", "timestamp": old_ts}),
+            json!({"event_id": "new", "event_type": "t"}),
+        ],
+    )
+    .await
+    .into_iter()
+    .map(accepted)
+    .collect();
+    let destination = webhook(tenant, &[], 3);
+    store.put_destination(&destination).await.unwrap();
+    let attempt = |at: OffsetDateTime, events: Vec<EventId>| Attempt {
+        id: uuid::Uuid::now_v7(),
+        tenant,
+        destination: destination.id,
+        at,
+        events,
+        outcome: AttemptOutcome::Failed,
+        status: Some(503),
+        error: Some("the receiver answered 503".into()),
+        latency_ms: 7,
+        next_retry_at: None,
+        dead_lettered: 0,
+        test: false,
+    };
+    let now = OffsetDateTime::now_utc();
+    let stale = attempt(now - time::Duration::days(8), vec![ids[1]]);
+    let fresh = attempt(now, vec![ids[1]]);
+    store.record_attempt(&stale).await.unwrap();
+    store.record_attempt(&fresh).await.unwrap();
+    let listed = store.attempts(destination.id, None, 10).await.unwrap();
+    assert_eq!(listed, vec![fresh.clone(), stale.clone()], "newest first");
+    assert_eq!(
+        store
+            .event_attempts(tenant, ids[1], 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        store
+            .event_attempts(TenantId::random(), ids[1], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let pruned = store
+        .prune_activity(now - time::Duration::days(7), 0)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    assert_eq!(
+        store.attempts(destination.id, None, 10).await.unwrap(),
+        vec![fresh.clone()]
+    );
+    assert_eq!(
+        store.event_attempts(tenant, ids[1], 10).await.unwrap(),
+        vec![fresh]
+    );
+
+    // Counts: two nodes' additions to one minute add up.
+    let minute = pulsestream_store::minute_of(now);
+    let some = Counts {
+        accepted: 2,
+        delivered: 1,
+        stored_bytes: 100,
+        ..Counts::default()
+    };
+    for _ in 0..2 {
+        store
+            .add_counts(&[MinuteCounts {
+                tenant,
+                minute,
+                counts: some,
+            }])
+            .await
+            .unwrap();
+    }
+    let counts = store.counts(tenant, minute - 5).await.unwrap();
+    assert_eq!(counts.minutes.len(), 1);
+    assert_eq!(counts.minutes[0].1.accepted, 4);
+    assert_eq!(counts.all_time.stored_bytes, 200);
+
+    // Expiry: the old event goes with its dedup entry; its event_id may be stored again.
+    let expired = store
+        .expire_events(tenant, now - time::Duration::days(2), 100)
+        .await
+        .unwrap();
+    assert_eq!(expired, 1);
+    assert!(store.event(tenant, ids[0]).await.unwrap().is_none());
+    assert!(store.event(tenant, ids[1]).await.unwrap().is_some());
+    let again = append(
+        store,
+        tenant,
+        vec![json!({"event_id": "old", "event_type": "t", "timestamp": old_ts})],
+    )
+    .await;
+    assert!(matches!(again[0], AppendStatus::Accepted(_)), "{again:?}");
+    let still = append(
+        store,
+        tenant,
+        vec![json!({"event_id": "new", "event_type": "t"})],
+    )
+    .await;
+    assert!(matches!(still[0], AppendStatus::Duplicate(_)), "{still:?}");
+}
 
 async fn an_event_id_is_stored_once_and_a_changed_copy_is_a_conflict(store: &Arc<dyn Store>) {
     let tenant = TenantId::random();

@@ -254,12 +254,24 @@ impl EmbeddedStore {
         let cutoff = micros_of(attempts_before);
         let mut pruned = 0u64;
         let mut batch = self.db.batch();
-        for entry in ks.attempts.iter() {
+        // Attempts are keyed by destination, then time: each destination's old ones are one
+        // range at its start (a deleted destination's went with it).
+        let destinations: Vec<DestinationId> = self
+            .queue
+            .destinations
+            .read()
+            .expect("destination cache lock is never poisoned")
+            .values()
+            .flatten()
+            .map(|destination| destination.id)
+            .collect();
+        let old = destinations.iter().flat_map(|destination| {
+            let low = attempt_key(*destination, i64::MIN, uuid::Uuid::nil());
+            let high = attempt_key(*destination, cutoff, uuid::Uuid::nil());
+            ks.attempts.range(low..high)
+        });
+        for entry in old {
             let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
-            let at = keys::bytes_at::<8>(&key, 16, "attempt key")?;
-            if (u64::from_be_bytes(at) ^ (1 << 63)) as i64 >= cutoff {
-                continue;
-            }
             let attempt = decode_attempt(&value)?;
             if let Some(number) = ks.numbers.get(attempt.tenant) {
                 for event in &attempt.events {
@@ -271,6 +283,10 @@ impl EmbeddedStore {
             }
             batch.remove(&ks.attempts, key);
             pruned += 1;
+            if pruned % 10_000 == 0 {
+                batch.commit().map_err(StoreError::unavailable)?;
+                batch = self.db.batch();
+            }
         }
         for entry in ks.counts.iter() {
             let key = entry.key().map_err(StoreError::unavailable)?;

@@ -283,7 +283,7 @@ impl EmbeddedStore {
             }
             batch.remove(&ks.attempts, key);
             pruned += 1;
-            if pruned % 10_000 == 0 {
+            if pruned.is_multiple_of(10_000) {
                 batch.commit().map_err(StoreError::unavailable)?;
                 batch = self.db.batch();
             }

@@ -48,7 +48,7 @@ pub mod defaults {
     pub const DELIVERY_RETRY_BASE_MS: u64 = 1_000;
     pub const DELIVERY_BATCH_MAX_BYTES: u64 = 1024 * 1024;
     pub const MAX_DESTINATIONS_PER_TENANT: usize = 100;
-    pub const ATTEMPTS_RETENTION_HOURS: u64 = 7 * 24;
+    pub const ATTEMPTS_RETENTION_HOURS: u64 = 24;
     pub const MIN_FREE_DISK: &str = "5%";
     pub const RETENTION_DAYS: u32 = 0;
     pub const RETENTION_CHECK_SECS: u64 = 600;

@@ -51,7 +51,7 @@ pub struct AttemptsQuery {
         together), `outcome` (`delivered`, `failed`, `too_large`, `gone`), `status` (the \
         webhook receiver's HTTP status, when it answered), `error`, `latency_ms`, \
         `next_retry_at`, `dead_lettered` (how many of the events ran out of attempts) and \
-        `test`. Kept for `--attempts-retention-hours` (7 days by default).",
+        `test`. Kept for `--attempts-retention-hours` (24 hours by default).",
     params(
         ("id" = String, Path, format = "uuid", description = "The destination's id"),
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),

@@ -99,6 +99,14 @@ pub fn describe_metrics() {
         "Ingest requests refused with 507 for lack of disk space"
     );
     metrics::describe_counter!(
+        "pulsestream_retention_deleted_events_total",
+        "Events deleted because they were older than their tenant's retention"
+    );
+    metrics::describe_histogram!(
+        "pulsestream_backup_duration_seconds",
+        "How long online backups took (POST /admin/backups)"
+    );
+    metrics::describe_counter!(
         "pulsestream_exported_events_total",
         "Events streamed by GET /v1/events/export"
     );

@@ -19,13 +19,14 @@ use crate::{StoreError, StoredEvent};
 /// on from the last position seen misses nothing and repeats nothing.
 ///
 /// `commit` is the embedded writer's commit time in microseconds, or the PostgreSQL
-/// transaction id (a `xid8`) that stored the event; `event` orders one commit's events.
+/// transaction id (a `xid8`) that stored the event; `within` orders one commit's entries
+/// (the embedded store: the entry's place in its commit; PostgreSQL: the event id's bits).
 /// `duplicate` marks a retry of a stored event (the tail shows it again, marked) rather
 /// than the event's storing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TailPosition {
     pub commit: i64,
-    pub event: EventId,
+    pub within: u128,
     pub duplicate: bool,
 }
 
@@ -46,7 +47,7 @@ fn parse_hex_pair(token: &str) -> Option<(i64, uuid::Uuid)> {
 impl TailPosition {
     /// The opaque token clients see (`id:` of the SSE stream): 49 hex digits.
     pub fn token(&self) -> String {
-        let mut token = hex_pair(self.commit, self.event.0);
+        let mut token = hex_pair(self.commit, uuid::Uuid::from_u128(self.within));
         token.push(if self.duplicate { '1' } else { '0' });
         token
     }
@@ -54,7 +55,7 @@ impl TailPosition {
     /// Reads a token made by [`Self::token`].
     pub fn parse(token: &str) -> Option<Self> {
         let (pair, kind) = token.split_at_checked(48)?;
-        let (commit, event) = parse_hex_pair(pair)?;
+        let (commit, within) = parse_hex_pair(pair)?;
         let duplicate = match kind {
             "0" => false,
             "1" => true,
@@ -62,7 +63,7 @@ impl TailPosition {
         };
         Some(Self {
             commit,
-            event: EventId(event),
+            within: within.as_u128(),
             duplicate,
         })
     }
@@ -335,7 +336,7 @@ mod tests {
     fn tail_tokens_round_trip_and_sort_like_positions() {
         let a = TailPosition {
             commit: -5,
-            event: EventId::from_parts(10, 1),
+            within: 7,
             duplicate: false,
         };
         let a_again = TailPosition {
@@ -344,7 +345,7 @@ mod tests {
         };
         let b = TailPosition {
             commit: 1_700_000_000_000_000,
-            event: EventId::from_parts(-10, 0),
+            within: EventId::from_parts(-10, 0).0.as_u128(),
             duplicate: false,
         };
         for position in [a, a_again, b] {

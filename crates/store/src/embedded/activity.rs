@@ -78,19 +78,34 @@ impl EmbeddedStore {
         let Some(number) = ks.numbers.get(tenant) else {
             return Ok(TailPage::default());
         };
-        let low = match after {
-            Some(after) => Bound::Excluded(keys::tail_position_key(number, after)),
-            None => Bound::Included(number.bytes().to_vec()),
-        };
-        let last = EventId::from_parts(i64::MAX, u64::MAX);
-        let high = Bound::Included(keys::tail_duplicate_key(number, i64::MAX, last).to_vec());
+        // The commit of `after` is read again, from the entry after it.
+        let from = after.map_or(i64::MIN, |after| after.commit);
+        let low = keys::tail_key(number, from);
+        let high = keys::tail_key(number, i64::MAX);
         let mut page = TailPage::default();
-        for entry in ks.tail.range::<Vec<u8>, _>((low, high)).take(limit) {
-            let key = entry.key().map_err(StoreError::unavailable)?;
-            let position = keys::decode_tail_key(&key)?;
-            // An event deleted since (retention, erasure) is skipped, its place kept.
-            if let Some(stored) = read::event(ks, tenant, position.event)? {
-                page.events.push((position, stored));
+        let mut read = 0usize;
+        'groups: for entry in ks.tail.range(low..=high) {
+            let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+            let commit = keys::decode_tail_key(&key)?;
+            for (within, (id, duplicate)) in keys::decode_tail_value(&value)?.enumerate() {
+                let position = TailPosition {
+                    commit,
+                    within: within as u128,
+                    duplicate,
+                };
+                if after
+                    .is_some_and(|after| (commit, position.within) <= (after.commit, after.within))
+                {
+                    continue;
+                }
+                if read == limit {
+                    break 'groups;
+                }
+                read += 1;
+                // An event deleted since (retention) is skipped, its place kept.
+                if let Some(stored) = read::event(ks, tenant, id)? {
+                    page.events.push((position, stored));
+                }
             }
         }
         Ok(page)
@@ -104,8 +119,18 @@ impl EmbeddedStore {
         match ks.tail.prefix(number.bytes()).next_back() {
             None => Ok(None),
             Some(entry) => {
-                let key = entry.key().map_err(StoreError::unavailable)?;
-                Ok(Some(keys::decode_tail_key(&key)?))
+                let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+                let commit = keys::decode_tail_key(&key)?;
+                let Some((within, (_, duplicate))) =
+                    keys::decode_tail_value(&value)?.enumerate().last()
+                else {
+                    return Ok(None);
+                };
+                Ok(Some(TailPosition {
+                    commit,
+                    within: within as u128,
+                    duplicate,
+                }))
             }
         }
     }

@@ -40,48 +40,47 @@ pub(crate) fn event_key(tenant: TenantNo, id: EventId) -> [u8; EVENT_KEY_LEN] {
     key
 }
 
-pub(crate) const TAIL_KEY_LEN: usize = 4 + 8 + 16;
+pub(crate) const TAIL_KEY_LEN: usize = 4 + 8;
 
-/// `tail`: tenant, commit time (microseconds, the writer's, which only grows), id: a
-/// tenant's events in the order they were committed, for the live tail. Empty values.
-pub(crate) fn tail_key(tenant: TenantNo, commit_micros: i64, id: EventId) -> [u8; TAIL_KEY_LEN] {
+/// `tail`: tenant, commit time (microseconds, the writer's, which only grows) → the ids of
+/// the tenant's entries in that commit, in order, 17 bytes each (id, then 1 for a retry of a
+/// stored event, 0 for an event stored now). One entry per tenant and commit, not per event:
+/// the live tail costs the writer one small insert per group.
+pub(crate) fn tail_key(tenant: TenantNo, commit_micros: i64) -> [u8; TAIL_KEY_LEN] {
     let mut key = [0u8; TAIL_KEY_LEN];
     key[..4].copy_from_slice(&tenant.bytes());
-    key[4..12].copy_from_slice(&order_preserving(commit_micros));
-    key[12..].copy_from_slice(id.as_bytes());
+    key[4..].copy_from_slice(&order_preserving(commit_micros));
     key
 }
 
-/// `tail` key of a duplicate of a stored event seen in a commit: the event's key and a 1,
-/// so it sorts right after the event's own entry of the same commit.
-pub(crate) fn tail_duplicate_key(
-    tenant: TenantNo,
-    commit_micros: i64,
-    id: EventId,
-) -> [u8; TAIL_KEY_LEN + 1] {
-    let mut key = [1u8; TAIL_KEY_LEN + 1];
-    key[..TAIL_KEY_LEN].copy_from_slice(&tail_key(tenant, commit_micros, id));
-    key
+/// One entry of a `tail` value: the event's id and whether it is a retry.
+pub(crate) fn tail_entry(id: EventId, duplicate: bool) -> [u8; 17] {
+    let mut entry = [u8::from(duplicate); 17];
+    entry[..16].copy_from_slice(id.as_bytes());
+    entry
 }
 
-/// The position a `tail` key stands for.
-pub(crate) fn decode_tail_key(key: &[u8]) -> Result<crate::TailPosition, StoreError> {
+/// The commit time of a `tail` key.
+pub(crate) fn decode_tail_key(key: &[u8]) -> Result<i64, StoreError> {
     let commit: [u8; 8] = bytes_at(key, 4, "tail key")?;
-    let id: [u8; 16] = bytes_at(key, 12, "tail key")?;
-    Ok(crate::TailPosition {
-        commit: (u64::from_be_bytes(commit) ^ (1 << 63)) as i64,
-        event: EventId::from_bytes(id),
-        duplicate: key.len() > TAIL_KEY_LEN,
-    })
+    Ok((u64::from_be_bytes(commit) ^ (1 << 63)) as i64)
 }
 
-/// The `tail` key of a position.
-pub(crate) fn tail_position_key(tenant: TenantNo, position: crate::TailPosition) -> Vec<u8> {
-    if position.duplicate {
-        tail_duplicate_key(tenant, position.commit, position.event).to_vec()
-    } else {
-        tail_key(tenant, position.commit, position.event).to_vec()
+/// The entries of a `tail` value: (id, is a retry).
+pub(crate) fn decode_tail_value(
+    value: &[u8],
+) -> Result<impl Iterator<Item = (EventId, bool)> + '_, StoreError> {
+    if value.len() % 17 != 0 {
+        return Err(StoreError::Corrupt(format!(
+            "tail entry of {} bytes",
+            value.len()
+        )));
     }
+    Ok(value.chunks_exact(17).map(|entry| {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&entry[..16]);
+        (EventId::from_bytes(id), entry[16] == 1)
+    }))
 }
 
 /// An i64 as 8 bytes that sort like the number (sign bit flipped, big-endian).

@@ -491,12 +491,26 @@ impl Writer {
             batch.insert(&ks.idempotency, key, record::encode_idempotency(&record));
             records.insert(key, record);
         }
-        // Retries show on the live tail, marked, right after what this commit stores.
+        // The live tail: per tenant, one entry of this commit's events in the order decided,
+        // then the retries of stored events, marked.
+        let mut tail: std::collections::BTreeMap<u32, Vec<u8>> = Default::default();
+        let mut stored: Vec<&Pending> = accepted.values().collect();
+        stored.sort_unstable_by_key(|pending| (pending.request, pending.index));
+        for pending in stored {
+            tail.entry(contexts[pending.request].tenant.0)
+                .or_default()
+                .extend_from_slice(&keys::tail_entry(pending.id, false));
+        }
         for (request, id) in &decided.duplicates {
+            tail.entry(contexts[*request].tenant.0)
+                .or_default()
+                .extend_from_slice(&keys::tail_entry(*id, true));
+        }
+        for (tenant, entries) in tail {
             batch.insert(
                 &ks.tail,
-                keys::tail_duplicate_key(contexts[*request].tenant, enqueue_micros, *id),
-                [],
+                keys::tail_key(TenantNo(tenant), enqueue_micros),
+                entries,
             );
         }
         if !accepted.is_empty() || !decided.duplicates.is_empty() {
@@ -650,12 +664,6 @@ impl Writer {
             &ks.by_type,
             keys::type_key(tenant, &event.event_type, id),
             keys::type_value(tenant, &event.event_type),
-        );
-        // The live tail: the tenant's events in commit order.
-        batch.insert(
-            &ks.tail,
-            keys::tail_key(tenant, context.enqueue_micros, id),
-            [],
         );
         self.dedup_filter.insert(&dedup_key);
         batch.insert(

@@ -21,7 +21,7 @@ fn position(xid: &str, id: Uuid, duplicate: bool) -> Result<TailPosition, StoreE
         .map_err(|_| StoreError::Corrupt(format!("transaction id {xid:?}")))?;
     Ok(TailPosition {
         commit,
-        event: EventId(id),
+        within: id.as_u128(),
         duplicate,
     })
 }
@@ -52,7 +52,7 @@ impl ActivityStore for PostgresStore {
         limit: usize,
     ) -> Result<TailPage, StoreError> {
         let (xid, id, duplicate) = after.map_or((0, Uuid::nil(), false), |after| {
-            (after.commit, after.event.0, after.duplicate)
+            (after.commit, Uuid::from_u128(after.within), after.duplicate)
         });
         // Rows of transactions older than this statement's snapshot xmin only: every such
         // transaction has ended, so no row can appear behind what is returned. Positions

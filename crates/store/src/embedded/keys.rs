@@ -70,7 +70,7 @@ pub(crate) fn decode_tail_key(key: &[u8]) -> Result<i64, StoreError> {
 pub(crate) fn decode_tail_value(
     value: &[u8],
 ) -> Result<impl Iterator<Item = (EventId, bool)> + '_, StoreError> {
-    if value.len() % 17 != 0 {
+    if !value.len().is_multiple_of(17) {
         return Err(StoreError::Corrupt(format!(
             "tail entry of {} bytes",
             value.len()

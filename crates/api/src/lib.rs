@@ -98,6 +98,9 @@ pub struct AppState {
     /// Cancelled when the server shuts down: live tails end (with a `cut` event) instead
     /// of holding the shutdown up.
     pub tail_stop: tokio_util::sync::CancellationToken,
+    /// Live tails open on this node, per tenant: each costs a task and a store read every
+    /// 200 ms, so their number is bounded too.
+    pub tail_streams: Arc<v1::stream::TailStreams>,
     pub limiter: Arc<RateLimiter>,
     /// SHA-256 (hex) of the admin token.
     pub admin_token_hash: Arc<str>,
@@ -128,6 +131,7 @@ impl AppState {
             tally: Arc::default(),
             test_sender: None,
             tail_stop: tokio_util::sync::CancellationToken::new(),
+            tail_streams: Arc::default(),
             disk: Arc::default(),
             backup: None,
             backups: Arc::default(),

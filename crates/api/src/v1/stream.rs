@@ -40,6 +40,64 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 /// How long the store may fail before the stream gives up (the client resumes later).
 const STORE_PATIENCE: Duration = Duration::from_secs(30);
 
+/// Live tails one node serves at once, and one tenant of them.
+const MAX_STREAMS: usize = 1_024;
+const MAX_STREAMS_PER_TENANT: usize = 32;
+
+/// The live tails open on this node, by tenant.
+#[derive(Debug, Default)]
+pub struct TailStreams {
+    open: std::sync::Mutex<std::collections::HashMap<TenantId, usize>>,
+}
+
+/// One open live tail; closes itself when dropped.
+struct StreamSlot {
+    streams: std::sync::Arc<TailStreams>,
+    tenant: TenantId,
+}
+
+impl TailStreams {
+    /// Takes a slot for a new stream, or says why there is none.
+    fn open(self: &std::sync::Arc<Self>, tenant: TenantId) -> Result<StreamSlot, ApiError> {
+        let mut open = self
+            .open
+            .lock()
+            .expect("stream count lock is never poisoned");
+        let total: usize = open.values().sum();
+        let mine = open.get(&tenant).copied().unwrap_or(0);
+        if total >= MAX_STREAMS || mine >= MAX_STREAMS_PER_TENANT {
+            return Err(ApiError::unavailable(
+                format!(
+                    "too many live tails open ({mine} of this tenant's {MAX_STREAMS_PER_TENANT}, \
+                     {total} of this node's {MAX_STREAMS}); close one or try again later"
+                ),
+                30,
+            ));
+        }
+        *open.entry(tenant).or_default() += 1;
+        Ok(StreamSlot {
+            streams: self.clone(),
+            tenant,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .streams
+            .open
+            .lock()
+            .expect("stream count lock is never poisoned");
+        if let Some(count) = open.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 /// `GET /v1/events/stream`.
 #[utoipa::path(
     get,
@@ -77,6 +135,7 @@ pub async fn stream(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let (query, resume) = parse_stream(&headers, params)?;
+    let slot = app.tail_streams.open(tenant.id)?;
     let start = match resume {
         Some(position) => Some(position),
         None => app.activity.tail_end(tenant.id).await?,
@@ -90,6 +149,7 @@ pub async fn stream(
         after: start,
         events,
         stop: app.tail_stop.clone(),
+        _slot: slot,
     };
     tokio::spawn(reader.run(cut));
     let ready = Event::default()
@@ -173,6 +233,8 @@ struct TailReader {
     after: Option<TailPosition>,
     events: mpsc::Sender<Event>,
     stop: CancellationToken,
+    /// Held while the reader runs: the stream counts as open until it ends.
+    _slot: StreamSlot,
 }
 
 impl TailReader {

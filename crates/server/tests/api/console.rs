@@ -235,6 +235,55 @@ async fn the_live_tail_filters_and_keeps_tenants_apart() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// A tenant's live tails are bounded (32 per node); a closed one frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tails_are_bounded_per_tenant_and_free_their_place_when_closed() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant().await;
+    let other = app.create_tenant().await;
+    let mut open = Vec::new();
+    for _ in 0..32 {
+        open.push(Tail::open(&app, &tenant, "", None).await);
+    }
+    let refused = app
+        .client
+        .get(app.url("/v1/events/stream"))
+        .bearer_auth(&tenant.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(
+        body(refused).await["detail"]
+            .as_str()
+            .unwrap()
+            .contains("too many live tails")
+    );
+    // Another tenant is not held up by this one.
+    Tail::open(&app, &other, "", None).await;
+    // Closing one frees its place once its reader notices (within a poll).
+    open.pop();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let response = app
+            .client
+            .get(app.url("/v1/events/stream"))
+            .bearer_auth(&tenant.api_key)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A reader that stops reading is cut with a final event once its buffer stays full;
 /// ingest goes on meanwhile, and a resume from the cut's id gets every event left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

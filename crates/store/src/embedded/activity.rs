@@ -260,8 +260,7 @@ impl EmbeddedStore {
         let high = counts_key(tenant, ALL_TIME);
         for entry in ks.counts.range(low..high) {
             let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
-            let minute = keys::bytes_at::<8>(&key, 16, "counts key")?;
-            let minute = (u64::from_be_bytes(minute) ^ (1 << 63)) as i64;
+            let minute = keys::from_order_preserving(keys::bytes_at(&key, 16, "counts key")?);
             result.minutes.push((minute, decode_counts(&value)?));
         }
         if let Some(value) = ks.counts.get(high).map_err(StoreError::unavailable)? {
@@ -315,8 +314,7 @@ impl EmbeddedStore {
         }
         for entry in ks.counts.iter() {
             let key = entry.key().map_err(StoreError::unavailable)?;
-            let minute = keys::bytes_at::<8>(&key, 16, "counts key")?;
-            let minute = (u64::from_be_bytes(minute) ^ (1 << 63)) as i64;
+            let minute = keys::from_order_preserving(keys::bytes_at(&key, 16, "counts key")?);
             if minute < minutes_before {
                 batch.remove(&ks.counts, key);
             }

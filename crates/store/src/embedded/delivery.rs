@@ -53,13 +53,13 @@ pub(crate) fn load_destinations(
 pub(crate) fn outbox_key(destination: DestinationId, due_micros: i64, event: EventId) -> [u8; 40] {
     let mut key = [0u8; 40];
     key[..16].copy_from_slice(destination.as_bytes());
-    key[16..24].copy_from_slice(&((due_micros as u64) ^ (1 << 63)).to_be_bytes());
+    key[16..24].copy_from_slice(&keys::order_preserving(due_micros));
     key[24..].copy_from_slice(event.as_bytes());
     key
 }
 
 fn decode_outbox_key(key: &[u8]) -> Result<(i64, EventId), StoreError> {
-    let due = (u64::from_be_bytes(keys::bytes_at(key, 16, "outbox key")?) ^ (1 << 63)) as i64;
+    let due = keys::from_order_preserving(keys::bytes_at(key, 16, "outbox key")?);
     Ok((
         due,
         EventId::from_bytes(keys::bytes_at(key, 24, "outbox key")?),

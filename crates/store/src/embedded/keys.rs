@@ -62,8 +62,7 @@ pub(crate) fn tail_entry(id: EventId, duplicate: bool) -> [u8; 17] {
 
 /// The commit time of a `tail` key.
 pub(crate) fn decode_tail_key(key: &[u8]) -> Result<i64, StoreError> {
-    let commit: [u8; 8] = bytes_at(key, 4, "tail key")?;
-    Ok((u64::from_be_bytes(commit) ^ (1 << 63)) as i64)
+    Ok(from_order_preserving(bytes_at(key, 4, "tail key")?))
 }
 
 /// The entries of a `tail` value: (id, is a retry).
@@ -81,6 +80,11 @@ pub(crate) fn decode_tail_value(
         id.copy_from_slice(&entry[..16]);
         (EventId::from_bytes(id), entry[16] == 1)
     }))
+}
+
+/// The i64 of 8 bytes made by [`order_preserving`].
+pub(crate) fn from_order_preserving(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
 /// An i64 as 8 bytes that sort like the number (sign bit flipped, big-endian).

@@ -24,7 +24,8 @@ use axum::http::HeaderName;
 use pulsestream_core::secret::SecretCipher;
 use pulsestream_limits::RateLimiter;
 use pulsestream_store::{
-    ActivityStore, DeliveryQueue, DestinationStore, EventStore, Store, Tally, TenantStore, TestSend,
+    ActivityStore, Counts, DeliveryQueue, DestinationStore, EventStore, Store, Tally, TenantStore,
+    TestSend,
 };
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi;
@@ -154,51 +155,19 @@ impl AppState {
         self
     }
 
-    /// Counts events of a tenant by outcome: in the metrics and in the tenant's stats.
-    pub(crate) fn count_events(
-        &self,
-        tenant: pulsestream_core::TenantId,
-        outcome: EventOutcome,
-        n: usize,
-    ) {
-        if n == 0 {
-            return;
+    /// Counts what became of a request's events: in the metrics, by outcome, and in the
+    /// tenant's stats with one lock of the tally.
+    pub(crate) fn count_events(&self, tenant: pulsestream_core::TenantId, counts: Counts) {
+        for (outcome, n) in [
+            ("accepted", counts.accepted),
+            ("duplicate", counts.duplicates),
+            ("rejected", counts.rejected),
+            ("rate_limited", counts.rate_limited),
+        ] {
+            observe::count_events(&self.tenant_labels, tenant, outcome, n as usize);
         }
-        observe::count_events(&self.tenant_labels, tenant, outcome.label(), n);
-        let n = n as u64;
-        self.tally.add(tenant, |counts| match outcome {
-            EventOutcome::Accepted => counts.accepted += n,
-            EventOutcome::Duplicate => counts.duplicates += n,
-            EventOutcome::Rejected => counts.rejected += n,
-            EventOutcome::RateLimited => counts.rate_limited += n,
-        });
-    }
-
-    /// Counts the bytes of a tenant's newly stored events.
-    pub(crate) fn count_stored_bytes(&self, tenant: pulsestream_core::TenantId, bytes: usize) {
-        if bytes > 0 {
-            self.tally
-                .add(tenant, |counts| counts.stored_bytes += bytes as u64);
-        }
-    }
-}
-
-/// What became of events a client sent.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum EventOutcome {
-    Accepted,
-    Duplicate,
-    Rejected,
-    RateLimited,
-}
-
-impl EventOutcome {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Duplicate => "duplicate",
-            Self::Rejected => "rejected",
-            Self::RateLimited => "rate_limited",
+        if !counts.is_zero() {
+            self.tally.add(tenant, |pending| pending.add(&counts));
         }
     }
 }

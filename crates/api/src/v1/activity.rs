@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use pulsestream_core::{EventId, format_timestamp};
+use pulsestream_core::format_timestamp;
 use pulsestream_store::{Attempt, AttemptCursor, Counts, minute_of};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -73,14 +73,7 @@ pub async fn destination_attempts(
     Query(query): Query<AttemptsQuery>,
 ) -> Result<Response, ApiError> {
     let destination = super::destinations::find(&app, tenant.id, &id).await?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(ApiError::bad_query(
-            "limit",
-            "limit_range",
-            "must be an integer from 1 to 1000",
-        ));
-    }
+    let limit = super::destinations::page_limit(query.limit)?;
     let before = match &query.cursor {
         Some(token) => Some(AttemptCursor::parse(token).ok_or_else(|| {
             ApiError::bad_query(
@@ -132,12 +125,11 @@ pub async fn event_attempts(
     AuthTenant(tenant): AuthTenant,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::not_found(format!("no event with id {id:?}"));
-    let event = id.parse::<EventId>().map_err(|_| not_found())?;
-    if app.events.event(tenant.id, event).await?.is_none() {
-        return Err(not_found());
-    }
-    let attempts = app.activity.event_attempts(tenant.id, event, 100).await?;
+    let event = super::events::find(&app, tenant.id, &id).await?;
+    let attempts = app
+        .activity
+        .event_attempts(tenant.id, event.id, 100)
+        .await?;
     Ok(Json(json!({
         "attempts": attempts.iter().map(attempt_view).collect::<Vec<_>>(),
     }))

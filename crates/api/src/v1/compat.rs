@@ -8,16 +8,16 @@ use std::collections::BTreeMap;
 
 use pulsestream_core::{NewEvent, Tenant};
 use pulsestream_limits::Decision;
-use pulsestream_store::{AppendBatch, AppendStatus};
+use pulsestream_store::{AppendBatch, AppendStatus, Counts as Stats};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use super::rate_limit;
+use crate::AppState;
 use crate::auth::secret_hash;
 use crate::error::ApiError;
 use crate::observe;
-use crate::{AppState, EventOutcome};
 
 /// A message that was not stored, and why.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -188,7 +188,6 @@ pub(crate) async fn store(
         mut rejections,
         carried,
     } = converted;
-    let count = |outcome, n| app.count_events(tenant.id, outcome, n);
     for rejection in &rejections {
         metrics::counter!("pulsestream_compat_rejected_total", "protocol" => protocol, "reason" => rejection.reason)
             .increment(1);
@@ -196,7 +195,13 @@ pub(crate) async fn store(
     metrics::counter!("pulsestream_ingest_messages_total", "protocol" => protocol)
         .increment(carried as u64);
     if events.is_empty() {
-        count(EventOutcome::Rejected, rejections.len());
+        app.count_events(
+            tenant.id,
+            Stats {
+                rejected: rejections.len() as u64,
+                ..Stats::default()
+            },
+        );
         let detail = match rejections.as_slice() {
             [only] => format!("the message was not stored: {}", only.msg),
             all => format!("none of the {} messages could be stored", all.len()),
@@ -211,7 +216,15 @@ pub(crate) async fn store(
     app.disk.check_write()?;
     let decision = rate_limit::admit(app, tenant, carried as u32)
         .await
-        .inspect_err(|_| count(EventOutcome::RateLimited, carried))?;
+        .inspect_err(|_| {
+            app.count_events(
+                tenant.id,
+                Stats {
+                    rate_limited: carried as u64,
+                    ..Stats::default()
+                },
+            );
+        })?;
     let sizes: Vec<usize> = events.iter().map(NewEvent::approximate_json_len).collect();
     let statuses = app
         .events
@@ -223,7 +236,7 @@ pub(crate) async fn store(
         })
         .await?
         .statuses;
-    app.count_stored_bytes(tenant.id, super::events::accepted_bytes(&statuses, &sizes));
+    let stored_bytes = super::events::accepted_bytes(&statuses, &sizes);
     let (mut accepted, mut duplicates) = (0, 0);
     for ((index, id), status) in valid.into_iter().zip(statuses) {
         match status {
@@ -244,9 +257,16 @@ pub(crate) async fn store(
         }
     }
     rejections.sort_by_key(|rejection| rejection.index);
-    count(EventOutcome::Accepted, accepted);
-    count(EventOutcome::Duplicate, duplicates);
-    count(EventOutcome::Rejected, rejections.len());
+    app.count_events(
+        tenant.id,
+        Stats {
+            accepted: accepted as u64,
+            duplicates: duplicates as u64,
+            rejected: rejections.len() as u64,
+            stored_bytes: stored_bytes as u64,
+            ..Stats::default()
+        },
+    );
     Ok(Outcome {
         counts: Counts {
             accepted,

@@ -431,14 +431,7 @@ pub async fn dead_letters(
     Query(query): Query<DeadLetterQuery>,
 ) -> Result<Response, ApiError> {
     let destination = find(&app, tenant.id, &id).await?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1_000).contains(&limit) {
-        return Err(ApiError::bad_query(
-            "limit",
-            "limit_range",
-            "must be an integer from 1 to 1000",
-        ));
-    }
+    let limit = page_limit(query.limit)?;
     let letters: Vec<Value> = app
         .deliveries
         .dead_letters(destination.id, limit)
@@ -632,6 +625,19 @@ pub async fn test(
     };
     let attempt = sender.send_test(&destination).await?;
     Ok(Json(super::activity::attempt_view(&attempt)).into_response())
+}
+
+/// A list's `limit`: 1 to 1,000, 100 when absent.
+pub(crate) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1_000).contains(&limit) {
+        return Err(ApiError::bad_query(
+            "limit",
+            "limit_range",
+            "must be an integer from 1 to 1000",
+        ));
+    }
+    Ok(limit)
 }
 
 pub(crate) async fn find(

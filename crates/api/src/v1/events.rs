@@ -5,20 +5,22 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pulsestream_core::{EventId, NewEvent, Tenant, parse_timestamp};
-use pulsestream_store::{AppendBatch, AppendStatus, Cursor, Order, PayloadFilter, SearchQuery};
+use pulsestream_store::{
+    AppendBatch, AppendStatus, Counts, Cursor, Order, PayloadFilter, SearchQuery,
+};
 use time::OffsetDateTime;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::idempotency::{self, Idempotency};
 use super::ingest::{BatchResponse, Checked, Endpoint, SingleAnswer};
 use super::rate_limit;
+use crate::AppState;
 use crate::auth::AuthTenant;
 use crate::body::{BodyFormat, TextBody, read_text_body};
 use crate::error::{ApiError, ErrorItem};
 use crate::extract::{Path, Query};
 use crate::observe::RequestFacts;
 use crate::openapi as doc;
-use crate::{AppState, EventOutcome};
 
 /// `POST /v1/events`: one event.
 #[utoipa::path(
@@ -122,7 +124,6 @@ async fn ingest(
     received_at: OffsetDateTime,
     endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
-    let count = |outcome, n| app.count_events(tenant.id, outcome, n);
     let body = read_text_body(
         headers,
         body,
@@ -133,7 +134,13 @@ async fn ingest(
     let mut checked = Checked::new(endpoint, &body).inspect_err(|err| {
         // A single event refused whole was one event rejected; a batch's bad envelope is not.
         if endpoint == Endpoint::Single && err.status() == StatusCode::UNPROCESSABLE_ENTITY {
-            count(EventOutcome::Rejected, 1);
+            app.count_events(
+                tenant.id,
+                Counts {
+                    rejected: 1,
+                    ..Counts::default()
+                },
+            );
         }
     })?;
     let request_hash = request_hash(endpoint, &body);
@@ -156,7 +163,15 @@ async fn ingest(
     app.disk.check_write()?;
     let decision = rate_limit::admit(app, tenant, carried as u32)
         .await
-        .inspect_err(|_| count(EventOutcome::RateLimited, carried))?;
+        .inspect_err(|_| {
+            app.count_events(
+                tenant.id,
+                Counts {
+                    rate_limited: carried as u64,
+                    ..Counts::default()
+                },
+            );
+        })?;
     let events = checked.take_events();
     let sizes: Vec<usize> = events.iter().map(NewEvent::approximate_json_len).collect();
     let statuses = if events.is_empty() {
@@ -171,7 +186,6 @@ async fn ingest(
         app.events.append_batch(batch).await?.statuses
     };
     drop(guard);
-    app.count_stored_bytes(tenant.id, accepted_bytes(&statuses, &sizes));
     let accepted = statuses
         .iter()
         .filter(|status| matches!(status, AppendStatus::Accepted(_)))
@@ -180,9 +194,16 @@ async fn ingest(
         .iter()
         .filter(|status| matches!(status, AppendStatus::Duplicate(_)))
         .count();
-    count(EventOutcome::Accepted, accepted);
-    count(EventOutcome::Duplicate, duplicates);
-    count(EventOutcome::Rejected, carried - accepted - duplicates);
+    app.count_events(
+        tenant.id,
+        Counts {
+            accepted: accepted as u64,
+            duplicates: duplicates as u64,
+            rejected: (carried - accepted - duplicates) as u64,
+            stored_bytes: accepted_bytes(&statuses, &sizes) as u64,
+            ..Counts::default()
+        },
+    );
     let facts = RequestFacts {
         tenant: Some(tenant.id),
         events: Some(carried),
@@ -237,14 +258,23 @@ pub async fn get_event(
     AuthTenant(tenant): AuthTenant,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let event = find(&app, tenant.id, &id).await?;
+    Ok(json_bytes(StatusCode::OK, event.json))
+}
+
+/// The tenant's event with the server id `id`: 404 for another tenant's, none, or an id
+/// that does not parse.
+pub(crate) async fn find(
+    app: &AppState,
+    tenant: pulsestream_core::TenantId,
+    id: &str,
+) -> Result<pulsestream_store::StoredEvent, ApiError> {
     let not_found = || ApiError::not_found(format!("no event with id {id:?}"));
-    let Ok(event_id) = id.parse::<EventId>() else {
-        return Err(not_found());
-    };
-    match app.events.event(tenant.id, event_id).await? {
-        Some(event) => Ok(json_bytes(StatusCode::OK, event.json)),
-        None => Err(not_found()),
-    }
+    let event_id = id.parse::<EventId>().map_err(|_| not_found())?;
+    app.events
+        .event(tenant, event_id)
+        .await?
+        .ok_or_else(not_found)
 }
 
 /// `GET /v1/events`: search with filters and cursor pagination.

@@ -323,7 +323,8 @@ pub(crate) fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
         .map_or_else(String::new, ToString::to_string)
 }
 
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+/// An error and its causes, `error: cause: cause…`.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -217,7 +217,7 @@ fn backup_fn(store: EmbeddedStore, data_dir: std::path::PathBuf) -> BackupFn {
     BackupFn(Arc::new(move |to: &Path| {
         let report = store
             .backup_to(to)
-            .map_err(|err| format!("{err}{}", error_chain(&err)))?;
+            .map_err(|err| pulsestream_api::error::error_chain(&err))?;
         for name in DATA_DIR_FILES {
             let from = data_dir.join(name);
             if from.exists() {
@@ -227,13 +227,6 @@ fn backup_fn(store: EmbeddedStore, data_dir: std::path::PathBuf) -> BackupFn {
         }
         serde_json::to_value(&report).map_err(|err| err.to_string())
     }))
-}
-
-/// `: cause: cause…` of an error's sources.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    std::iter::successors(err.source(), |err| err.source())
-        .map(|cause| format!(": {cause}"))
-        .collect()
 }
 
 /// Makes `data_dir` (absent or empty) a data directory that serves the complete backup in

@@ -5,11 +5,11 @@
 //! by digest, and the admin token's digest is compared in constant time.
 
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use pulsestream_core::{KeyScope, Tenant};
+use pulsestream_core::{KeyScope, Tenant, TenantKey};
 use pulsestream_limits::Decision;
 
 use crate::observe::RequestFacts;
@@ -39,9 +39,8 @@ pub fn secret_hash(secret: &str) -> String {
     hex
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send your key as Authorization: Bearer <key>"))?;
     let value = value
@@ -75,7 +74,7 @@ impl FromRequestParts<AppState> for AuthTenant {
 }
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthTenant, ApiError> {
-    let hash = secret_hash(bearer(parts)?);
+    let hash = secret_hash(bearer(&parts.headers)?);
     let Some(tenant) = state.tenants.tenant_by_key_hash(&hash).await? else {
         return Err(ApiError::unauthorized("unknown or revoked API key"));
     };
@@ -96,6 +95,12 @@ fn sends_events(parts: &Parts) -> bool {
             parts.uri.path(),
             "/v1/events" | "/v1/events/batch" | "/v1/cloudevents"
         )
+}
+
+/// The key of `tenant` that authenticated a request with these headers.
+pub(crate) fn calling_key<'a>(tenant: &'a Tenant, headers: &HeaderMap) -> Option<&'a TenantKey> {
+    let hash = secret_hash(bearer(headers).ok()?);
+    tenant.keys.iter().find(|key| key.hash == hash)
 }
 
 /// Middleware of every tenant route: authenticates once (401 otherwise), and puts the
@@ -142,7 +147,7 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts)?;
+        let token = bearer(&parts.headers)?;
         if constant_time_eq(
             secret_hash(token).as_bytes(),
             state.admin_token_hash.as_bytes(),

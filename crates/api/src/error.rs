@@ -154,6 +154,18 @@ impl ApiError {
     }
 
     /// 422: one bad query parameter, located at `["query", name]`.
+    /// The same problem with each error's location moved from under `from` to under `to`
+    /// (a filter checked by the query parser but sent in a body).
+    pub(crate) fn relocated(mut self, from: &str, to: &[&str]) -> Self {
+        for item in &mut self.0.errors {
+            if item.loc.first().is_some_and(|first| first == from) {
+                item.loc
+                    .splice(..1, to.iter().map(|part| Value::from(*part)));
+            }
+        }
+        self
+    }
+
     pub fn bad_query(name: &str, kind: &str, msg: impl Into<String>) -> Self {
         Self::validation(
             "1 bad query parameter",

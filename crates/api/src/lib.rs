@@ -188,6 +188,8 @@ fn tenant_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(v1::events::get_event))
         .routes(routes!(v1::stream::stream))
         .routes(routes!(v1::export::export))
+        .routes(routes!(v1::erase::erase))
+        .routes(routes!(v1::erase::erasures))
         .routes(routes!(v1::activity::event_attempts))
         .routes(routes!(v1::activity::stats))
         .routes(routes!(v1::cloudevents::post_cloudevents))

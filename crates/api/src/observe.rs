@@ -102,6 +102,14 @@ pub fn describe_metrics() {
         "pulsestream_retention_deleted_events_total",
         "Events deleted because they were older than their tenant's retention"
     );
+    metrics::describe_counter!(
+        "pulsestream_erasures_total",
+        "Erasures carried out (POST /v1/events/erase without dry_run)"
+    );
+    metrics::describe_counter!(
+        "pulsestream_erased_events_total",
+        "Events erased by POST /v1/events/erase"
+    );
     metrics::describe_histogram!(
         "pulsestream_backup_duration_seconds",
         "How long online backups took (POST /admin/backups)"

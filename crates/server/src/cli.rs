@@ -262,6 +262,24 @@ pub enum EventsCommand {
         #[arg(long)]
         to: Option<PathBuf>,
     },
+    /// Erases the events that match the filters (GDPR-style): their payload, index
+    /// entries, queued deliveries and dead letters. Without `--yes` only counts them.
+    Erase {
+        #[command(flatten)]
+        filters: Filters,
+        /// The client's id of the event to erase.
+        #[arg(long)]
+        event_id: Option<String>,
+        /// Erase for real (without it: a dry run that counts what would be erased).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Lists the tenant's erasures (the audit log), newest first.
+    Erasures {
+        /// Entries to show (1-1,000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 /// The search filters, as `events search` and `events export` take them.
@@ -798,6 +816,67 @@ pub async fn events(
             })
         }
         EventsCommand::Export { filters, to } => export(&client, filters.query()?, to).await,
+        EventsCommand::Erase {
+            filters,
+            event_id,
+            yes,
+        } => {
+            let mut query = filters.query()?;
+            if let Some(event_id) = event_id {
+                query.push(("event_id".to_owned(), event_id));
+            }
+            if query.is_empty() {
+                anyhow::bail!(
+                    "name at least one filter (--event-id, --payload path=value, --type, ...)"
+                );
+            }
+            // The search's parameters as the erase body's filter: repeated names as lists.
+            let mut filter = serde_json::Map::new();
+            for (name, value) in query {
+                match filter.get_mut(&name) {
+                    Some(Value::Array(values)) => values.push(Value::String(value)),
+                    Some(first) => *first = json!([first.take(), value]),
+                    None => {
+                        filter.insert(name, Value::String(value));
+                    }
+                }
+            }
+            let body = json!({ "filter": filter, "dry_run": !yes });
+            let answer = client
+                .call(Method::POST, "/v1/events/erase", Some(body))
+                .await?;
+            client.print(&answer, |answer| {
+                if yes {
+                    fields(&[
+                        ("erased", text(&answer["erased"])),
+                        ("erasure", text(&answer["id"])),
+                        ("finished", text(&answer["finished_at"])),
+                    ])
+                } else {
+                    format!(
+                        "{} events match; nothing was erased (run again with --yes to erase them)\n",
+                        text(&answer["matching"])
+                    )
+                }
+            })
+        }
+        EventsCommand::Erasures { limit } => {
+            let answer = client
+                .call(Method::GET, &format!("/v1/erasures?limit={limit}"), None)
+                .await?;
+            client.print(&answer, |answer| {
+                let rows = items(answer, "erasures").map(|erasure| {
+                    vec![
+                        text(&erasure["id"]),
+                        text(&erasure["finished_at"]),
+                        text(&erasure["requested_by"]["key_prefix"]),
+                        text(&erasure["erased"]),
+                        erasure["filter"].to_string(),
+                    ]
+                });
+                table(&["ID", "FINISHED", "KEY", "ERASED", "FILTER"], rows)
+            })
+        }
         EventsCommand::Search {
             filters,
             event_id,

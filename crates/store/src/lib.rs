@@ -122,6 +122,30 @@ pub struct IdempotencyRecord {
     pub statuses: Vec<AppendStatus>,
 }
 
+/// One erasure, as the tenant's audit log keeps it (and the API shows it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Erasure {
+    /// Time-ordered (UUID v7): the audit log's order and its cursor.
+    pub id: uuid::Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: OffsetDateTime,
+    /// The API key that asked for it.
+    pub requested_by: ErasureKey,
+    /// The filter as the request gave it.
+    pub filter: serde_json::Map<String, serde_json::Value>,
+    /// How many events were erased.
+    pub erased: u64,
+}
+
+/// The key an erasure was asked with: its id and first characters (never the key).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ErasureKey {
+    pub key_id: String,
+    pub key_prefix: String,
+}
+
 /// A stored event as the API shows it: `json` is the complete JSON object, ready to send.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -186,6 +210,28 @@ pub trait EventStore: Send + Sync + Debug + 'static {
         before: OffsetDateTime,
         limit: usize,
     ) -> Result<u64, StoreError>;
+
+    /// Erases the tenant's events with these ids: their JSON, index entries, queued
+    /// deliveries and dead letters go in one commit. Each keeps a tombstone without payload
+    /// (its `event_id`, id and content hash), so a resend is answered `duplicate` instead of
+    /// storing the data again, until the tenant's retention passes its timestamp. Ids that
+    /// are not (or no longer) stored are skipped. Returns how many were erased now.
+    ///
+    /// The erased JSON may stay in the store's files until they are compacted (embedded:
+    /// fjall's journal and blob files; PostgreSQL: old row versions until VACUUM).
+    async fn erase_events(&self, tenant: TenantId, ids: &[EventId]) -> Result<u64, StoreError>;
+
+    /// Adds an entry to the tenant's erasure audit log.
+    async fn record_erasure(&self, tenant: TenantId, erasure: &Erasure) -> Result<(), StoreError>;
+
+    /// The tenant's erasure audit log, newest first: up to `limit` entries older than the
+    /// entry `before` (the last of the previous page).
+    async fn erasures(
+        &self,
+        tenant: TenantId,
+        before: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<Vec<Erasure>, StoreError>;
 
     /// Checks that the store can serve requests.
     async fn check_ready(&self) -> Result<(), StoreError>;

@@ -124,6 +124,21 @@ pub(crate) fn stored_status(
     }
 }
 
+/// Tells a retry from a conflict against an erased event's tombstone, which keeps only the
+/// content hash: the same bytes are a duplicate, anything else a conflict (nothing of it is
+/// stored either way).
+pub(crate) fn tombstone_status(
+    id: EventId,
+    stored_hash: ContentHash,
+    event: &NewEvent,
+) -> AppendStatus {
+    if stored_hash == event.content_hash {
+        AppendStatus::Duplicate(id)
+    } else {
+        AppendStatus::Conflict(id)
+    }
+}
+
 /// What the client sent of a stored event, for comparing with a retry.
 #[derive(serde::Deserialize)]
 struct StoredContent {

@@ -4,6 +4,7 @@ pub mod activity;
 pub mod cloudevents;
 pub(crate) mod compat;
 pub mod destinations;
+pub mod erase;
 pub mod events;
 pub mod export;
 pub(crate) mod idempotency;

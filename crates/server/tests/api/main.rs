@@ -20,6 +20,7 @@ mod destination_kinds;
 /// Embedded only: a data directory on a small filesystem of its own.
 mod disk_full;
 mod durability;
+mod erasure;
 mod harness;
 mod hostile;
 mod idempotency;

@@ -87,6 +87,17 @@ async fn events_past_their_retention_go_and_their_event_ids_may_come_back() {
     .await;
     assert_eq!(view["retention_days"], 2);
 
+    // An erased old event: its tombstone expires with the events of its time.
+    let erased = app
+        .client
+        .post(app.url("/v1/events/erase"))
+        .bearer_auth(&tenant.api_key)
+        .json(&json!({"filter": {"event_id": "old-1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(erased).await["erased"], 1);
+
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while app.count_events(&tenant, "event_type=kept").await != 10 {
         assert!(tokio::time::Instant::now() < deadline, "the old events go");
@@ -121,12 +132,18 @@ async fn events_past_their_retention_go_and_their_event_ids_may_come_back() {
     assert_eq!(body(recent).await["status"], "duplicate");
     let again = app.post_event(&tenant, &aged("old-0", 1)).await;
     assert_eq!(again.status(), StatusCode::CREATED, "stored again");
+    let unerased = app.post_event(&tenant, &aged("old-1", 1)).await;
+    assert_eq!(
+        unerased.status(),
+        StatusCode::CREATED,
+        "an erased event's tombstone expires with its time"
+    );
 
     // The expired events' queued deliveries are dropped, not delivered.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let view = destination(&app, &tenant, &destination_id).await;
-        if view["pending"] == 11 {
+        if view["pending"] == 12 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{view}");

@@ -23,6 +23,8 @@ mod dependency_faults;
 mod destination_kinds;
 #[path = "../api/durability.rs"]
 mod durability;
+#[path = "../api/erasure.rs"]
+mod erasure;
 #[path = "../api/harness.rs"]
 mod harness;
 #[path = "../api/hostile.rs"]

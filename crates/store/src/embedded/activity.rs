@@ -335,7 +335,8 @@ struct Keyed<'a> {
 
 impl EmbeddedStore {
     /// See `EventStore::expire_events`. The events, their type-index and dedup entries and
-    /// their dead letters go in one batch; the `tail` entries stay (the tail skips events it
+    /// their dead letters go in one batch, with the tombstones of erased events of the same
+    /// time (counted with them); the `tail` entries stay (the tail skips events it
     /// cannot find) and queue entries are dropped when claimed.
     pub(crate) fn expire(
         &self,
@@ -349,14 +350,7 @@ impl EmbeddedStore {
         };
         let low = keys::event_key(number, EventId::from_parts(i64::MIN, 0));
         let high = keys::event_key(number, EventId::from_parts(micros_of(before), 0));
-        let destinations: Vec<DestinationId> = self
-            .queue
-            .destinations
-            .read()
-            .expect("destination cache lock is never poisoned")
-            .get(&tenant)
-            .map(|all| all.iter().map(|destination| destination.id).collect())
-            .unwrap_or_default();
+        let destinations = self.queue.destination_ids(tenant);
         let mut batch = self.db.batch();
         let mut expired = 0u64;
         for entry in ks.events.range(low..high).take(limit) {
@@ -381,6 +375,11 @@ impl EmbeddedStore {
                 );
             }
             expired += 1;
+        }
+        // Erased events' tombstones go with the events of their time.
+        let left = limit.saturating_sub(expired as usize);
+        if left > 0 {
+            expired += self.expire_tombstones(&mut batch, low..high, left)?;
         }
         batch.commit().map_err(StoreError::unavailable)?;
         Ok(expired)

@@ -142,6 +142,16 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
+    /// The ids of the tenant's destinations (from the cache).
+    pub(crate) fn destination_ids(&self, tenant: TenantId) -> Vec<DestinationId> {
+        self.destinations
+            .read()
+            .expect("destination cache lock is never poisoned")
+            .get(&tenant)
+            .map(|all| all.iter().map(|destination| destination.id).collect())
+            .unwrap_or_default()
+    }
+
     pub fn tenant_of(&self, destination: DestinationId) -> Option<TenantId> {
         let cache = self
             .destinations

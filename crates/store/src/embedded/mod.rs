@@ -13,6 +13,7 @@ mod activity;
 mod backup;
 mod dedup_filter;
 mod delivery;
+mod erase;
 mod identity;
 mod keys;
 mod numbers;
@@ -36,7 +37,9 @@ use crate::{
 };
 
 pub use backup::{BACKUP_MARKER, BackupReport, backup_report};
-pub use writer::{MAX_GROUP_EVENTS, describe_metrics};
+pub use writer::MAX_GROUP_EVENTS;
+
+pub use writer::describe_metrics;
 
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]
@@ -82,6 +85,10 @@ pub(crate) struct Keyspaces {
     pub attempts: Keyspace,
     pub attempts_by_event: Keyspace,
     pub counts: Keyspace,
+    /// Tombstones of erased events: (tenant, id) → the dedup key they keep (see `erase`).
+    pub erased: Keyspace,
+    /// The tenants' erasure audit logs (see `erase`).
+    pub erasures: Keyspace,
     /// The tenants' numbers in keys.
     pub numbers: numbers::TenantNumbers,
 }
@@ -113,12 +120,14 @@ impl Keyspaces {
             attempts: open_keyspace(db, "attempts", memtable_bytes)?,
             attempts_by_event: open_keyspace(db, "attempts_by_event", memtable_bytes)?,
             counts: open_keyspace(db, "counts", memtable_bytes)?,
+            erased: open_keyspace(db, "erased", memtable_bytes)?,
+            erasures: open_keyspace(db, "erasures", memtable_bytes)?,
             numbers: numbers::TenantNumbers::load(&meta)?,
         })
     }
 
     /// Every keyspace with its name (what a backup copies).
-    fn all(&self) -> [(&'static str, &Keyspace); 12] {
+    fn all(&self) -> [(&'static str, &Keyspace); 14] {
         [
             ("events", &self.events),
             ("by_type", &self.by_type),
@@ -132,6 +141,8 @@ impl Keyspaces {
             ("attempts", &self.attempts),
             ("attempts_by_event", &self.attempts_by_event),
             ("counts", &self.counts),
+            ("erased", &self.erased),
+            ("erasures", &self.erasures),
         ]
     }
 }
@@ -403,6 +414,31 @@ impl EventStore for EmbeddedStore {
         limit: usize,
     ) -> Result<u64, StoreError> {
         self.blocking(move |store| store.expire(tenant, before, limit))
+            .await
+    }
+
+    async fn erase_events(&self, tenant: TenantId, ids: &[EventId]) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        self.blocking(move |store| store.erase(tenant, &ids)).await
+    }
+
+    async fn record_erasure(
+        &self,
+        tenant: TenantId,
+        erasure: &crate::Erasure,
+    ) -> Result<(), StoreError> {
+        let erasure = erasure.clone();
+        self.blocking(move |store| store.put_erasure(tenant, &erasure))
+            .await
+    }
+
+    async fn erasures(
+        &self,
+        tenant: TenantId,
+        before: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<Vec<crate::Erasure>, StoreError> {
+        self.blocking(move |store| store.list_erasures(tenant, before, limit))
             .await
     }
 

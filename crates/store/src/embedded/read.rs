@@ -111,7 +111,15 @@ fn by_event_id(
         .get(keys::hashed_key(tenant, event_id))
         .map_err(StoreError::unavailable)?
     {
-        Some(value) => Ok(Some(keys::decode_dedup(&value)?.0)),
+        Some(value) => {
+            let id = keys::decode_dedup(&value)?.0;
+            // An erased event's dedup entry stays as its tombstone: nothing to find.
+            let erased = ks
+                .erased
+                .contains_key(keys::event_key(tenant, id))
+                .map_err(StoreError::unavailable)?;
+            Ok((!erased).then_some(id))
+        }
         None => Ok(None),
     }
 }

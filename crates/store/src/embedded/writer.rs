@@ -612,12 +612,20 @@ impl Writer {
                 let dedup = snapshot
                     .get(&self.keyspaces.dedup, dedup_key)
                     .map_err(StoreError::unavailable)?;
-                let event = snapshot
+                let in_snapshot = snapshot
                     .get(&self.keyspaces.events, keys::event_key(tenant, id))
                     .map_err(StoreError::unavailable)?;
-                match (dedup, event) {
+                match (dedup, in_snapshot) {
                     (None, _) => return Ok(None),
                     (Some(_), Some(stored)) => stored,
+                    // An erased event: its dedup entry is the tombstone.
+                    (Some(_), None)
+                        if snapshot
+                            .contains_key(&self.keyspaces.erased, keys::event_key(tenant, id))
+                            .map_err(StoreError::unavailable)? =>
+                    {
+                        return Ok(Some(record::tombstone_status(id, hash, event)));
+                    }
                     (Some(_), None) => {
                         return Err(StoreError::Corrupt(format!(
                             "dedup entry points to missing event {id}"

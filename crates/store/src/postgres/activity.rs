@@ -69,7 +69,7 @@ impl ActivityStore for PostgresStore {
                      SELECT tail_xid, id, true FROM tail_duplicates, horizon
                       WHERE tenant_id = $1 AND tail_xid >= $2::text::xid8 AND tail_xid < horizon.xmin)
                  SELECT t.tail_xid::text, t.id, t.duplicate, e.body FROM tail t
-                   JOIN events e ON e.tenant_id = $1 AND e.id = t.id
+                   JOIN events e ON e.tenant_id = $1 AND e.id = t.id AND NOT e.erased
                   WHERE (t.tail_xid, t.id, t.duplicate) > ($2::text::xid8, $3, $4)
                   ORDER BY t.tail_xid, t.id, t.duplicate LIMIT $5",
                 &[&tenant.0, &xid.to_string(), &id, &duplicate, &(limit as i64)],

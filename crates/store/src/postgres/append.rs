@@ -555,6 +555,8 @@ struct Stored {
     content_hash: ContentHash,
     timestamp_given: bool,
     body: String,
+    /// An erased event's tombstone: no body to compare with.
+    erased: bool,
 }
 
 async fn stored_events(
@@ -567,7 +569,8 @@ async fn stored_events(
     let (tenants, event_ids): (Vec<Uuid>, Vec<&str>) = keys.iter().copied().unzip();
     let statement = transaction
         .prepare_cached(
-            "SELECT e.tenant_id, e.event_id, e.id, e.content_hash, e.timestamp_given, e.body
+            "SELECT e.tenant_id, e.event_id, e.id, e.content_hash, e.timestamp_given, e.body,
+                    e.erased
              FROM events e
              JOIN unnest($1::uuid[], $2::text[]) AS k(tenant_id, event_id)
                ON e.tenant_id = k.tenant_id AND e.event_id = k.event_id",
@@ -592,6 +595,7 @@ async fn stored_events(
                     content_hash,
                     timestamp_given: row.get(4),
                     body: row.get(5),
+                    erased: row.get(6),
                 },
             ))
         })
@@ -612,6 +616,13 @@ fn compare_with_stored(
             "event_id {event_id:?} conflicted but is not stored"
         )));
     };
+    if stored.erased {
+        return Ok(record::tombstone_status(
+            stored.id,
+            stored.content_hash,
+            event,
+        ));
+    }
     Ok(record::stored_status(
         stored.id,
         stored.content_hash,

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0002_ordered_delivery.sql"),
     ),
     (3, "activity", include_str!("migrations/0003_activity.sql")),
+    (4, "erasure", include_str!("migrations/0004_erasure.sql")),
 ];
 
 /// The advisory lock every migrating session takes (an arbitrary constant: "pulsestr").

@@ -481,7 +481,7 @@ impl EventStore for PostgresStore {
         let row = self
             .db
             .query_opt(
-                "SELECT body FROM events WHERE tenant_id = $1 AND id = $2",
+                "SELECT body FROM events WHERE tenant_id = $1 AND id = $2 AND NOT erased",
                 &[&tenant.0, &id.0],
             )
             .await?;
@@ -540,6 +540,68 @@ impl EventStore for PostgresStore {
             )
             .await?;
         Ok(row.map_or(0, |row| row.get::<_, i64>(0).max(0) as u64))
+    }
+
+    async fn erase_events(&self, tenant: TenantId, ids: &[EventId]) -> Result<u64, StoreError> {
+        // The row stays as the tombstone: no payload, no source, out of every read. Its
+        // queued deliveries and dead letters go in the same statement.
+        let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+        let row = self
+            .db
+            .query_opt(
+                "WITH gone AS (
+                     UPDATE events SET erased = true, payload = '{}'::jsonb, body = '',
+                                       source = NULL
+                      WHERE tenant_id = $1 AND id = ANY($2) AND NOT erased
+                     RETURNING id),
+                 queued AS (
+                     DELETE FROM outbox WHERE tenant_id = $1 AND event IN (SELECT id FROM gone)),
+                 dead AS (
+                     DELETE FROM dead_letters
+                      WHERE tenant_id = $1 AND event IN (SELECT id FROM gone))
+                 SELECT count(*) FROM gone",
+                &[&tenant.0, &ids],
+            )
+            .await?;
+        Ok(row.map_or(0, |row| row.get::<_, i64>(0).max(0) as u64))
+    }
+
+    async fn record_erasure(
+        &self,
+        tenant: TenantId,
+        erasure: &crate::Erasure,
+    ) -> Result<(), StoreError> {
+        let record = serde_json::to_value(erasure).map_err(StoreError::unavailable)?;
+        self.db
+            .execute(
+                "INSERT INTO erasures (tenant_id, id, record) VALUES ($1, $2, $3)",
+                &[&tenant.0, &erasure.id, &record],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn erasures(
+        &self,
+        tenant: TenantId,
+        before: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> Result<Vec<crate::Erasure>, StoreError> {
+        let rows = self
+            .db
+            .query(
+                "SELECT record FROM erasures WHERE tenant_id = $1 AND id < $2
+                  ORDER BY id DESC LIMIT $3",
+                &[
+                    &tenant.0,
+                    &before.unwrap_or(uuid::Uuid::max()),
+                    &(limit as i64),
+                ],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|row| decode_json(row.get::<_, serde_json::Value>(0), "erasure"))
+            .collect()
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {

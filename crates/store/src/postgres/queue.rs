@@ -43,7 +43,7 @@ async fn with_bodies(
     let events: Vec<Uuid> = rows.iter().map(|row| row.get(0)).collect();
     let bodies = client
         .query(
-            "SELECT id, body FROM events WHERE tenant_id = $1 AND id = ANY($2)",
+            "SELECT id, body FROM events WHERE tenant_id = $1 AND id = ANY($2) AND NOT erased",
             &[&tenant, &events],
         )
         .await

@@ -88,7 +88,7 @@ fn candidates_sql(
 ) -> (String, Vec<Param>) {
     let mut sql = format!(
         "SELECT id, CASE WHEN octet_length(body) <= {INLINE_BODY_BYTES} THEN body END, \
-         octet_length(body) FROM events WHERE tenant_id = $1"
+         octet_length(body) FROM events WHERE tenant_id = $1 AND NOT erased"
     );
     let mut params: Vec<Param> = vec![Box::new(tenant.0)];
     let mut push = |sql: &mut String, condition: &str, param: Param| {

@@ -116,7 +116,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `pulsestream serve` on a free port, on `store`, with extra flags.
     pub fn start(store: &TestStore, flags: &[&str]) -> Self {
-        Self::spawn(store, flags, None)
+        Self::spawn(store, flags, &[], None)
+    }
+
+    /// Like [`ServerProcess::start`], with more environment variables (`LD_PRELOAD`, …).
+    #[allow(dead_code, reason = "only the PostgreSQL suite's clock test sets any")]
+    pub fn start_with_env(store: &TestStore, flags: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(store, flags, env, None)
     }
 
     /// Like [`ServerProcess::start`], with every log line (stderr) written to `log` at
@@ -124,10 +130,15 @@ impl ServerProcess {
     #[allow(dead_code, reason = "only the log tests read logs")]
     pub fn start_logging_to(store: &TestStore, flags: &[&str], log: &std::path::Path) -> Self {
         let file = std::fs::File::create(log).expect("create the log file");
-        Self::spawn(store, flags, Some(file))
+        Self::spawn(store, flags, &[], Some(file))
     }
 
-    fn spawn(store: &TestStore, flags: &[&str], log: Option<std::fs::File>) -> Self {
+    fn spawn(
+        store: &TestStore,
+        flags: &[&str],
+        env: &[(&str, &str)],
+        log: Option<std::fs::File>,
+    ) -> Self {
         let port = free_port();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pulsestream"));
         command
@@ -135,6 +146,7 @@ impl ServerProcess {
             .args(store.serve_args())
             .args(flags)
             .env("PULSESTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null());
         match log {
             Some(file) => command

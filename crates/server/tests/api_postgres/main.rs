@@ -11,6 +11,8 @@ const BACKEND: harness::Backend = harness::Backend::Postgres;
 mod admin;
 #[path = "../api/batch.rs"]
 mod batch;
+/// A node whose wall clock jumps (libfaketime) in a two-node cluster.
+mod clock;
 mod cluster;
 #[path = "../api/console.rs"]
 mod console;

@@ -452,17 +452,19 @@ async fn enqueue(
     if queued.0.is_empty() {
         return Ok(());
     }
-    let due = record::micros_of(time::OffsetDateTime::now_utc());
     transaction
         .execute(
             // Entries of ordered destinations draw their sequence numbers in the order of
-            // the request's events: ingest order.
-            "INSERT INTO outbox (destination_id, event, tenant_id, due, order_key, order_seq)
-             SELECT d, e, t, $4, k, CASE WHEN k IS NULL THEN NULL ELSE nextval('outbox_order_seq') END
-             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $5::bigint[])
+            // the request's events: ingest order. Due now, in the database's clock.
+            &format!(
+                "INSERT INTO outbox (destination_id, event, tenant_id, due, order_key, order_seq)
+             SELECT d, e, t, {DB_NOW}, k, CASE WHEN k IS NULL THEN NULL ELSE nextval('outbox_order_seq') END
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[])
                  WITH ORDINALITY AS u(d, e, t, k, n)
              ORDER BY n",
-            &[&queued.0, &queued.1, &queued.2, &due, &queued.3],
+                DB_NOW = super::queue::DB_NOW
+            ),
+            &[&queued.0, &queued.1, &queued.2, &queued.3],
         )
         .await
         .map_err(pg_error)?;

@@ -13,7 +13,6 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{PostgresStore, decode_json, pg_error};
-use crate::record::micros_of;
 use crate::{
     Circuit, DeadLetter, Delivery, DeliveryQueue, DeliveryStats, DestinationStore, QueueOrder,
     QueuePosition, StoreError,
@@ -139,6 +138,19 @@ impl DestinationStore for PostgresStore {
     }
 }
 
+/// How far past this node's clock a claim's `now` is, in microseconds: 0 for a worker
+/// (it passes the current time), more for a caller asking what will be due later. Laid on
+/// the database's clock, so what is due is decided in one clock whatever the node's says.
+fn ahead_of_now(now: OffsetDateTime) -> i64 {
+    (now - OffsetDateTime::now_utc())
+        .whole_microseconds()
+        .clamp(0, i128::from(i64::MAX / 2)) as i64
+}
+
+/// The database's clock in microseconds: every due time and lease of the outbox is stamped
+/// and compared in it, so that nodes whose clocks disagree, or jump, agree on what is due.
+pub(super) const DB_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
+
 #[async_trait]
 impl DeliveryQueue for PostgresStore {
     async fn claim_due(
@@ -149,7 +161,7 @@ impl DeliveryQueue for PostgresStore {
         _after: Option<QueuePosition>,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let now = micros_of(now);
+        let ahead = ahead_of_now(now);
         let lease = self.db.inner.config.lease.as_micros() as i64;
         let limit = limit as i64;
         self.db
@@ -157,17 +169,18 @@ impl DeliveryQueue for PostgresStore {
                 let client = self.db.client().await?;
                 let statement = client
                     .prepare_cached(
-                        // Leases are stamped and compared in the database's clock, so nodes
-                        // whose clocks disagree still agree on whose lease has run out.
-                        "WITH clock AS (
-                         SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now),
+                        // Due times and leases are stamped and compared in the database's
+                        // clock, so nodes whose clocks disagree (or jump) still agree on
+                        // what is due and whose lease has run out.
+                        "WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now),
                      due AS (
                          SELECT event FROM outbox, clock
-                         WHERE destination_id = $1 AND due <= $2 AND leased_until < clock.now
+                         WHERE destination_id = $1 AND due <= clock.now + $4
+                           AND leased_until < clock.now
                          ORDER BY due, event
-                         LIMIT $3
+                         LIMIT $2
                          FOR UPDATE OF outbox SKIP LOCKED)
-                     UPDATE outbox o SET leased_until = clock.now + $4
+                     UPDATE outbox o SET leased_until = clock.now + $3
                      FROM due, clock
                      WHERE o.destination_id = $1 AND o.event = due.event
                      RETURNING o.event, o.tenant_id, o.attempts, o.due, o.order_key, o.order_seq",
@@ -175,7 +188,7 @@ impl DeliveryQueue for PostgresStore {
                     .await
                     .map_err(pg_error)?;
                 let rows = client
-                    .query(&statement, &[&destination.0, &now, &limit, &lease])
+                    .query(&statement, &[&destination.0, &limit, &lease, &ahead])
                     .await
                     .map_err(pg_error)?;
                 with_bodies(&**client, rows).await
@@ -189,7 +202,7 @@ impl DeliveryQueue for PostgresStore {
         now: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let now = micros_of(now);
+        let ahead = ahead_of_now(now);
         let lease = self.db.inner.config.lease.as_micros() as i64;
         let limit = limit as i64;
         self.db
@@ -212,19 +225,19 @@ impl DeliveryQueue for PostgresStore {
                              SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now),
                          ranked AS (
                              SELECT o.event, o.order_seq,
-                                 bool_and(o.due <= $2 AND o.leased_until < clock.now) OVER (
+                                 bool_and(o.due <= clock.now + $4 AND o.leased_until < clock.now) OVER (
                                      PARTITION BY o.order_key ORDER BY o.order_seq
                                      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS free
                              FROM outbox o, clock
                              WHERE o.destination_id = $1),
                          chosen AS (
                              SELECT event, order_seq FROM ranked WHERE free
-                             ORDER BY order_seq LIMIT $3)
-                         UPDATE outbox o SET leased_until = clock.now + $4
+                             ORDER BY order_seq LIMIT $2)
+                         UPDATE outbox o SET leased_until = clock.now + $3
                          FROM chosen, clock
                          WHERE o.destination_id = $1 AND o.event = chosen.event
                          RETURNING o.event, o.tenant_id, o.attempts, o.due, o.order_key, o.order_seq",
-                        &[&destination.0, &now, &limit, &lease],
+                        &[&destination.0, &limit, &lease, &ahead],
                     )
                     .await
                     .map_err(pg_error)?;
@@ -240,20 +253,22 @@ impl DeliveryQueue for PostgresStore {
         &self,
         destination: DestinationId,
     ) -> Result<Option<OffsetDateTime>, StoreError> {
-        // A leased row is due again only when its lease ends (in the database's clock).
+        // A leased row is due again only when its lease ends. Both are in the database's
+        // clock: what comes back is how long from the database's now, put on this node's
+        // clock, so a node whose clock is off neither spins nor oversleeps.
         let row = self
             .db
             .query_opt(
-                "SELECT min(GREATEST(due, leased_until)) FROM outbox WHERE destination_id = $1",
+                &format!(
+                    "SELECT min(GREATEST(due, leased_until)) - {DB_NOW}
+                       FROM outbox WHERE destination_id = $1"
+                ),
                 &[&destination.0],
             )
             .await?;
         Ok(row
             .and_then(|row| row.get::<_, Option<i64>>(0))
-            .map(|micros| {
-                OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
-                    .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-            }))
+            .map(|micros| OffsetDateTime::now_utc() + time::Duration::microseconds(micros.max(0))))
     }
 
     fn wakeups(&self) -> std::sync::Arc<crate::Wakeups> {
@@ -318,14 +333,19 @@ impl DeliveryQueue for PostgresStore {
         error: &str,
     ) -> Result<(), StoreError> {
         let (events, dues) = claimed_rows(deliveries);
-        let next = micros_of(due);
+        // The backoff, laid on the database's clock.
+        let delay = (due - OffsetDateTime::now_utc())
+            .whole_microseconds()
+            .max(0) as i64;
         self.db
             .execute(
-                "UPDATE outbox o
-                     SET due = $4, attempts = o.attempts + 1, last_error = $5, leased_until = 0
+                &format!(
+                    "UPDATE outbox o
+                     SET due = {DB_NOW} + $4, attempts = o.attempts + 1, last_error = $5, leased_until = 0
                      FROM unnest($2::uuid[], $3::bigint[]) AS u(event, due)
-                     WHERE o.destination_id = $1 AND o.event = u.event AND o.due = u.due",
-                &[&destination.0, &events, &dues, &next, &error],
+                     WHERE o.destination_id = $1 AND o.event = u.event AND o.due = u.due"
+                ),
+                &[&destination.0, &events, &dues, &delay, &error],
             )
             .await?;
         Ok(())
@@ -438,22 +458,23 @@ impl DeliveryQueue for PostgresStore {
     ) -> Result<usize, StoreError> {
         let chosen: Option<Vec<Uuid>> =
             events.map(|events| events.iter().map(|event| event.0).collect());
-        let now = micros_of(OffsetDateTime::now_utc());
         let row = self
             .db
             .query_opt(
-                "WITH moved AS (
+                &format!(
+                    "WITH moved AS (
                          DELETE FROM dead_letters
                          WHERE destination_id = $1 AND ($2::uuid[] IS NULL OR event = ANY($2))
                          RETURNING event, tenant_id, order_key, order_seq),
                      queued AS (
                          INSERT INTO outbox
                              (destination_id, event, tenant_id, due, order_key, order_seq)
-                         SELECT $1, event, tenant_id, $3, order_key, order_seq FROM moved
+                         SELECT $1, event, tenant_id, {DB_NOW}, order_key, order_seq FROM moved
                          ON CONFLICT (destination_id, event) DO NOTHING
                          RETURNING 1)
-                     SELECT count(*) FROM moved",
-                &[&destination.0, &chosen, &now],
+                     SELECT count(*) FROM moved"
+                ),
+                &[&destination.0, &chosen],
             )
             .await?
             .ok_or_else(|| StoreError::Corrupt("a count query returned no row".into()))?;

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../fuzz"
 SECS=${1:-60}
 shift || true
 TARGETS=("$@")
-if [[ ${#TARGETS[@]} -eq 0 ]]; then TARGETS=(event_from_json batch_body search_query); fi
+if [[ ${#TARGETS[@]} -eq 0 ]]; then TARGETS=(event_from_json batch_body search_query stored_decoders); fi
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   TOOLCHAIN=(+nightly)
 else

@@ -47,7 +47,7 @@ fn counts_key(tenant: TenantId, minute: i64) -> [u8; 24] {
     key
 }
 
-fn decode_counts(value: &[u8]) -> Result<Counts, StoreError> {
+pub(crate) fn decode_counts(value: &[u8]) -> Result<Counts, StoreError> {
     let mut values = [0u64; 7];
     for (i, slot) in values.iter_mut().enumerate() {
         *slot = u64::from_be_bytes(keys::bytes_at(value, i * 8, "counts value")?);
@@ -63,7 +63,7 @@ fn encode_counts(counts: Counts) -> Vec<u8> {
         .collect()
 }
 
-fn decode_attempt(value: &[u8]) -> Result<Attempt, StoreError> {
+pub(crate) fn decode_attempt(value: &[u8]) -> Result<Attempt, StoreError> {
     serde_json::from_slice(value).map_err(|err| StoreError::Corrupt(format!("attempt: {err}")))
 }
 

@@ -58,7 +58,7 @@ pub(crate) fn outbox_key(destination: DestinationId, due_micros: i64, event: Eve
     key
 }
 
-fn decode_outbox_key(key: &[u8]) -> Result<(i64, EventId), StoreError> {
+pub(crate) fn decode_outbox_key(key: &[u8]) -> Result<(i64, EventId), StoreError> {
     let due = keys::from_order_preserving(keys::bytes_at(key, 16, "outbox key")?);
     Ok((
         due,
@@ -85,7 +85,7 @@ pub(crate) fn outbox_value(attempts: u32, error: &str, order: Option<QueueOrder>
 }
 
 /// Attempts and order of an `outbox` value.
-fn decode_outbox_value(value: &[u8]) -> (u32, Option<QueueOrder>) {
+pub(crate) fn decode_outbox_value(value: &[u8]) -> (u32, Option<QueueOrder>) {
     let attempts = value.get(..4).map_or(0, |bytes| {
         u32::from_be_bytes(bytes.try_into().expect("sliced to 4 bytes"))
     });

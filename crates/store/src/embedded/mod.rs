@@ -14,6 +14,7 @@ mod backup;
 mod dedup_filter;
 mod delivery;
 mod erase;
+mod fuzz;
 mod identity;
 mod keys;
 mod numbers;
@@ -37,6 +38,7 @@ use crate::{
 };
 
 pub use backup::{BACKUP_MARKER, BackupReport, backup_report};
+pub use fuzz::stored_decoders;
 pub use writer::MAX_GROUP_EVENTS;
 
 pub use writer::describe_metrics;

@@ -311,27 +311,39 @@ pub async fn list_events(
         .await
         .map_err(ApiError::internal)?;
     let page = app.events.search(tenant.id, query).await?;
-    let mut json = Vec::with_capacity(
-        page.events
-            .iter()
-            .map(|event| event.json.len() + 1)
-            .sum::<usize>()
-            + 64,
-    );
-    json.extend_from_slice(b"{\"events\":[");
-    for (index, event) in page.events.iter().enumerate() {
+    Ok(page_response(page))
+}
+
+/// `{"events":[...],"next_cursor":...}` streamed from the page's own buffers: each event's
+/// JSON is handed to the body as it was read, never copied into one body-sized buffer, so
+/// a page (at most `--search-max-page-bytes`) is held in memory once.
+fn page_response(page: pulsestream_store::SearchPage) -> Response {
+    let cursor = match page.next_cursor {
+        Some(cursor) => format!("],\"next_cursor\":\"{}\"}}", cursor.encode()),
+        None => "],\"next_cursor\":null}".to_owned(),
+    };
+    let mut chunks: Vec<bytes::Bytes> = Vec::with_capacity(page.events.len() * 2 + 2);
+    chunks.push(bytes::Bytes::from_static(b"{\"events\":["));
+    for (index, event) in page.events.into_iter().enumerate() {
         if index > 0 {
-            json.push(b',');
+            chunks.push(bytes::Bytes::from_static(b","));
         }
-        json.extend_from_slice(&event.json);
+        chunks.push(bytes::Bytes::from(event.json));
     }
-    json.extend_from_slice(b"],\"next_cursor\":");
-    match page.next_cursor {
-        Some(cursor) => json.extend_from_slice(format!("\"{}\"", cursor.encode()).as_bytes()),
-        None => json.extend_from_slice(b"null"),
-    }
-    json.push(b'}');
-    Ok(json_bytes(StatusCode::OK, json))
+    chunks.push(bytes::Bytes::from(cursor));
+    let length: usize = chunks.iter().map(bytes::Bytes::len).sum();
+    let body = Body::from_stream(futures::stream::iter(
+        chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+    ));
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // The length is known: no chunked encoding, as when the body was one buffer.
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    response
 }
 
 fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response {

@@ -58,5 +58,7 @@ mod sdks;
 mod search;
 #[path = "../api/security.rs"]
 mod security;
+/// Root only: the schema in a tablespace on a small tmpfs that fills up.
+mod tablespace_full;
 #[path = "../api/tls.rs"]
 mod tls;

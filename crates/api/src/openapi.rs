@@ -206,6 +206,7 @@ pub struct EventQuery {
     #[param(minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9a-fA-F]{32}$")]
     pub cursor: Option<String>,
     /// `desc` (newest first, the default) or `asc`.
     #[param(inline, default = "desc")]

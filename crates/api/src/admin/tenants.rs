@@ -34,15 +34,45 @@ pub struct CreateTenant {
     #[schema(min_length = 1, max_length = 256)]
     name: String,
     /// Events per minute.
-    #[schema(minimum = 1, default = json!(DEFAULT_RATE_LIMIT_PER_MINUTE))]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<i64>, format = Int64, minimum = 1, maximum = 4_294_967_295_i64,
+             default = json!(DEFAULT_RATE_LIMIT_PER_MINUTE))]
     rate_limit_per_minute: Option<u32>,
     /// The most events admitted at once; defaults to `rate_limit_per_minute`.
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<i64>, format = Int64, minimum = 1, maximum = 4_294_967_295_i64)]
     burst: Option<u32>,
     /// Days events are kept, by their `timestamp` (0: forever); absent: the server's
     /// `--retention-days`.
-    #[schema(maximum = 36500)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<i64>, format = Int64, minimum = 0, maximum = 36500)]
     retention_days: Option<u32>,
+}
+
+/// A count a client may write as `6104` or `6104.0` (JSON Schema calls both integers), up to
+/// `u32`'s range; anything else is refused as a wrong type (422 with its `loc`).
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|value| value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(value))
+                .map(|value| value as u64)
+        })
+        .and_then(|value| u32::try_from(value).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            D::Error::custom(format!(
+                "{number} is not a whole number from 0 to 4294967295"
+            ))
+        })
 }
 
 /// The body of `PATCH /admin/tenants/{id}`: only the fields sent change. A new
@@ -54,13 +84,16 @@ pub struct UpdateTenant {
     #[schema(min_length = 1, max_length = 256)]
     name: Option<String>,
     /// Events per minute.
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<i64>, format = Int64, minimum = 1, maximum = 4_294_967_295_i64)]
     rate_limit_per_minute: Option<u32>,
     /// The most events admitted at once.
-    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<i64>, format = Int64, minimum = 1, maximum = 4_294_967_295_i64)]
     burst: Option<u32>,
     /// Days events are kept, by their `timestamp` (0: forever).
-    #[schema(maximum = 36500)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(value_type = Option<i64>, format = Int64, minimum = 0, maximum = 36500)]
     retention_days: Option<u32>,
 }
 
@@ -224,6 +257,9 @@ pub struct TenantListQuery {
     /// Tenants per page, 1 to 1000 (default 100).
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(
+        pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$"
+    )]
     cursor: Option<String>,
 }
 

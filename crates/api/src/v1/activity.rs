@@ -55,7 +55,7 @@ pub struct AttemptsQuery {
     params(
         ("id" = String, Path, format = "uuid", description = "The destination's id"),
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
-        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, pattern = "^[0-9a-fA-F]{48}$", description = "The `next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "`{\"attempts\": [...], \"next_cursor\": \"...\" | null}`", body = serde_json::Value),

@@ -479,10 +479,12 @@ pub async fn replay(
     State(app): State<AppState>,
     AuthTenant(tenant): AuthTenant,
     Path(id): Path<String>,
-    body: Option<extract::Json<ReplayRequest>>,
+    // No body, `null` and `{}` all mean every dead letter.
+    body: Option<extract::Json<Option<ReplayRequest>>>,
 ) -> Result<Response, ApiError> {
     let destination = find(&app, tenant.id, &id).await?;
-    let ids = match body.and_then(|extract::Json(request)| request.ids) {
+    let ids = match body.and_then(|extract::Json(request)| request.and_then(|request| request.ids))
+    {
         Some(ids) => Some(
             ids.iter()
                 .map(|id| {

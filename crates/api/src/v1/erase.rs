@@ -226,7 +226,7 @@ pub struct ErasuresQuery {
         sent) and how many (`erased`). Kept as long as the tenant.",
     params(
         ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
-        ("cursor" = Option<String>, Query, description = "The `next_cursor` of the previous page"),
+        ("cursor" = Option<String>, Query, pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$", description = "The `next_cursor` of the previous page"),
     ),
     responses(
         (status = 200, description = "`{\"erasures\": [...], \"next_cursor\": \"...\" | null}`", body = serde_json::Value),

@@ -347,3 +347,66 @@ async fn the_tenant_list_is_paginated() {
         assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
     }
 }
+
+#[tokio::test]
+async fn counts_are_whole_numbers_however_they_are_written() {
+    let app = TestApp::spawn().await;
+    let create = |body: Value| {
+        let request = app
+            .client
+            .post(app.url("/admin/tenants"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    // JSON Schema calls 6104.0 an integer: so does the API.
+    let written =
+        create(json!({"name": "float", "rate_limit_per_minute": 6104.0, "burst": 10.0})).await;
+    assert_eq!(written.status(), StatusCode::CREATED);
+    let tenant = body(written).await;
+    assert_eq!(tenant["rate_limit_per_minute"], 6104);
+    assert_eq!(tenant["burst"], 10);
+    for (wrong, field) in [
+        (
+            json!({"name": "x", "rate_limit_per_minute": 6104.5}),
+            "rate_limit_per_minute",
+        ),
+        (
+            json!({"name": "x", "rate_limit_per_minute": 4_294_967_296_u64}),
+            "rate_limit_per_minute",
+        ),
+        (json!({"name": "x", "burst": -1}), "burst"),
+        (
+            json!({"name": "x", "retention_days": "7"}),
+            "retention_days",
+        ),
+    ] {
+        let refused = create(wrong.clone()).await;
+        assert_eq!(
+            refused.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{wrong}"
+        );
+        let problem = body(refused).await;
+        assert!(
+            problem["errors"][0]["msg"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "{wrong}: {problem}"
+        );
+    }
+    let changed = app
+        .client
+        .patch(app.url(&format!(
+            "/admin/tenants/{}",
+            tenant["id"].as_str().unwrap()
+        )))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"retention_days": 30.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_eq!(body(changed).await["retention_days"], 30);
+}

@@ -309,6 +309,17 @@ async fn exhausted_events_go_to_dead_letters_and_come_back_on_replay() {
         (view["dead_lettered"].as_u64(), view["delivered"].as_u64()),
         (Some(0), Some(1))
     );
+    // A `null` body is no body: replay everything (nothing is left).
+    let null = app
+        .post_raw(
+            &tenant,
+            &format!("/v1/destinations/{id}/dead-letters/replay"),
+            "application/json",
+            b"null".to_vec(),
+        )
+        .await;
+    assert_eq!(null.status(), StatusCode::OK);
+    assert_eq!(body(null).await["replayed"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -538,10 +538,9 @@ impl EventStore for PostgresStore {
                      DELETE FROM events WHERE tenant_id = $1 AND id IN (
                          SELECT id FROM events WHERE tenant_id = $1 AND id < $2
                           ORDER BY id LIMIT $3)
-                     RETURNING id, event_id),
+                     RETURNING id),
                  keys AS (
-                     DELETE FROM event_keys
-                      WHERE tenant_id = $1 AND event_id IN (SELECT event_id FROM gone)),
+                     DELETE FROM event_keys WHERE id IN (SELECT id FROM gone) AND tenant_id = $1),
                  queued AS (
                      DELETE FROM outbox WHERE tenant_id = $1 AND event IN (SELECT id FROM gone)),
                  dead AS (

@@ -45,8 +45,6 @@ mod load;
 mod openapi;
 #[path = "../api/operations.rs"]
 mod operations;
-/// Month partitions of events, made ahead and dropped whole by retention.
-mod partitions;
 mod pg_dump;
 #[path = "../api/rate_limits.rs"]
 mod rate_limits;

@@ -18,7 +18,6 @@
 mod activity;
 mod append;
 mod migrate;
-mod partitions;
 mod queue;
 mod search;
 
@@ -32,8 +31,6 @@ use pulsestream_core::{Breaker, Circuit, EventId, Tenant, TenantChange, TenantId
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
-
-pub use partitions::PartitionPass;
 
 use crate::record::IdGen;
 use crate::{
@@ -149,9 +146,6 @@ impl PostgresStore {
     pub async fn connect(config: &PostgresConfig) -> Result<Self, StoreError> {
         let store = Self::connect_lazy(config)?;
         store.migrate().await?;
-        // The month partitions around now, before this node takes writes: made under
-        // traffic, a partition races the inserts routed to the DEFAULT one.
-        partitions::maintain(&store.db, time::OffsetDateTime::now_utc(), None).await?;
         Ok(store)
     }
 
@@ -351,9 +345,8 @@ enum Failure {
     /// `statement_timeout` cancelled the statement (57014): the server is not answering in
     /// time, an outage for writes; a search that ran out of time is only slow.
     StatementTimeout,
-    /// A deadlock (40P01), a serialization failure (40001) or a row routed to a partition
-    /// that changed under it (23514): the transaction lost a race the database detected and
-    /// may be retried.
+    /// A deadlock (40P01) or serialization failure (40001): the transaction lost a race the
+    /// database detected and may be retried.
     LostRace,
     /// Anything else: one statement's problem, or every pooled connection busy (load).
     Other,
@@ -385,9 +378,7 @@ impl Failure {
     fn of_driver(err: &tokio_postgres::Error) -> Self {
         match err.code().map(tokio_postgres::error::SqlState::code) {
             Some("57014") => Self::StatementTimeout,
-            // 23514 on `events`: the row was routed to the DEFAULT partition just before a
-            // month partition for it was attached (see `partitions`); again, it goes there.
-            Some("40P01" | "40001" | "23514") => Self::LostRace,
+            Some("40P01" | "40001") => Self::LostRace,
             Some(code) if code.starts_with("08") || code.starts_with("57P") => Self::Outage,
             Some(_) => Self::Other,
             // No SQLSTATE: a closed connection or a socket error.
@@ -539,8 +530,6 @@ impl EventStore for PostgresStore {
                          SELECT id FROM events WHERE tenant_id = $1 AND id < $2
                           ORDER BY id LIMIT $3)
                      RETURNING id),
-                 keys AS (
-                     DELETE FROM event_keys WHERE id IN (SELECT id FROM gone) AND tenant_id = $1),
                  queued AS (
                      DELETE FROM outbox WHERE tenant_id = $1 AND event IN (SELECT id FROM gone)),
                  dead AS (
@@ -551,13 +540,6 @@ impl EventStore for PostgresStore {
             )
             .await?;
         Ok(row.map_or(0, |row| row.get::<_, i64>(0).max(0) as u64))
-    }
-
-    async fn maintain_partitions(
-        &self,
-        drop_before: Option<time::OffsetDateTime>,
-    ) -> Result<PartitionPass, StoreError> {
-        partitions::maintain(&self.db, time::OffsetDateTime::now_utc(), drop_before).await
     }
 
     async fn erase_events(&self, tenant: TenantId, ids: &[EventId]) -> Result<u64, StoreError> {

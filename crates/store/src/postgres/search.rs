@@ -111,12 +111,7 @@ fn candidates_sql(
         push(&mut sql, condition, Box::new(after.0));
     }
     if let Some(event_id) = &query.event_id {
-        // Through the dedup keys: `events` has no index on event_id.
-        push(
-            &mut sql,
-            " AND id = (SELECT k.id FROM event_keys k WHERE k.tenant_id = $1 AND k.event_id = ?)",
-            Box::new(event_id.clone()),
-        );
+        push(&mut sql, " AND event_id = ?", Box::new(event_id.clone()));
     }
     if !query.event_types.is_empty() {
         push(

@@ -51,14 +51,17 @@ async fn with_bodies(
         .into_iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
+    // An event erased or expired after the claim took its row is skipped: the statement that
+    // removed it deleted its queue rows too (it committed after the claim read them).
     let mut claimed = rows
         .iter()
-        .map(|row| {
+        .filter_map(|row| {
             let event: Uuid = row.get(0);
-            let json = bodies
-                .remove(&event)
-                .ok_or_else(|| StoreError::Corrupt(format!("queued event {event} is missing")))?;
-            Ok(Delivery {
+            let Some(json) = bodies.remove(&event) else {
+                tracing::debug!(%event, "a claimed event was erased or expired meanwhile");
+                return None;
+            };
+            Some(Delivery {
                 tenant: TenantId(row.get(1)),
                 event: EventId(event),
                 attempts: row.get::<_, i32>(2).max(0) as u32,
@@ -70,7 +73,7 @@ async fn with_bodies(
                 }),
             })
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .collect::<Vec<_>>();
     claimed.sort_by_key(Delivery::position);
     Ok(claimed)
 }

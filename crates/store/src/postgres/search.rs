@@ -51,14 +51,18 @@ pub(super) async fn search(
             }
             let body: String = match row.get::<_, Option<String>>(1) {
                 Some(body) => body,
-                None => client
-                    .query_one(
-                        "SELECT body FROM events WHERE tenant_id = $1 AND id = $2",
+                // Erased or expired since the candidates were read: not there to find.
+                None => match client
+                    .query_opt(
+                        "SELECT body FROM events WHERE tenant_id = $1 AND id = $2 AND NOT erased",
                         &[&tenant.0, &id.0],
                     )
                     .await
                     .map_err(pg_error)?
-                    .get(0),
+                {
+                    Some(row) => row.get(0),
+                    None => continue,
+                },
             };
             if !event_matches(body.as_bytes(), query) {
                 continue;

@@ -73,6 +73,7 @@ impl Job {
 #[serde(deny_unknown_fields)]
 pub struct BackupRequest {
     /// An absolute directory on the server's machine, absent or empty.
+    #[schema(min_length = 1, pattern = "^/")]
     to: String,
 }
 
@@ -91,7 +92,9 @@ pub struct BackupRequest {
     request_body = BackupRequest,
     responses(
         (status = 202, description = "Started: the job, as `GET /admin/backups/latest` shows it", body = serde_json::Value),
+        (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
+        (status = 415, response = doc::UnsupportedMediaType),
         (status = 409, response = doc::Conflict),
         (status = 422, response = doc::ValidationFailed),
         (status = 501, description = "The server stores in PostgreSQL", body = doc::Problem, content_type = "application/problem+json"),

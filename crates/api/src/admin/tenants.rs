@@ -34,45 +34,51 @@ pub struct CreateTenant {
     #[schema(min_length = 1, max_length = 256)]
     name: String,
     /// Events per minute.
-    #[serde(default, deserialize_with = "whole_number")]
     #[schema(value_type = Option<i64>, format = Int64, minimum = 1, maximum = 4_294_967_295_i64,
              default = json!(DEFAULT_RATE_LIMIT_PER_MINUTE))]
-    rate_limit_per_minute: Option<u32>,
+    rate_limit_per_minute: Option<Count>,
     /// The most events admitted at once; defaults to `rate_limit_per_minute`.
-    #[serde(default, deserialize_with = "whole_number")]
     #[schema(value_type = Option<i64>, format = Int64, minimum = 1, maximum = 4_294_967_295_i64)]
-    burst: Option<u32>,
+    burst: Option<Count>,
     /// Days events are kept, by their `timestamp` (0: forever); absent: the server's
     /// `--retention-days`.
-    #[serde(default, deserialize_with = "whole_number")]
     #[schema(value_type = Option<i64>, format = Int64, minimum = 0, maximum = 36500)]
-    retention_days: Option<u32>,
+    retention_days: Option<Count>,
 }
 
 /// A count a client may write as `6104` or `6104.0` (JSON Schema calls both integers), up to
-/// `u32`'s range; anything else is refused as a wrong type (422 with its `loc`).
-fn whole_number<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<u32>, D::Error> {
-    use serde::de::Error;
-    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
-        return Ok(None);
-    };
-    number
-        .as_u64()
-        .or_else(|| {
-            number
-                .as_f64()
-                .filter(|value| value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(value))
-                .map(|value| value as u64)
-        })
-        .and_then(|value| u32::try_from(value).ok())
-        .map(Some)
-        .ok_or_else(|| {
-            D::Error::custom(format!(
-                "{number} is not a whole number from 0 to 4294967295"
-            ))
-        })
+/// `u32`'s range; anything else is refused as a wrong type (422).
+#[derive(Debug, Clone, Copy)]
+pub struct Count(u32);
+
+impl Count {
+    fn get(count: Option<Self>) -> Option<u32> {
+        count.map(|Self(value)| value)
+    }
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let number = serde_json::Number::deserialize(deserializer)?;
+        number
+            .as_u64()
+            .or_else(|| {
+                number
+                    .as_f64()
+                    .filter(|value| {
+                        value.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(value)
+                    })
+                    .map(|value| value as u64)
+            })
+            .and_then(|value| u32::try_from(value).ok())
+            .map(Self)
+            .ok_or_else(|| {
+                D::Error::custom(format!(
+                    "{number} is not a whole number from 0 to 4294967295"
+                ))
+            })
+    }
 }
 
 /// The body of `PATCH /admin/tenants/{id}`: only the fields sent change. A new
@@ -84,17 +90,14 @@ pub struct UpdateTenant {
     #[schema(min_length = 1, max_length = 256)]
     name: Option<String>,
     /// Events per minute.
-    #[serde(default, deserialize_with = "whole_number")]
     #[schema(value_type = Option<i64>, format = Int64, minimum = 1, maximum = 4_294_967_295_i64)]
-    rate_limit_per_minute: Option<u32>,
+    rate_limit_per_minute: Option<Count>,
     /// The most events admitted at once.
-    #[serde(default, deserialize_with = "whole_number")]
     #[schema(value_type = Option<i64>, format = Int64, minimum = 1, maximum = 4_294_967_295_i64)]
-    burst: Option<u32>,
+    burst: Option<Count>,
     /// Days events are kept, by their `timestamp` (0: forever).
-    #[serde(default, deserialize_with = "whole_number")]
     #[schema(value_type = Option<i64>, format = Int64, minimum = 0, maximum = 36500)]
-    retention_days: Option<u32>,
+    retention_days: Option<Count>,
 }
 
 /// The body of `POST /admin/tenants/{id}/keys` (optional).
@@ -229,10 +232,8 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let name = check_name(request.name)?;
     let rate_limit = rate_limit(
-        request
-            .rate_limit_per_minute
-            .unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE),
-        request.burst,
+        Count::get(request.rate_limit_per_minute).unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE),
+        Count::get(request.burst),
     )?;
     let (api_key, key) = new_key(KeyScope::Full);
     let tenant = Tenant {
@@ -241,7 +242,7 @@ pub async fn create(
         rate_limit,
         keys: vec![key],
         created_at: OffsetDateTime::now_utc(),
-        retention_days: check_retention(request.retention_days)?,
+        retention_days: check_retention(Count::get(request.retention_days))?,
     };
     app.tenants.create_tenant(&tenant).await?;
     tracing::info!(tenant_id = %tenant.id, "tenant created");
@@ -255,6 +256,7 @@ pub async fn create(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct TenantListQuery {
     /// Tenants per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     #[param(
@@ -394,9 +396,9 @@ pub async fn update(
     let name = request.name.map(check_name).transpose()?;
     let change = TenantChange::Update {
         name,
-        per_minute: request.rate_limit_per_minute,
-        burst: request.burst,
-        retention_days: check_retention(request.retention_days)?,
+        per_minute: Count::get(request.rate_limit_per_minute),
+        burst: Count::get(request.burst),
+        retention_days: check_retention(Count::get(request.retention_days))?,
     };
     let tenant = change_tenant(&app, &id, &change).await?;
     Ok(Json(TenantView::of(&tenant)).into_response())
@@ -419,6 +421,7 @@ pub async fn update(
         (status = 400, response = doc::BadRequest),
         (status = 401, response = doc::Unauthorized),
         (status = 404, response = doc::NotFound),
+        (status = 422, response = doc::ValidationFailed),
         (status = 503, response = doc::Unavailable),
     ),
     security(("bearerAuth" = [])),
@@ -427,9 +430,12 @@ pub async fn create_key(
     _: Admin,
     State(app): State<AppState>,
     Path(id): Path<String>,
-    request: Option<extract::Json<CreateKey>>,
+    // No body, `null` and `{}` all mean a full key.
+    request: Option<extract::Json<Option<CreateKey>>>,
 ) -> Result<Response, ApiError> {
-    let scope = request.map_or(KeyScope::Full, |extract::Json(request)| request.scope);
+    let scope = request
+        .and_then(|extract::Json(request)| request)
+        .map_or(KeyScope::Full, |request| request.scope);
     let (api_key, key) = new_key(scope);
     let key_id = key.id;
     let created_at = key.created_at;

@@ -54,7 +54,7 @@ pub struct AttemptsQuery {
         `test`. Kept for `--attempts-retention-hours` (24 hours by default).",
     params(
         ("id" = String, Path, format = "uuid", description = "The destination's id"),
-        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
         ("cursor" = Option<String>, Query, pattern = "^[0-9a-fA-F]{48}$", description = "The `next_cursor` of the previous page"),
     ),
     responses(

@@ -468,6 +468,7 @@ pub struct ReplayRequest {
     request_body = Option<ReplayRequest>,
     responses(
         (status = 200, description = "`{\"replayed\": n}`", body = serde_json::Value),
+        (status = 400, response = doc::BadRequest),
         (status = 404, response = doc::NotFound),
         (status = 422, response = doc::ValidationFailed),
         (status = 401, response = doc::Unauthorized),

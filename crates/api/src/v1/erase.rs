@@ -37,11 +37,25 @@ pub struct EraseRequest {
     /// (a string or a list: any of them), `source`, `since`, `until`, `q` and any number of
     /// `payload.<path>` (a string, number, boolean or null; a list: all must match). At
     /// least one is required.
-    #[schema(value_type = Object, example = json!({"payload.user_id": "u_123"}))]
+    #[schema(schema_with = filter_schema)]
     filter: Map<String, Value>,
     /// Count what would be erased, erase nothing, record nothing.
     #[serde(default)]
     dry_run: bool,
+}
+
+/// An object of at least one filter (`{}` would erase everything, and is refused).
+fn filter_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .min_properties(Some(1))
+        .additional_properties(Some(
+            utoipa::openapi::schema::AdditionalProperties::FreeForm(true),
+        ))
+        .description(Some(
+            "The search's filters under their query-parameter names, at least one",
+        ))
+        .examples([json!({"payload.user_id": "u_123"})])
+        .build()
 }
 
 /// `POST /v1/events/erase`.
@@ -225,7 +239,7 @@ pub struct ErasuresQuery {
         `key_id` and `key_prefix`), when (`requested_at`, `finished_at`), what (`filter`, as \
         sent) and how many (`erased`). Kept as long as the tenant.",
     params(
-        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100"),
         ("cursor" = Option<String>, Query, pattern = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$", description = "The `next_cursor` of the previous page"),
     ),
     responses(

@@ -409,4 +409,31 @@ async fn counts_are_whole_numbers_however_they_are_written() {
         .unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
     assert_eq!(body(changed).await["retention_days"], 30);
+    // A body that is not an object is not a change.
+    let array = app
+        .client
+        .patch(app.url(&format!(
+            "/admin/tenants/{}",
+            tenant["id"].as_str().unwrap()
+        )))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!([null, null]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(array.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // A `null` body for a new key is no body: a full key.
+    let key = app
+        .client
+        .post(app.url(&format!(
+            "/admin/tenants/{}/keys",
+            tenant["id"].as_str().unwrap()
+        )))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&Value::Null)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(key.status(), StatusCode::CREATED);
+    assert_eq!(body(key).await["scope"], "full");
 }

@@ -324,13 +324,14 @@ impl EmbeddedStore {
     }
 }
 
-/// The fields of a stored event's JSON that its index entries are keyed by.
+/// The fields of a stored event's JSON that its index entries are keyed by (read by
+/// retention and by erasure).
 #[derive(serde::Deserialize)]
-struct Keyed<'a> {
+pub(crate) struct Keyed<'a> {
     #[serde(borrow)]
-    event_id: std::borrow::Cow<'a, str>,
+    pub event_id: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
-    event_type: std::borrow::Cow<'a, str>,
+    pub event_type: std::borrow::Cow<'a, str>,
 }
 
 impl EmbeddedStore {

@@ -15,6 +15,7 @@
 
 use pulsestream_core::{EventId, TenantId};
 
+use super::activity::Keyed;
 use super::{EmbeddedStore, keys};
 use crate::{Erasure, StoreError};
 
@@ -24,15 +25,6 @@ fn erasure_key(tenant: TenantId, id: uuid::Uuid) -> [u8; 32] {
     key[..16].copy_from_slice(tenant.0.as_bytes());
     key[16..].copy_from_slice(id.as_bytes());
     key
-}
-
-/// The fields of a stored event's JSON that its other entries are keyed by.
-#[derive(serde::Deserialize)]
-struct Keyed<'a> {
-    #[serde(borrow)]
-    event_id: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    event_type: std::borrow::Cow<'a, str>,
 }
 
 impl EmbeddedStore {

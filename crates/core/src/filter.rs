@@ -183,13 +183,23 @@ pub fn same_json(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Whether every whitespace-separated term appears in the payload's strings or numbers.
+/// Whether every whitespace-separated term appears in the payload's strings or numbers,
+/// case-insensitively, at the start of a word: where a value begins or after a character
+/// that is not alphanumeric (`lovelace` and `ada@exa` find `Ada Lovelace <ada@example.com>`,
+/// `ovelace` does not). A term that begins with a non-alphanumeric character may begin
+/// anywhere. This is what a word index can answer ([`text_index_words`] and
+/// [`text_query_parts`] are the index's side of the same rule).
 pub fn text_matches(payload: &Value, text: &str) -> bool {
+    let haystack = payload_text(payload);
+    text.split_whitespace()
+        .all(|term| starts_a_word_in(&haystack, &term.to_lowercase()))
+}
+
+/// The payload's strings and numbers, lowercased, one per line: what full text reads.
+pub fn payload_text(payload: &Value) -> String {
     let mut haystack = String::new();
     collect_text(payload, &mut haystack);
-    let haystack = haystack.to_lowercase();
-    text.split_whitespace()
-        .all(|term| haystack.contains(&term.to_lowercase()))
+    haystack.to_lowercase()
 }
 
 fn collect_text(node: &Value, out: &mut String) {
@@ -206,6 +216,171 @@ fn collect_text(node: &Value, out: &mut String) {
         Value::Object(map) => map.values().for_each(|value| collect_text(value, out)),
         Value::Bool(_) | Value::Null => {}
     }
+}
+
+fn starts_a_word_in(haystack: &str, term: &str) -> bool {
+    let anywhere = !term.starts_with(char::is_alphanumeric);
+    let mut from = 0;
+    // Occurrences may overlap ("a-a" in "ba-a-a" starts a word only the second time).
+    while let Some(found) = haystack[from..].find(term) {
+        let at = from + found;
+        if anywhere
+            || haystack[..at]
+                .chars()
+                .next_back()
+                .is_none_or(|before| !before.is_alphanumeric())
+        {
+            return true;
+        }
+        from = at + haystack[at..].chars().next().map_or(1, char::len_utf8);
+    }
+    false
+}
+
+/// The longest word a full-text index keeps, in bytes; longer words are kept cut (at a
+/// character boundary), and a query part that long is looked up as a prefix.
+pub const INDEX_WORD_BYTES: usize = 40;
+
+fn cut(word: &str, max: usize) -> &str {
+    if word.len() <= max {
+        return word;
+    }
+    let mut end = max;
+    while !word.is_char_boundary(end) {
+        end -= 1;
+    }
+    &word[..end]
+}
+
+/// The words a full-text index keeps for a payload: each maximal run of alphanumeric
+/// characters of [`payload_text`], cut to [`INDEX_WORD_BYTES`], each once.
+pub fn text_index_words(payload: &Value) -> Vec<String> {
+    let text = payload_text(payload);
+    let mut words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(|word| cut(word, INDEX_WORD_BYTES).to_owned())
+        .collect();
+    words.sort_unstable();
+    words.dedup();
+    words
+}
+
+/// One word an event must hold in its index for a `q` term to match it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WordPart {
+    /// The whole word.
+    Exact(String),
+    /// A word that starts with this.
+    Prefix(String),
+}
+
+/// What the words of an event matching `term` must include (see [`text_matches`]): the
+/// term's alphanumeric runs, lowercased, each a whole word when a non-alphanumeric
+/// character follows it in the term and a word's start otherwise. A term with no
+/// alphanumeric character gives none (no index narrows it).
+pub fn text_query_parts(term: &str) -> Vec<WordPart> {
+    let term = term.to_lowercase();
+    let runs: Vec<&str> = term
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|run| !run.is_empty())
+        .collect();
+    let ends_in_word = term.ends_with(char::is_alphanumeric);
+    // A query part is compared with words cut to INDEX_WORD_BYTES: one near that length is
+    // looked up by a prefix short enough to be inside every cut word it could start.
+    let short = INDEX_WORD_BYTES - 4;
+    runs.iter()
+        .enumerate()
+        .map(|(n, run)| {
+            let whole = n + 1 < runs.len() || !ends_in_word;
+            if run.len() > short {
+                WordPart::Prefix(cut(run, short).to_owned())
+            } else if whole {
+                WordPart::Exact((*run).to_owned())
+            } else {
+                WordPart::Prefix((*run).to_owned())
+            }
+        })
+        .collect()
+}
+
+/// The keys under which a payload index holds every scalar of a payload: a hash of its path
+/// and its value, numbers by value (as doubles), so that [`path_filter_keys`] of a filter
+/// that matches the payload always includes one of them.
+pub fn payload_index_keys(payload: &Value) -> Vec<u64> {
+    let mut keys = Vec::new();
+    let mut path = String::new();
+    collect_keys(payload, &mut path, &mut keys);
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Separates path segments inside a key (a segment holding it only adds candidates).
+const SEGMENT_SEPARATOR: char = '\u{1f}';
+
+fn collect_keys(node: &Value, path: &mut String, keys: &mut Vec<u64>) {
+    let descend = |segment: &str, child: &Value, path: &mut String, keys: &mut Vec<u64>| {
+        let len = path.len();
+        path.push(SEGMENT_SEPARATOR);
+        path.push_str(segment);
+        collect_keys(child, path, keys);
+        path.truncate(len);
+    };
+    match node {
+        Value::Object(map) => map
+            .iter()
+            .for_each(|(key, child)| descend(key, child, path, keys)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .for_each(|(n, child)| descend(&n.to_string(), child, path, keys)),
+        Value::String(text) => keys.push(leaf_key(path, b's', text.as_bytes())),
+        Value::Number(number) => {
+            if let Some(value) = number.as_f64() {
+                keys.push(number_key(path, value));
+            }
+        }
+        Value::Bool(flag) => keys.push(leaf_key(path, b'b', &[u8::from(*flag)])),
+        Value::Null => keys.push(leaf_key(path, b'z', &[])),
+    }
+}
+
+fn leaf_key(path: &str, kind: u8, value: &[u8]) -> u64 {
+    let mut bytes = Vec::with_capacity(path.len() + 2 + value.len());
+    bytes.extend_from_slice(path.as_bytes());
+    bytes.push(0);
+    bytes.push(kind);
+    bytes.extend_from_slice(value);
+    xxh3_64(&bytes)
+}
+
+fn number_key(path: &str, value: f64) -> u64 {
+    // -0 and 0 are one value.
+    let value = if value == 0.0 { 0.0 } else { value };
+    leaf_key(path, b'n', &value.to_bits().to_be_bytes())
+}
+
+/// The keys one of which an event's [`payload_index_keys`] holds when the filter matches
+/// it: the value as a string, and as a number, boolean or null when it reads as one.
+pub fn path_filter_keys(filter: &PayloadFilter) -> Vec<u64> {
+    let mut path = String::new();
+    for segment in &filter.path {
+        path.push(SEGMENT_SEPARATOR);
+        path.push_str(segment);
+    }
+    let wanted = filter.value.as_str();
+    let mut keys = vec![leaf_key(&path, b's', wanted.as_bytes())];
+    if let Ok(value) = wanted.parse::<f64>() {
+        keys.push(number_key(&path, value));
+    }
+    match wanted {
+        "true" => keys.push(leaf_key(&path, b'b', &[1])),
+        "false" => keys.push(leaf_key(&path, b'b', &[0])),
+        "null" => keys.push(leaf_key(&path, b'z', &[])),
+        _ => {}
+    }
+    keys
 }
 
 #[cfg(test)]
@@ -230,6 +405,115 @@ mod tests {
         assert!(!filter.matches(Some("web"), Some(&json!({"plan": "free", "name": "Ada"}))));
         assert!(!filter.matches(Some("web"), Some(&json!({"plan": "pro"}))));
         assert!(EventFilter::default().matches(None, None));
+    }
+
+    #[test]
+    fn full_text_terms_start_a_word() {
+        let payload = json!({"name": "Ada Lovelace", "email": "ada@example.com", "sku": "A-1",
+            "order": "ba-a-a", "total": 12.5, "flag": true});
+        let q = |text: &str| text_matches(&payload, text);
+        assert!(q("lovelace"));
+        assert!(q("LOVE"));
+        assert!(q("ada@exa"));
+        assert!(q("example.com"));
+        assert!(q("a-1"));
+        assert!(q("12.5"));
+        assert!(
+            q("-1"),
+            "a term that starts with punctuation may start anywhere"
+        );
+        assert!(q("a-a"), "the second, overlapping occurrence starts a word");
+        assert!(!q("ovelace"));
+        assert!(!q("xample"));
+        assert!(!q("true"), "booleans are not text");
+        assert!(!q("name"), "keys are not text");
+        assert!(!q("ada babbage"));
+    }
+
+    #[test]
+    fn the_word_index_admits_every_text_match() {
+        let payload = json!({"a": "Ada Lovelace <ada@example.com>", "n": [12.5, -3],
+            "long": "x".repeat(30) + "ÿ" + &"y".repeat(30), "i": "İstanbul"});
+        let words = text_index_words(&payload);
+        let admitted = |term: &str| {
+            text_query_parts(term).iter().all(|part| match part {
+                WordPart::Exact(word) => words.contains(word),
+                WordPart::Prefix(prefix) => {
+                    words.iter().any(|word| word.starts_with(prefix.as_str()))
+                }
+            })
+        };
+        let long = "x".repeat(30) + "ÿ" + &"y".repeat(30);
+        for term in [
+            "ada",
+            "lovelace",
+            "<ada@exa",
+            "example.com>",
+            "12.5",
+            "-3",
+            "İst",
+            &long,
+            &long[..35],
+            &long[..38],
+        ] {
+            assert!(text_matches(&payload, term), "{term}");
+            assert!(
+                admitted(term),
+                "{term}: {:?} in {words:?}",
+                text_query_parts(term)
+            );
+        }
+        assert!(!admitted("babbage"));
+        assert_eq!(
+            text_query_parts("Ada@exa"),
+            [
+                WordPart::Exact("ada".into()),
+                WordPart::Prefix("exa".into())
+            ]
+        );
+        assert_eq!(text_query_parts("--"), []);
+    }
+
+    #[test]
+    fn payload_keys_hold_every_matching_filter() {
+        let payload = json!({"user": {"id": 42, "name": "Ada", "vip": true, "nick": null},
+            "items": [{"sku": "A-1"}], "zero": -0.0, "big": 9007199254740993u64});
+        let keys = payload_index_keys(&payload);
+        let filter = |path: &str, value: &str| PayloadFilter {
+            path: path.split('.').map(str::to_owned).collect(),
+            value: value.into(),
+        };
+        for (path, value) in [
+            ("user.id", "42"),
+            ("user.id", "42.0"),
+            ("user.id", "4.2e1"),
+            ("user.name", "Ada"),
+            ("user.vip", "true"),
+            ("user.nick", "null"),
+            ("items.0.sku", "A-1"),
+            ("zero", "0"),
+            ("big", "9007199254740993"),
+        ] {
+            let filter = filter(path, value);
+            assert!(path_equals(&payload, &filter), "{path}={value}");
+            assert!(
+                path_filter_keys(&filter)
+                    .iter()
+                    .any(|key| keys.contains(key)),
+                "{path}={value}"
+            );
+        }
+        for (path, value) in [
+            ("user.id", "43"),
+            ("user.name", "ada"),
+            ("items.1.sku", "A-1"),
+        ] {
+            assert!(
+                !path_filter_keys(&filter(path, value))
+                    .iter()
+                    .any(|key| keys.contains(key))
+            );
+        }
     }
 
     #[test]

@@ -243,6 +243,10 @@ pub struct ServeConfig {
     /// Requests waiting for the store's writer beyond which new ones get 503.
     #[arg(long, env = "PULSESTREAM_WRITE_QUEUE_CAPACITY", default_value_t = defaults::WRITE_QUEUE_CAPACITY)]
     pub write_queue_capacity: usize,
+    /// Keep the embedded store's search index, which serves full text (`q`) and payload
+    /// paths; without it those filters read every event of the tenant.
+    #[arg(long, env = "PULSESTREAM_SEARCH_INDEX", default_value_t = true, action = clap::ArgAction::Set)]
+    pub search_index: bool,
     /// Log format.
     #[arg(long, env = "PULSESTREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -281,6 +285,7 @@ impl ServeConfig {
             request_timeout_secs: defaults::REQUEST_TIMEOUT_SECS,
             header_read_timeout_secs: defaults::HEADER_READ_TIMEOUT_SECS,
             write_queue_capacity: defaults::WRITE_QUEUE_CAPACITY,
+            search_index: true,
             segment_max_message_bytes: defaults::SEGMENT_MAX_MESSAGE_BYTES,
             segment_max_batch_bytes: defaults::SEGMENT_MAX_BATCH_BYTES,
             log_format: LogFormat::Text,

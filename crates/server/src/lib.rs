@@ -295,6 +295,7 @@ async fn open_store(
     }
     let mut store_config = EmbeddedConfig::new(&config.data_dir);
     store_config.queue_capacity = config.write_queue_capacity;
+    store_config.search_index = config.search_index;
     let dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(&store_config))
         .await?

@@ -9,12 +9,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod support;
+
 use pulsestream_core::{
     Destination, DestinationId, DestinationKind, EventFilter, EventId, KeyId, KeyScope, NewEvent,
     OrderingKey, RateLimit, Tenant, TenantChange, TenantChangeError, TenantId, TenantKey,
 };
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
-use pulsestream_store::postgres::{PostgresConfig, PostgresStore};
 use pulsestream_store::{
     AppendBatch, AppendStatus, Circuit, IdempotencyClaim, Order, PayloadFilter, SearchQuery, Store,
     StoreError, TenantChangeFailed,
@@ -73,7 +74,7 @@ conformance!(
 struct Fresh {
     store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
-    schema: Option<(String, tokio_postgres::Client)>,
+    schema: Option<support::PostgresSchema>,
 }
 
 impl Fresh {
@@ -88,39 +89,18 @@ impl Fresh {
     }
 
     async fn postgres() -> Self {
-        let base = std::env::var("PULSESTREAM_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|err| {
-                panic!("PostgreSQL at {base} (PULSESTREAM_TEST_DATABASE_URL) is needed: {err}")
-            });
-        tokio::spawn(connection);
-        let schema = format!("psconf_{}", uuid::Uuid::new_v4().simple());
-        client
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
-            .await
-            .expect("create a schema");
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
-        let store = PostgresStore::connect(&PostgresConfig::new(url))
-            .await
-            .expect("connect");
-        store.migrate().await.expect("migrate");
+        let fresh = support::PostgresSchema::new("psconf").await;
         Self {
-            store: Arc::new(store),
+            store: Arc::new(fresh.store.clone()),
             _dir: tempfile::tempdir().expect("temp dir"),
-            schema: Some((schema, client)),
+            schema: Some(fresh),
         }
     }
 
     async fn finish(self) {
         self.store.close().await.expect("close");
-        if let Some((schema, client)) = self.schema {
-            client
-                .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
-                .await
-                .expect("drop the schema");
+        if let Some(schema) = self.schema {
+            schema.drop_schema().await;
         }
     }
 }

@@ -77,7 +77,7 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
                             event(
                                 &format!("w{writer}-r{round}-{i}"),
                                 "crash.test",
-                                json!({"i": i}),
+                                json!({"i": i, "tag": "kilo"}),
                             )
                         })
                         .collect();
@@ -125,6 +125,15 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
             "{event_id}"
         );
     }
+    // Full text and payload paths find every stored event: the search index resumes from
+    // its last commit and reads the rest from the store (batches are stored whole).
+    assert_eq!(app.count_events(&tenant, "q=kilo").await, stored);
+    assert_eq!(
+        app.count_events(&tenant, "payload.i=7&event_type=crash.test")
+            .await
+            * 50,
+        stored
+    );
     // Save and enqueue are one commit: every stored event has exactly one queue entry, and
     // nothing else is queued (pending, delivered and dead-lettered together).
     assert_eq!(
@@ -139,7 +148,7 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
             event(
                 id,
                 "crash.test",
-                json!({"i": id.rsplit('-').next().unwrap().parse::<u32>().unwrap()}),
+                json!({"i": id.rsplit('-').next().unwrap().parse::<u32>().unwrap(), "tag": "kilo"}),
             )
         })
         .collect();

@@ -383,6 +383,11 @@ impl EmbeddedStore {
             expired += self.expire_tombstones(&mut batch, low..high, left)?;
         }
         batch.commit().map_err(StoreError::unavailable)?;
+        if expired > 0
+            && let Some(index) = &self.index
+        {
+            index.expire(number, EventId::from_parts(micros_of(before), 0));
+        }
         Ok(expired)
     }
 }

@@ -36,7 +36,7 @@ impl EmbeddedStore {
         };
         let destinations = self.queue.destination_ids(tenant);
         let mut batch = self.db.batch();
-        let mut erased = 0u64;
+        let mut erased = Vec::new();
         for &id in ids {
             let key = keys::event_key(number, id);
             let Some(value) = ks.events.get(key).map_err(StoreError::unavailable)? else {
@@ -55,15 +55,21 @@ impl EmbeddedStore {
                     super::delivery::dead_letter_key(*destination, id),
                 );
             }
-            erased += 1;
+            erased.push(id);
         }
-        if erased > 0 {
-            batch
-                .durability(Some(fjall::PersistMode::SyncData))
-                .commit()
-                .map_err(StoreError::unavailable)?;
+        if erased.is_empty() {
+            return Ok(0);
         }
-        Ok(erased)
+        batch
+            .durability(Some(fjall::PersistMode::SyncData))
+            .commit()
+            .map_err(StoreError::unavailable)?;
+        let count = erased.len() as u64;
+        // Out of the search index before the erasure answers.
+        if let Some(index) = &self.index {
+            index.erase(number, erased)?;
+        }
+        Ok(count)
     }
 
     /// Drops the tombstones of erased events whose ids are in `range` (by time), with the

@@ -16,6 +16,7 @@ mod delivery;
 mod erase;
 mod fuzz;
 mod identity;
+mod index;
 mod keys;
 mod numbers;
 mod read;
@@ -57,6 +58,8 @@ pub struct EmbeddedConfig {
     /// Keys the in-memory dedup filter is first sized for (10 bits each; it doubles when
     /// full, and starts at twice the stored keys if that is more).
     pub dedup_filter_keys: u64,
+    /// Keep the search index (full text and payload paths); without it those filters scan.
+    pub search_index: bool,
 }
 
 impl EmbeddedConfig {
@@ -68,6 +71,7 @@ impl EmbeddedConfig {
             cache_bytes: 256 * 1024 * 1024,
             index_memtable_bytes: 16 * 1024 * 1024,
             dedup_filter_keys: 16 * 1024 * 1024,
+            search_index: true,
         }
     }
 }
@@ -155,6 +159,8 @@ pub struct EmbeddedStore {
     db: Database,
     keyspaces: Keyspaces,
     writer: writer::WriterHandle,
+    /// Full text and payload paths (`None` when turned off).
+    index: Option<index::SearchIndex>,
     tenants: Arc<RwLock<TenantCache>>,
     /// Serialises tenant writes (read the stored tenant, change, persist, publish), so that
     /// two changes never rewrite the same old copy. One process owns the data dir.
@@ -268,10 +274,19 @@ impl EmbeddedStore {
             config.dedup_filter_keys,
             identity.clone(),
         );
+        let index = if config.search_index {
+            Some(index::SearchIndex::open(
+                &index::dir_of(&config.dir),
+                keyspaces.clone(),
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             db,
             keyspaces,
             writer,
+            index,
             tenants,
             tenant_writes: Arc::default(),
             counts_writes: Arc::default(),
@@ -382,8 +397,10 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn search(&self, tenant: TenantId, query: SearchQuery) -> Result<SearchPage, StoreError> {
-        self.blocking(move |store| read::search(&store.keyspaces, tenant, &query))
-            .await
+        self.blocking(move |store| {
+            read::search(&store.keyspaces, store.index.as_ref(), tenant, &query)
+        })
+        .await
     }
 
     async fn idempotency_record(
@@ -453,8 +470,12 @@ impl EventStore for EmbeddedStore {
     async fn close(&self) -> Result<(), StoreError> {
         let writer = self.writer.clone();
         let db = self.db.clone();
+        let index = self.index.clone();
         tokio::task::spawn_blocking(move || {
             writer.stop();
+            if let Some(index) = index {
+                index.stop();
+            }
             db.persist(PersistMode::SyncAll)
                 .map_err(StoreError::unavailable)
         })

@@ -60,6 +60,17 @@ impl TenantNumbers {
             .copied()
     }
 
+    /// Every number assigned so far.
+    pub fn all(&self) -> Vec<TenantNo> {
+        self.inner
+            .read()
+            .expect("tenant number lock is never poisoned")
+            .by_tenant
+            .values()
+            .copied()
+            .collect()
+    }
+
     /// The tenant's number, assigned now if it has none. The assignment is written to the
     /// journal (not yet synced: the commit that uses it syncs it).
     pub fn get_or_assign(&self, tenant: TenantId) -> Result<TenantNo, StoreError> {

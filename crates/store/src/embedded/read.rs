@@ -3,14 +3,16 @@
 //! A search walks one index in id order, which is time order — the dedup index for
 //! `event_id`, the type index for `event_type` (merging one range per requested type),
 //! otherwise the events themselves — within the time bounds and after the cursor, loads
-//! each candidate and keeps those that pass `event_matches`. Everything committed is
-//! visible: there is no separate indexing step to wait for.
+//! each candidate and keeps those that pass `event_matches`. Full text and payload paths
+//! are narrowed by the search index instead ([`indexed`]), merged with the events committed
+//! since the index's last commit, so everything committed is visible either way.
 
 use std::ops::Bound;
 
 use pulsestream_core::{EventId, TenantId};
 
 use super::Keyspaces;
+use super::index::SearchIndex;
 use super::keys::{self, TenantNo};
 use crate::search::over_bytes;
 use crate::{Cursor, Order, SearchPage, SearchQuery, StoreError, StoredEvent, event_matches};
@@ -49,6 +51,7 @@ fn stored(
 
 pub(crate) fn search(
     ks: &Keyspaces,
+    index: Option<&SearchIndex>,
     tenant: TenantId,
     query: &SearchQuery,
 ) -> Result<SearchPage, StoreError> {
@@ -56,7 +59,28 @@ pub(crate) fn search(
     let Some(tenant) = ks.numbers.get(tenant) else {
         return Ok(SearchPage::new(Vec::new(), false));
     };
-    let candidates: Candidates = if let Some(event_id) = &query.event_id {
+    if query.event_id.is_none()
+        && let Some(index) = index
+        && let Some(narrowing) = index.narrowing(tenant, query)
+    {
+        return indexed(ks, index, narrowing.as_ref(), tenant, query);
+    }
+    let mut page = Page::new(query);
+    for candidate in candidates(ks, tenant, query)? {
+        if !page.consider(ks, tenant, candidate?, Missing::Corrupt)? {
+            break;
+        }
+    }
+    Ok(page.finish())
+}
+
+/// The events of the tenant in the query's order, narrowed by the best key order.
+fn candidates(
+    ks: &Keyspaces,
+    tenant: TenantNo,
+    query: &SearchQuery,
+) -> Result<Candidates, StoreError> {
+    Ok(if let Some(event_id) = &query.event_id {
         Box::new(by_event_id(ks, tenant, event_id)?.into_iter().map(Ok))
     } else if !query.event_types.is_empty() {
         let mut types: Vec<&String> = query.event_types.iter().collect();
@@ -73,32 +97,204 @@ pub(crate) fn search(
         Box::new(Merge::new(ranges, query.order))
     } else {
         id_range(&ks.events, &tenant.bytes(), query, None)
-    };
+    })
+}
 
-    let mut events = Vec::with_capacity(query.limit.min(1_000));
-    let mut more = false;
-    let mut bytes = 0usize;
-    for candidate in candidates {
-        let id = candidate?;
-        if !within(query, id) {
-            continue;
+/// What a candidate whose event is not stored means.
+#[derive(Clone, Copy)]
+enum Missing {
+    /// A key order of the same store points to it: the store is damaged.
+    Corrupt,
+    /// The search index or the tail names it: deleted since (retention, erasure).
+    Gone,
+}
+
+/// A page being filled, candidate by candidate, in the query's order.
+struct Page<'q> {
+    query: &'q SearchQuery,
+    events: Vec<StoredEvent>,
+    bytes: usize,
+    more: bool,
+}
+
+impl<'q> Page<'q> {
+    fn new(query: &'q SearchQuery) -> Self {
+        Self {
+            query,
+            events: Vec::with_capacity(query.limit.min(1_000)),
+            bytes: 0,
+            more: false,
+        }
+    }
+
+    /// Looks at one candidate; false once the page is done (full, and another event
+    /// matches).
+    fn consider(
+        &mut self,
+        ks: &Keyspaces,
+        tenant: TenantNo,
+        id: EventId,
+        missing: Missing,
+    ) -> Result<bool, StoreError> {
+        if !within(self.query, id) {
+            return Ok(true);
         }
         let Some(stored) = stored(ks, tenant, id)? else {
-            return Err(StoreError::Corrupt(format!(
-                "index entry points to missing event {id}"
-            )));
+            return match missing {
+                Missing::Corrupt => Err(StoreError::Corrupt(format!(
+                    "index entry points to missing event {id}"
+                ))),
+                Missing::Gone => Ok(true),
+            };
         };
-        if !event_matches(&stored.json, query) {
-            continue;
+        if !event_matches(&stored.json, self.query) {
+            return Ok(true);
         }
-        if events.len() == query.limit || over_bytes(query, bytes, stored.json.len(), &events) {
-            more = true;
-            break;
+        if self.events.len() == self.query.limit
+            || over_bytes(self.query, self.bytes, stored.json.len(), &self.events)
+        {
+            self.more = true;
+            return Ok(false);
         }
-        bytes += stored.json.len();
-        events.push(stored);
+        self.bytes += stored.json.len();
+        self.events.push(stored);
+        Ok(true)
     }
-    Ok(SearchPage::new(events, more))
+
+    fn finish(self) -> SearchPage {
+        SearchPage::new(self.events, self.more)
+    }
+}
+
+/// Unindexed events beyond which a search scans instead of merging them (an index being
+/// rebuilt, say).
+const UNINDEXED_MAX: usize = 200_000;
+
+/// A search narrowed by the search index (full text, payload paths).
+///
+/// When no exact part of the query is rare enough, the events are first scanned in order a
+/// little (a filter most events pass fills its page sooner that way than by collecting every
+/// match from the index); then the index's candidates past that point, merged with the
+/// events committed after the index's position, are read in order.
+fn indexed(
+    ks: &Keyspaces,
+    index: &SearchIndex,
+    narrowing: &dyn tantivy::query::Query,
+    tenant: TenantNo,
+    query: &SearchQuery,
+) -> Result<SearchPage, StoreError> {
+    let view = index.view();
+    let mut page = Page::new(query);
+    let mut from = query.cursor.map(|Cursor(id)| id);
+    let rare = (10 * query.limit as u64).max(1_000);
+    if index
+        .candidates_at_most(&view, query)
+        .is_none_or(|most| most > rare)
+    {
+        let budget = 2_000 + 4 * query.limit;
+        let mut scanned = 0usize;
+        for candidate in candidates(ks, tenant, query)? {
+            let id = candidate?;
+            if !page.consider(ks, tenant, id, Missing::Corrupt)? {
+                return Ok(page.finish());
+            }
+            from = Some(id);
+            scanned += 1;
+            if scanned == budget {
+                break;
+            }
+        }
+        if scanned < budget {
+            return Ok(page.finish());
+        }
+    }
+    let past = |id: EventId, from: Option<EventId>| {
+        from.is_none_or(|from| match query.order {
+            Order::Desc => id < from,
+            Order::Asc => id > from,
+        })
+    };
+    let Some(mut unindexed) = unindexed(ks, tenant, view.indexed_until(tenant))? else {
+        // Too far behind to merge: scan the rest.
+        let mut rest = query.clone();
+        rest.cursor = from.map(Cursor);
+        for candidate in candidates(ks, tenant, &rest)? {
+            if !page.consider(ks, tenant, candidate?, Missing::Corrupt)? {
+                break;
+            }
+        }
+        return Ok(page.finish());
+    };
+    unindexed.retain(|id| past(*id, from) && within(query, *id));
+    sort_in_order(&mut unindexed, query.order);
+    let mut unindexed = unindexed.into_iter().peekable();
+    let low = EventId::from_parts(query.since.map_or(i64::MIN, crate::record::micros_of), 0);
+    let high = query
+        .until
+        .map(|until| EventId::from_parts(crate::record::micros_ceil(until), 0));
+    let keep = 2 * (query.limit + 1).max(64);
+    loop {
+        let found = view
+            .searcher
+            .search(narrowing, &index.ids(query.order, from, low, high, keep))
+            .map_err(super::index::index_error)?;
+        let complete = found.matched <= found.ids.len() as u64;
+        let boundary = found.ids.last().copied();
+        let mut round = found.ids;
+        // The unindexed events up to where the index's candidates of this round reach.
+        while let Some(id) = unindexed.peek() {
+            if !complete && boundary.is_some_and(|boundary| past(*id, Some(boundary))) {
+                break;
+            }
+            round.push(*id);
+            unindexed.next();
+        }
+        sort_in_order(&mut round, query.order);
+        for id in round {
+            if !page.consider(ks, tenant, id, Missing::Gone)? {
+                return Ok(page.finish());
+            }
+        }
+        if complete {
+            return Ok(page.finish());
+        }
+        from = boundary;
+    }
+}
+
+fn sort_in_order(ids: &mut Vec<EventId>, order: Order) {
+    ids.sort_unstable();
+    ids.dedup();
+    if order == Order::Desc {
+        ids.reverse();
+    }
+}
+
+/// The tenant's events committed after the tail position `after`, or `None` when there are
+/// more than [`UNINDEXED_MAX`].
+fn unindexed(
+    ks: &Keyspaces,
+    tenant: TenantNo,
+    after: i64,
+) -> Result<Option<Vec<EventId>>, StoreError> {
+    let mut ids = Vec::new();
+    if after == i64::MAX {
+        return Ok(Some(ids));
+    }
+    let low = keys::tail_key(tenant, after + 1);
+    let high = keys::tail_key(tenant, i64::MAX);
+    for entry in ks.tail.range(low..=high) {
+        let value = entry.value().map_err(StoreError::unavailable)?;
+        for (id, duplicate) in keys::decode_tail_value(&value)? {
+            if !duplicate {
+                ids.push(id);
+            }
+        }
+        if ids.len() > UNINDEXED_MAX {
+            return Ok(None);
+        }
+    }
+    Ok(Some(ids))
 }
 
 fn by_event_id(

@@ -1,0 +1,714 @@
+//! The embedded store's search index: tantivy, beside fjall, for the two filters no key
+//! order serves — full text (`q`) and payload paths (`payload.<path>=value`).
+//!
+//! Each stored event is one document: its tenant, its key (tenant and id, to delete it), its id (as two
+//! fast columns, to order candidates), its type, the words of its payload
+//! ([`text_index_words`]) and a hash per payload scalar ([`payload_index_keys`]). The index
+//! holds *candidates*: every search still reads the stored JSON and keeps what
+//! `event_matches` accepts, so a hash collision, a cut word or a stale document can only cost
+//! time, never a wrong answer.
+//!
+//! One thread keeps it: it follows each tenant's commit-ordered `tail` (written in the same
+//! commit as the events), adds the events it finds there, and commits about every
+//! [`REFRESH`], with the tail position it reached per tenant as the commit's payload —
+//! tantivy commits are atomic, so after a crash the thread resumes exactly where the index
+//! stopped, and nothing acknowledged is left out. Searches take the index's searcher
+//! together with those positions and read the events committed after them from the tail
+//! directly, so every filter stays read-your-writes.
+//!
+//! Erased events are deleted from the index before the erasure answers (and again at every
+//! start, from the tombstones); expired ones when retention removes them. A missing or
+//! unreadable index is rebuilt from the tail.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use pulsestream_core::EventId;
+use pulsestream_core::filter::{
+    WordPart, path_filter_keys, payload_index_keys, text_index_words, text_query_parts,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::columnar::Column;
+use tantivy::query::{BooleanQuery, Query, RangeQuery, TermQuery};
+use tantivy::schema::{
+    Field, INDEXED, IndexRecordOption, NumericOptions, STRING, Schema, SchemaBuilder,
+};
+use tantivy::{
+    DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader, Term, doc,
+};
+
+use super::Keyspaces;
+use super::keys::{self, TenantNo};
+use crate::{Order, SearchQuery, StoreError};
+
+/// How often the index commits what it added: the age of the events a search reads from the
+/// tail instead of the index.
+pub(crate) const REFRESH: Duration = Duration::from_millis(500);
+
+/// Events added between two looks at the command channel.
+const BATCH: usize = 10_000;
+
+/// How long a graceful stop goes on indexing what the store holds.
+const STOP_CATCH_UP: Duration = Duration::from_secs(5);
+
+/// The index's version: a payload of another version is rebuilt.
+const FORMAT: u32 = 1;
+
+/// Memory of tantivy's indexing buffer.
+const WRITER_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Clone, Copy)]
+struct Fields {
+    tenant: Field,
+    id: Field,
+    id_hi: Field,
+    id_lo: Field,
+    event_type: Field,
+    words: Field,
+    paths: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = SchemaBuilder::new();
+    let fast = NumericOptions::default().set_fast();
+    let fields = Fields {
+        tenant: builder.add_u64_field("tenant", INDEXED),
+        id: builder.add_bytes_field("id", INDEXED),
+        id_hi: builder.add_u64_field("id_hi", fast.clone()),
+        id_lo: builder.add_u64_field("id_lo", fast),
+        event_type: builder.add_text_field("event_type", STRING),
+        words: builder.add_text_field("words", STRING),
+        paths: builder.add_u64_field("paths", INDEXED),
+    };
+    (builder.build(), fields)
+}
+
+/// What a commit of the index records: per tenant, the last `tail` commit it holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Progress {
+    format: u32,
+    tenants: HashMap<u32, i64>,
+}
+
+/// What searches see: the index as of one commit, and the tail positions it holds.
+#[derive(Clone)]
+pub(crate) struct View {
+    pub searcher: Searcher,
+    pub indexed: Arc<HashMap<u32, i64>>,
+}
+
+impl View {
+    /// The last tail commit of the tenant's that the index holds.
+    pub fn indexed_until(&self, tenant: TenantNo) -> i64 {
+        self.indexed.get(&tenant.0).copied().unwrap_or(i64::MIN)
+    }
+}
+
+enum Command {
+    /// Delete these events now and commit before answering.
+    Erase(TenantNo, Vec<EventId>, mpsc::Sender<()>),
+    /// Delete the tenant's events with ids below this one.
+    ExpireBefore(TenantNo, EventId),
+    /// Commit and end the thread.
+    Stop,
+}
+
+/// The search index and the thread that keeps it.
+#[derive(Clone)]
+pub(crate) struct SearchIndex {
+    fields: Fields,
+    view: Arc<RwLock<View>>,
+    commands: mpsc::Sender<Command>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for SearchIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SearchIndex").finish_non_exhaustive()
+    }
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir` (rebuilding it when it is missing, unreadable or of another
+    /// version) and starts the thread that keeps it up with the store.
+    pub fn open(dir: &Path, ks: Keyspaces) -> Result<Self, StoreError> {
+        let (index, progress) = match open_existing(dir) {
+            Ok(Some(opened)) => opened,
+            Ok(None) => (create(dir)?, Progress::default()),
+            Err(err) => {
+                tracing::warn!(error = %err, dir = %dir.display(), "search index unreadable: rebuilding it from the store");
+                (create(dir)?, Progress::default())
+            }
+        };
+        let (_, fields) = schema();
+        let writer: IndexWriter = index
+            .writer_with_num_threads(1, WRITER_BYTES)
+            .map_err(index_error)?;
+        let mut policy = tantivy::merge_policy::LogMergePolicy::default();
+        policy.set_del_docs_ratio_before_merge(0.2);
+        writer.set_merge_policy(Box::new(policy));
+        let reader: IndexReader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(index_error)?;
+        let indexed = Arc::new(progress.tenants);
+        let view = Arc::new(RwLock::new(View {
+            searcher: reader.searcher(),
+            indexed: indexed.clone(),
+        }));
+        // Erasures that a crash kept from reaching the index: delete them again.
+        let mut tombstones = 0u64;
+        for entry in ks.erased.iter() {
+            let key = entry.key().map_err(StoreError::unavailable)?;
+            writer.delete_term(Term::from_field_bytes(fields.id, &key));
+            tombstones += 1;
+        }
+        let (commands, inbox) = mpsc::channel();
+        let mut keeper = Keeper {
+            ks,
+            fields,
+            writer,
+            reader,
+            view: view.clone(),
+            indexed: (*indexed).clone(),
+            dirty: tombstones > 0,
+            last_commit: Instant::now(),
+            waiting: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("search-index".into())
+            .spawn(move || keeper.run(&inbox))
+            .map_err(StoreError::unavailable)?;
+        Ok(Self {
+            fields,
+            view,
+            commands,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// The index as searches see it now.
+    pub fn view(&self) -> View {
+        self.view
+            .read()
+            .expect("index view lock is never poisoned")
+            .clone()
+    }
+
+    /// Deletes erased events from the index and waits until that is committed.
+    pub fn erase(&self, tenant: TenantNo, ids: Vec<EventId>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = mpsc::channel();
+        self.commands
+            .send(Command::Erase(tenant, ids, done))
+            .map_err(|_| index_error("stopped"))?;
+        wait.recv().map_err(|_| index_error("stopped"))
+    }
+
+    /// Deletes the tenant's events with ids below `before` at the next commit.
+    pub fn expire(&self, tenant: TenantNo, before: EventId) {
+        // A stopped index has nothing to delete from.
+        let _ = self.commands.send(Command::ExpireBefore(tenant, before));
+    }
+
+    /// Commits what the thread holds and stops it.
+    pub fn stop(&self) {
+        let thread = self
+            .thread
+            .lock()
+            .expect("index thread lock is never poisoned")
+            .take();
+        if let Some(thread) = thread {
+            let _ = self.commands.send(Command::Stop);
+            let _ = thread.join();
+        }
+    }
+
+    /// The query that narrows a search to its candidates, or `None` when neither full text
+    /// nor a payload path can narrow it.
+    pub fn narrowing(&self, tenant: TenantNo, query: &SearchQuery) -> Option<Box<dyn Query>> {
+        let f = self.fields;
+        let term = |term: Term| -> Box<dyn Query> {
+            Box::new(TermQuery::new(term, IndexRecordOption::Basic))
+        };
+        let mut narrowing: Vec<Box<dyn Query>> = Vec::new();
+        for filter in &query.payload {
+            let any: Vec<Box<dyn Query>> = path_filter_keys(filter)
+                .into_iter()
+                .map(|key| term(Term::from_field_u64(f.paths, key)))
+                .collect();
+            narrowing.push(Box::new(BooleanQuery::union(any)));
+        }
+        for word in query.text.iter().flat_map(|text| text.split_whitespace()) {
+            for part in text_query_parts(word) {
+                narrowing.push(match part {
+                    WordPart::Exact(word) => term(Term::from_field_text(f.words, &word)),
+                    WordPart::Prefix(prefix) => {
+                        let mut high = prefix.clone();
+                        // Words are alphanumeric: none holds the last code point.
+                        high.push(char::MAX);
+                        Box::new(RangeQuery::new(
+                            std::ops::Bound::Included(Term::from_field_text(f.words, &prefix)),
+                            std::ops::Bound::Excluded(Term::from_field_text(f.words, &high)),
+                        ))
+                    }
+                });
+            }
+        }
+        if narrowing.is_empty() {
+            return None;
+        }
+        narrowing.push(term(Term::from_field_u64(f.tenant, u64::from(tenant.0))));
+        if !query.event_types.is_empty() {
+            let any = query
+                .event_types
+                .iter()
+                .map(|event_type| term(Term::from_field_text(f.event_type, event_type)))
+                .collect();
+            narrowing.push(Box::new(BooleanQuery::union(any)));
+        }
+        Some(Box::new(BooleanQuery::intersection(narrowing)))
+    }
+
+    /// The fewest events an exact word or a payload filter of `narrowing`'s query is in: an
+    /// upper bound of the candidates (None when no part is counted exactly).
+    pub fn candidates_at_most(&self, view: &View, query: &SearchQuery) -> Option<u64> {
+        let f = self.fields;
+        let freq = |term: Term| view.searcher.doc_freq(&term).unwrap_or(u64::MAX);
+        let payload = query.payload.iter().map(|filter| {
+            path_filter_keys(filter)
+                .into_iter()
+                .map(|key| freq(Term::from_field_u64(f.paths, key)))
+                .fold(0u64, u64::saturating_add)
+        });
+        let words = query
+            .text
+            .iter()
+            .flat_map(|text| text.split_whitespace())
+            .flat_map(text_query_parts)
+            .filter_map(|part| match part {
+                WordPart::Exact(word) => Some(freq(Term::from_field_text(f.words, &word))),
+                WordPart::Prefix(_) => None,
+            });
+        payload.chain(words).min()
+    }
+}
+
+/// Collects the ids of matching documents in the query's order past a bound, keeping the
+/// first `keep`; `matched` counts them all.
+pub(crate) struct Ids {
+    pub fields: (Field, Field),
+    pub order: Order,
+    /// Ids strictly past this (in the query's order) are kept.
+    pub after: Option<u128>,
+    /// Ids inside [low, high) are kept.
+    pub low: u128,
+    pub high: u128,
+    pub keep: usize,
+}
+
+pub(crate) struct Found {
+    /// In the query's order.
+    pub ids: Vec<EventId>,
+    /// Every match past the bound, kept or not.
+    pub matched: u64,
+}
+
+pub(crate) struct IdsInSegment {
+    hi: Column<u64>,
+    lo: Column<u64>,
+    order: Order,
+    after: Option<u128>,
+    low: u128,
+    high: u128,
+    keep: usize,
+    /// The kept ids, a heap whose top is the worst kept.
+    heap: std::collections::BinaryHeap<u128>,
+    matched: u64,
+}
+
+impl IdsInSegment {
+    fn key(&self, id: u128) -> u128 {
+        // The heap keeps the largest at its top: for newest-first, keep the largest ids by
+        // storing their complement.
+        match self.order {
+            Order::Asc => id,
+            Order::Desc => u128::MAX - id,
+        }
+    }
+}
+
+impl SegmentCollector for IdsInSegment {
+    type Fruit = (Vec<u128>, u64);
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        let (Some(hi), Some(lo)) = (self.hi.first(doc), self.lo.first(doc)) else {
+            return;
+        };
+        let id = (u128::from(hi) << 64) | u128::from(lo);
+        if id < self.low || id >= self.high {
+            return;
+        }
+        if let Some(after) = self.after {
+            let past = match self.order {
+                Order::Desc => id < after,
+                Order::Asc => id > after,
+            };
+            if !past {
+                return;
+            }
+        }
+        self.matched += 1;
+        let key = self.key(id);
+        if self.heap.len() < self.keep {
+            self.heap.push(key);
+        } else if self.heap.peek().is_some_and(|worst| key < *worst) {
+            self.heap.pop();
+            self.heap.push(key);
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        let order = self.order;
+        let ids = self
+            .heap
+            .into_iter()
+            .map(|key| match order {
+                Order::Asc => key,
+                Order::Desc => u128::MAX - key,
+            })
+            .collect();
+        (ids, self.matched)
+    }
+}
+
+impl Collector for Ids {
+    type Fruit = Found;
+    type Child = IdsInSegment;
+
+    fn for_segment(&self, _: u32, segment: &SegmentReader) -> tantivy::Result<IdsInSegment> {
+        let fast = segment.fast_fields();
+        let name = |field: Field| segment.schema().get_field_name(field).to_owned();
+        Ok(IdsInSegment {
+            hi: fast.u64(&name(self.fields.0))?,
+            lo: fast.u64(&name(self.fields.1))?,
+            order: self.order,
+            after: self.after,
+            low: self.low,
+            high: self.high,
+            keep: self.keep,
+            heap: std::collections::BinaryHeap::with_capacity(self.keep + 1),
+            matched: 0,
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<(Vec<u128>, u64)>) -> tantivy::Result<Found> {
+        let matched = fruits.iter().map(|(_, matched)| matched).sum();
+        let mut ids: Vec<u128> = fruits.into_iter().flat_map(|(ids, _)| ids).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if self.order == Order::Desc {
+            ids.reverse();
+        }
+        ids.truncate(self.keep);
+        Ok(Found {
+            ids: ids
+                .into_iter()
+                .map(|id| EventId(uuid::Uuid::from_u128(id)))
+                .collect(),
+            matched,
+        })
+    }
+}
+
+impl SearchIndex {
+    /// The collector of a search's candidate ids.
+    pub fn ids(
+        &self,
+        order: Order,
+        after: Option<EventId>,
+        low: EventId,
+        high: Option<EventId>,
+        keep: usize,
+    ) -> Ids {
+        Ids {
+            fields: (self.fields.id_hi, self.fields.id_lo),
+            order,
+            after: after.map(|id| id.0.as_u128()),
+            low: low.0.as_u128(),
+            high: high.map_or(u128::MAX, |id| id.0.as_u128()),
+            keep,
+        }
+    }
+}
+
+/// The thread's state.
+struct Keeper {
+    ks: Keyspaces,
+    fields: Fields,
+    writer: IndexWriter,
+    reader: IndexReader,
+    view: Arc<RwLock<View>>,
+    indexed: HashMap<u32, i64>,
+    dirty: bool,
+    last_commit: Instant,
+    /// Erasures waiting for the next commit.
+    waiting: Vec<mpsc::Sender<()>>,
+}
+
+/// The fields of a stored event that the index reads.
+#[derive(Deserialize)]
+struct Indexed<'a> {
+    #[serde(borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+impl Keeper {
+    fn run(&mut self, inbox: &mpsc::Receiver<Command>) {
+        loop {
+            // Commands first: an erasure waits for them.
+            loop {
+                match inbox.try_recv() {
+                    Ok(Command::Stop) => {
+                        self.finish();
+                        return;
+                    }
+                    Ok(command) => self.apply(command),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.finish();
+                        return;
+                    }
+                }
+            }
+            let added = match self.add_new() {
+                Ok(added) => added,
+                Err(err) => {
+                    tracing::error!(error = %err, "search index: reading the store failed");
+                    0
+                }
+            };
+            if self.dirty && (!self.waiting.is_empty() || self.last_commit.elapsed() >= REFRESH) {
+                self.commit_logged();
+            }
+            if added < BATCH && self.waiting.is_empty() {
+                match inbox.recv_timeout(REFRESH / 5) {
+                    Ok(Command::Stop) => {
+                        self.finish();
+                        return;
+                    }
+                    Ok(command) => self.apply(command),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.finish();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// At a graceful stop: indexes what the store committed (for up to [`STOP_CATCH_UP`];
+    /// the next start does the rest) and commits.
+    fn finish(&mut self) {
+        let started = Instant::now();
+        while started.elapsed() < STOP_CATCH_UP {
+            match self.add_new() {
+                Ok(added) if added >= BATCH => {}
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::error!(error = %err, "search index: reading the store failed");
+                    break;
+                }
+            }
+        }
+        self.commit_logged();
+    }
+
+    fn apply(&mut self, command: Command) {
+        let f = self.fields;
+        match command {
+            Command::Erase(tenant, ids, done) => {
+                for id in ids {
+                    self.writer
+                        .delete_term(Term::from_field_bytes(f.id, &keys::event_key(tenant, id)));
+                }
+                self.dirty = true;
+                self.waiting.push(done);
+            }
+            Command::Stop => {}
+            Command::ExpireBefore(tenant, before) => {
+                let (hi, _) = split(before);
+                let query = BooleanQuery::intersection(vec![
+                    Box::new(TermQuery::new(
+                        Term::from_field_u64(f.tenant, u64::from(tenant.0)),
+                        IndexRecordOption::Basic,
+                    )),
+                    Box::new(RangeQuery::new(
+                        std::ops::Bound::Unbounded,
+                        std::ops::Bound::Excluded(Term::from_field_u64(f.id_hi, hi)),
+                    )),
+                ]);
+                match self.writer.delete_query(Box::new(query)) {
+                    Ok(_) => self.dirty = true,
+                    Err(err) => tracing::error!(error = %err, "search index: expiring failed"),
+                }
+            }
+        }
+    }
+
+    /// Adds the events committed since the index's positions, up to about [`BATCH`].
+    fn add_new(&mut self) -> Result<usize, StoreError> {
+        let mut added = 0usize;
+        for tenant in self.ks.numbers.all() {
+            let from = self.indexed.get(&tenant.0).copied().unwrap_or(i64::MIN);
+            if from == i64::MAX {
+                continue;
+            }
+            let low = keys::tail_key(tenant, from.saturating_add(1));
+            let high = keys::tail_key(tenant, i64::MAX);
+            for entry in self.ks.tail.range(low..=high) {
+                let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
+                let commit = keys::decode_tail_key(&key)?;
+                for (id, duplicate) in keys::decode_tail_value(&value)? {
+                    if !duplicate {
+                        added += usize::from(self.add(tenant, id)?);
+                    }
+                }
+                self.indexed.insert(tenant.0, commit);
+                self.dirty = true;
+                if added >= BATCH {
+                    return Ok(added);
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Adds one stored event; false when it is gone (expired or erased since).
+    fn add(&mut self, tenant: TenantNo, id: EventId) -> Result<bool, StoreError> {
+        let Some(value) = self
+            .ks
+            .events
+            .get(keys::event_key(tenant, id))
+            .map_err(StoreError::unavailable)?
+        else {
+            return Ok(false);
+        };
+        let (json, _) = keys::decode_event_value(&value)?;
+        let event: Indexed<'_> = serde_json::from_slice(json)
+            .map_err(|err| StoreError::Corrupt(format!("stored event {id}: {err}")))?;
+        let payload: Value = serde_json::from_str(event.payload.get())
+            .map_err(|err| StoreError::Corrupt(format!("stored event {id}: {err}")))?;
+        let f = self.fields;
+        let (hi, lo) = split(id);
+        let mut document = doc!(
+            f.tenant => u64::from(tenant.0),
+            f.id => keys::event_key(tenant, id).to_vec(),
+            f.id_hi => hi,
+            f.id_lo => lo,
+            f.event_type => event.event_type.as_ref(),
+        );
+        for word in text_index_words(&payload) {
+            document.add_text(f.words, word);
+        }
+        for key in payload_index_keys(&payload) {
+            document.add_u64(f.paths, key);
+        }
+        self.writer.add_document(document).map_err(index_error)?;
+        Ok(true)
+    }
+
+    fn commit_logged(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        if let Err(err) = self.commit() {
+            // Kept dirty: the next round tries again (a full disk, say).
+            tracing::error!(error = %err, "search index: commit failed");
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        let progress = Progress {
+            format: FORMAT,
+            tenants: self.indexed.clone(),
+        };
+        let payload = serde_json::to_string(&progress).map_err(StoreError::unavailable)?;
+        let mut prepared = self.writer.prepare_commit().map_err(index_error)?;
+        prepared.set_payload(&payload);
+        prepared.commit().map_err(index_error)?;
+        self.reader.reload().map_err(index_error)?;
+        *self
+            .view
+            .write()
+            .expect("index view lock is never poisoned") = View {
+            searcher: self.reader.searcher(),
+            indexed: Arc::new(self.indexed.clone()),
+        };
+        self.dirty = false;
+        self.last_commit = Instant::now();
+        for done in self.waiting.drain(..) {
+            let _ = done.send(());
+        }
+        Ok(())
+    }
+}
+
+fn split(id: EventId) -> (u64, u64) {
+    let id = id.0.as_u128();
+    ((id >> 64) as u64, id as u64)
+}
+
+pub(crate) fn index_error(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("search index: {err}").into())
+}
+
+/// Opens the index in `dir` with its progress: `None` when there is none yet.
+fn open_existing(dir: &Path) -> Result<Option<(Index, Progress)>, StoreError> {
+    if !dir.join("meta.json").exists() {
+        return Ok(None);
+    }
+    let index = Index::open_in_dir(dir).map_err(index_error)?;
+    if index.schema() != schema().0 {
+        return Err(index_error("another schema"));
+    }
+    let metas = index.load_metas().map_err(index_error)?;
+    let progress = match metas.payload.as_deref() {
+        Some(payload) => serde_json::from_str::<Progress>(payload).map_err(index_error)?,
+        None => Progress::default(),
+    };
+    if progress.format != FORMAT && metas.payload.is_some() {
+        return Err(index_error(format!("format {}", progress.format)));
+    }
+    Ok(Some((index, progress)))
+}
+
+/// Creates an empty index in `dir`, replacing whatever is there.
+fn create(dir: &Path) -> Result<Index, StoreError> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(StoreError::unavailable)?;
+    }
+    std::fs::create_dir_all(dir).map_err(StoreError::unavailable)?;
+    Index::create_in_dir(dir, schema().0).map_err(index_error)
+}
+
+/// Where the index of a data dir lives.
+pub(crate) fn dir_of(data_dir: &Path) -> PathBuf {
+    data_dir.join("search-index")
+}

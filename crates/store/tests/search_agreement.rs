@@ -1,0 +1,361 @@
+//! Indexed search and the filter rule agree: random events, random filters, every page.
+//!
+//! Each store narrows `q` and `payload.<path>` with its own index (the embedded store's
+//! search index, PostgreSQL's conditions); `event_matches` is what a filter means. Here a
+//! few hundred random events go into a store, and every random query, paged through with a
+//! small limit in both orders, must return exactly the events that `event_matches` accepts,
+//! in order, each once. On the embedded store it runs three times: right after the appends
+//! (the events not yet in the index are read from the tail), after a reopen (everything
+//! committed to the index), and with the index turned off (the plain scan).
+
+use std::sync::Arc;
+
+use pulsestream_core::{NewEvent, TenantId};
+use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
+use pulsestream_store::{
+    AppendBatch, Cursor, Order, PayloadFilter, SearchQuery, Store, event_matches,
+};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+mod support;
+
+/// A small deterministic generator (xorshift64*), seeded per run and printed on failure.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+}
+
+const WORDS: &[&str] = &[
+    "Ada",
+    "Lovelace",
+    "ada@example.com",
+    "SKU-12",
+    "sku-1",
+    "Ünïcode",
+    "straße",
+    "GIFT",
+    "gift-wrap",
+    "a-a",
+    "x.y.z",
+    "42",
+    "4.5",
+    "-3",
+    "blue",
+    "Blueberry",
+    "İstanbul",
+    "ba-a-a",
+];
+const KEYS: &[&str] = &["user", "name", "plan", "items", "n", "flag", "note", "0"];
+const NUMBERS: &[&str] = &[
+    "42",
+    "42.0",
+    "4.5",
+    "-3",
+    "0",
+    "-0.0",
+    "1e2",
+    "100",
+    "9007199254740993",
+];
+
+fn text(rng: &mut Rng) -> String {
+    let mut text = (*rng.pick(WORDS)).to_owned();
+    for _ in 0..rng.below(3) {
+        text.push_str(rng.pick::<&str>(&[" ", "-", "@", ".", "_", ""]));
+        text.push_str(rng.pick::<&str>(WORDS));
+    }
+    text
+}
+
+fn value(rng: &mut Rng, depth: usize) -> Value {
+    match rng.below(if depth < 2 { 7 } else { 5 }) {
+        0 | 1 => Value::String(text(rng)),
+        2 => serde_json::from_str(rng.pick::<&str>(NUMBERS)).expect("a number"),
+        3 => Value::Bool(rng.chance(50)),
+        4 => Value::Null,
+        5 => Value::Array((0..rng.below(3)).map(|_| value(rng, depth + 1)).collect()),
+        _ => object(rng, depth + 1),
+    }
+}
+
+fn object(rng: &mut Rng, depth: usize) -> Value {
+    let mut map = serde_json::Map::new();
+    for _ in 0..1 + rng.below(4) {
+        map.insert((*rng.pick(KEYS)).to_owned(), value(rng, depth));
+    }
+    Value::Object(map)
+}
+
+/// A (path, value) of one of the payload's scalars, spelt as a query would.
+fn leaf_of(rng: &mut Rng, payload: &Value) -> Option<(Vec<String>, String)> {
+    let mut path = Vec::new();
+    let mut node = payload;
+    loop {
+        match node {
+            Value::Object(map) if !map.is_empty() => {
+                let (key, child) = map.iter().nth(rng.below(map.len()))?;
+                path.push(key.clone());
+                node = child;
+            }
+            Value::Array(items) if !items.is_empty() => {
+                let n = rng.below(items.len());
+                path.push(n.to_string());
+                node = &items[n];
+            }
+            Value::String(text) => return Some((path, text.clone())),
+            Value::Number(number) => {
+                let spelt = match rng.below(3) {
+                    0 => number.to_string(),
+                    1 => format!("{:e}", number.as_f64()?),
+                    _ => format!("{}", number.as_f64()?),
+                };
+                return Some((path, spelt));
+            }
+            Value::Bool(flag) => return Some((path, flag.to_string())),
+            Value::Null => return Some((path, "null".into())),
+            _ => return None,
+        }
+    }
+}
+
+/// A `q` term: a word, its start, a piece of its middle, or a piece with punctuation.
+fn term(rng: &mut Rng, payloads: &[Value]) -> String {
+    let payload = rng.pick(payloads).clone();
+    let source = match leaf_of(rng, &payload) {
+        Some((_, value)) if rng.chance(70) && !value.trim().is_empty() => value,
+        _ => text(rng),
+    };
+    let chars: Vec<char> = source.chars().collect();
+    let start = if rng.chance(60) {
+        0
+    } else {
+        rng.below(chars.len())
+    };
+    let end = start + 1 + rng.below(chars.len() - start);
+    let term: String = chars[start..end].iter().collect();
+    let term = term.split_whitespace().next().unwrap_or("ada").to_owned();
+    if rng.chance(50) {
+        term.to_uppercase()
+    } else {
+        term
+    }
+}
+
+fn random_query(rng: &mut Rng, payloads: &[Value]) -> SearchQuery {
+    let mut query = SearchQuery::default();
+    if rng.chance(60) {
+        // Filters of one event's payload, so that together they still find it.
+        let payload = rng.pick(payloads).clone();
+        for _ in 0..1 + rng.below(2) {
+            if let Some((path, value)) = leaf_of(rng, &payload) {
+                let value = if rng.chance(15) { text(rng) } else { value };
+                query.payload.push(PayloadFilter { path, value });
+            }
+        }
+    }
+    if query.payload.is_empty() || rng.chance(25) {
+        let terms: Vec<String> = (0..1 + rng.below(2)).map(|_| term(rng, payloads)).collect();
+        query.text = Some(terms.join(" "));
+    }
+    if rng.chance(25) {
+        query.event_types = (0..1 + rng.below(2))
+            .map(|_| (*rng.pick(&["a", "b", "c"])).to_owned())
+            .collect();
+    }
+    if rng.chance(10) {
+        query.since = Some(
+            OffsetDateTime::UNIX_EPOCH
+                + time::Duration::seconds(1_800_000_000 + rng.below(86_400) as i64),
+        );
+    }
+    if rng.chance(10) {
+        query.until = Some(
+            OffsetDateTime::UNIX_EPOCH
+                + time::Duration::seconds(1_800_000_000 + 43_200 + rng.below(86_400) as i64),
+        );
+    }
+    query.order = if rng.chance(50) {
+        Order::Asc
+    } else {
+        Order::Desc
+    };
+    query.limit = 1 + rng.below(7);
+    query
+}
+
+/// Appends `count` random events for the tenant and returns their payloads.
+async fn fill(store: &Arc<dyn Store>, rng: &mut Rng, tenant: TenantId, count: usize) -> Vec<Value> {
+    let mut payloads = Vec::new();
+    for chunk in 0..count / 50 {
+        let mut events = Vec::new();
+        for n in 0..50 {
+            let payload = object(rng, 0);
+            payloads.push(payload.clone());
+            let seconds = 1_800_000_000 + rng.below(2 * 86_400) as i64;
+            let timestamp = (OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(seconds))
+                .format(&time::format_description::well_known::Rfc3339)
+                .expect("a timestamp");
+            let event = json!({"event_id": format!("e{chunk}-{n}"), "event_type": rng.pick(&["a", "b", "c"]),
+                "timestamp": timestamp, "payload": payload});
+            events.push(NewEvent::from_json(&event.to_string()).expect("an event"));
+        }
+        store
+            .append_batch(AppendBatch {
+                tenant,
+                events,
+                received_at: OffsetDateTime::now_utc(),
+                idempotency: None,
+            })
+            .await
+            .expect("append");
+    }
+    payloads
+}
+
+/// Every event of the tenant (through a plain search) as (id, JSON).
+async fn everything(
+    store: &Arc<dyn Store>,
+    tenant: TenantId,
+) -> Vec<(pulsestream_core::EventId, Vec<u8>)> {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .search(
+                tenant,
+                SearchQuery {
+                    limit: 1_000,
+                    cursor,
+                    order: Order::Asc,
+                    ..SearchQuery::default()
+                },
+            )
+            .await
+            .expect("search");
+        all.extend(page.events.into_iter().map(|event| (event.id, event.json)));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return all,
+        }
+    }
+}
+
+/// Runs `queries` random queries and checks each against the rule.
+async fn agree(
+    store: &Arc<dyn Store>,
+    tenant: TenantId,
+    payloads: &[Value],
+    seed: u64,
+    queries: usize,
+    phase: &str,
+) {
+    let all = everything(store, tenant).await;
+    let mut rng = Rng(seed);
+    let mut matched_some = 0;
+    for n in 0..queries {
+        let query = random_query(&mut rng, payloads);
+        let mut expected: Vec<_> = all
+            .iter()
+            .filter(|(_, json)| event_matches(json, &query))
+            .map(|(id, _)| *id)
+            .collect();
+        if query.order == Order::Desc {
+            expected.reverse();
+        }
+        let mut got = Vec::new();
+        let mut cursor: Option<Cursor> = None;
+        for _ in 0..=all.len() {
+            let page = store
+                .search(
+                    tenant,
+                    SearchQuery {
+                        cursor,
+                        ..query.clone()
+                    },
+                )
+                .await
+                .expect("search");
+            assert!(page.events.len() <= query.limit);
+            got.extend(page.events.iter().map(|event| event.id));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(got, expected, "{phase}: seed {seed}, query {n}: {query:?}");
+        matched_some += usize::from(!expected.is_empty());
+    }
+    // The generator is meant to find things: most queries must match some events.
+    assert!(
+        matched_some * 3 >= queries,
+        "{phase}: only {matched_some} of {queries} queries matched anything"
+    );
+}
+
+fn seed() -> u64 {
+    std::env::var("PULSESTREAM_TEST_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| OffsetDateTime::now_utc().unix_timestamp_nanos() as u64 | 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_search_agrees_with_the_rule_before_and_after_indexing_and_without_the_index() {
+    let seed = seed();
+    println!("seed {seed} (PULSESTREAM_TEST_SEED)");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let open = |index: bool| {
+        let mut config = EmbeddedConfig::new(dir.path());
+        config.search_index = index;
+        Arc::new(EmbeddedStore::open(&config).expect("open")) as Arc<dyn Store>
+    };
+    let mut rng = Rng(seed);
+    let (tenant, other) = (TenantId::random(), TenantId::random());
+    let store = open(true);
+    let payloads = fill(&store, &mut rng, tenant, 400).await;
+    // Another tenant's events hold the same words and values: none may show.
+    fill(&store, &mut rng, other, 100).await;
+    agree(&store, tenant, &payloads, seed, 60, "just appended").await;
+    store.close().await.expect("close");
+    drop(store);
+
+    let store = open(true);
+    agree(&store, tenant, &payloads, seed ^ 1, 60, "reopened, indexed").await;
+    store.close().await.expect("close");
+    drop(store);
+
+    let store = open(false);
+    agree(&store, tenant, &payloads, seed ^ 2, 30, "without the index").await;
+    store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_search_agrees_with_the_rule() {
+    let seed = seed();
+    println!("seed {seed} (PULSESTREAM_TEST_SEED)");
+    let fresh = support::PostgresSchema::new("psagree").await;
+    let store: Arc<dyn Store> = Arc::new(fresh.store.clone());
+    let mut rng = Rng(seed);
+    let (tenant, other) = (TenantId::random(), TenantId::random());
+    let payloads = fill(&store, &mut rng, tenant, 400).await;
+    fill(&store, &mut rng, other, 100).await;
+    agree(&store, tenant, &payloads, seed, 60, "postgres").await;
+    store.close().await.expect("close");
+    fresh.drop_schema().await;
+}

@@ -1,0 +1,49 @@
+//! What the store's integration tests share.
+
+use pulsestream_store::postgres::{PostgresConfig, PostgresStore};
+
+/// A migrated PostgreSQL store in a schema of its own (`PULSESTREAM_TEST_DATABASE_URL`, by
+/// default `postgres://postgres@127.0.0.1:5432/test`), and the client that drops it.
+pub struct PostgresSchema {
+    pub store: PostgresStore,
+    schema: String,
+    client: tokio_postgres::Client,
+}
+
+impl PostgresSchema {
+    /// Creates the schema, named `<prefix>_<random>`; panics when PostgreSQL is not there.
+    pub async fn new(prefix: &str) -> Self {
+        let base = std::env::var("PULSESTREAM_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|err| {
+                panic!("PostgreSQL at {base} (PULSESTREAM_TEST_DATABASE_URL) is needed: {err}")
+            });
+        tokio::spawn(connection);
+        let schema = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        client
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .expect("create a schema");
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
+        let store = PostgresStore::connect(&PostgresConfig::new(url))
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        Self {
+            store,
+            schema,
+            client,
+        }
+    }
+
+    /// Drops the schema (close the store first).
+    pub async fn drop_schema(self) {
+        self.client
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+            .await
+            .expect("drop the schema");
+    }
+}

@@ -88,17 +88,20 @@ pub struct Requests {
     user_agent: HeaderValue,
     single: Uri,
     batch: Uri,
-    /// One search URI per entry of [`EVENT_TYPES`].
+    /// One search URI per entry of [`EVENT_TYPES`] (the same one for each, given a query).
     searches: Vec<Uri>,
 }
 
 impl Requests {
     /// # Errors
     /// The API key cannot go in a header, or the URL prefix makes an invalid path.
-    pub fn new(target: &Target, api_key: &str) -> anyhow::Result<Self> {
+    pub fn new(target: &Target, api_key: &str, search_query: Option<&str>) -> anyhow::Result<Self> {
         let searches = EVENT_TYPES
             .iter()
-            .map(|kind| target.uri(&format!("/v1/events?event_type={kind}&limit=100")))
+            .map(|kind| match search_query {
+                Some(query) => target.uri(&format!("/v1/events?{query}")),
+                None => target.uri(&format!("/v1/events?event_type={kind}&limit=100")),
+            })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
             host: target.host.clone(),
@@ -321,7 +324,7 @@ mod tests {
             .await
             .expect("a valid URL");
         assert_eq!(target.addr, "127.0.0.1:8080".parse().expect("an address"));
-        let requests = Requests::new(&target, "ps_key").expect("valid headers");
+        let requests = Requests::new(&target, "ps_key", None).expect("valid headers");
         let request = requests.build(Call::Search(0));
         assert_eq!(
             request.uri().to_string(),

@@ -124,6 +124,11 @@ struct RunArgs {
     #[arg(long, value_name = "SHARE", value_parser = parse_share)]
     search_share: Option<f64>,
 
+    /// What every search asks instead of one event_type, as a query string
+    /// (`q=ord-3-1234`, `payload.currency=EUR&limit=10`)
+    #[arg(long, value_name = "QUERY")]
+    search_query: Option<String>,
+
     /// A request without an answer after this long counts as a timeout
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     timeout: Duration,
@@ -191,7 +196,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let plan = Plan {
         addr: target.addr,
-        requests: Requests::new(&target, &api_key)?,
+        requests: Requests::new(&target, &api_key, args.search_query.as_deref())?,
         mix,
         run_id: info.run_id.clone(),
         catalog: Arc::new(Catalog::new()),

@@ -8,7 +8,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::delivery::{create_destination, destination};
-use crate::harness::{ADMIN_TOKEN, ServerProcess, TestApp, TestStore, TestTenant, body, event};
+use crate::harness::{
+    ADMIN_TOKEN, ServerProcess, TestApp, TestStore, TestTenant, body, event, http_client,
+};
 use crate::receiver::{Behaviour, Receiver, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -22,7 +24,7 @@ async fn api_keys_admin_tokens_and_webhook_secrets_never_reach_the_logs() {
         &["--allow-private-destinations", "true"],
         &log_path,
     );
-    let client = reqwest::Client::new();
+    let client = http_client();
     server.wait_ready(&client).await;
     let api = TestApp::attach(&server.base, client);
     let receiver = Receiver::start(Behaviour::FailNext(1, 503)).await;

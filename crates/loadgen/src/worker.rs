@@ -330,7 +330,7 @@ mod tests {
         let start = Instant::now();
         let plan = Plan {
             addr,
-            requests: Requests::new(&target, "ps_test").expect("valid headers"),
+            requests: Requests::new(&target, "ps_test", None).expect("valid headers"),
             mix,
             run_id: "rtest".into(),
             catalog: Arc::new(Catalog::new()),

@@ -187,8 +187,8 @@ pub fn same_json(a: &Value, b: &Value) -> bool {
 /// case-insensitively, at the start of a word: where a value begins or after a character
 /// that is not alphanumeric (`lovelace` and `ada@exa` find `Ada Lovelace <ada@example.com>`,
 /// `ovelace` does not). A term that begins with a non-alphanumeric character may begin
-/// anywhere. This is what a word index can answer ([`text_index_words`] and
-/// [`text_query_parts`] are the index's side of the same rule).
+/// anywhere. This is what an index of word starts can answer ([`text_index_starts`] and
+/// [`text_query_prefix`] are the index's side of the same rule).
 pub fn text_matches(payload: &Value, text: &str) -> bool {
     let haystack = payload_text(payload);
     text.split_whitespace()
@@ -237,71 +237,57 @@ fn starts_a_word_in(haystack: &str, term: &str) -> bool {
     false
 }
 
-/// The longest word a full-text index keeps, in bytes; longer words are kept cut (at a
-/// character boundary), and a query part that long is looked up as a prefix.
-pub const INDEX_WORD_BYTES: usize = 40;
+/// The longest text a full-text index keeps from one word start, in bytes; a longer rest of
+/// the value is cut (at a character boundary), and a longer query term is looked up by its
+/// first [`INDEX_QUERY_BYTES`].
+pub const INDEX_START_BYTES: usize = 40;
 
-fn cut(word: &str, max: usize) -> &str {
-    if word.len() <= max {
-        return word;
+/// The longest prefix a query looks up, short enough to lie inside every cut text it could
+/// start.
+pub const INDEX_QUERY_BYTES: usize = INDEX_START_BYTES - 4;
+
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
     }
     let mut end = max;
-    while !word.is_char_boundary(end) {
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &word[..end]
+    &text[..end]
 }
 
-/// The words a full-text index keeps for a payload: each maximal run of alphanumeric
-/// characters of [`payload_text`], cut to [`INDEX_WORD_BYTES`], each once.
-pub fn text_index_words(payload: &Value) -> Vec<String> {
+/// What a full-text index keeps for a payload: from every place where a word starts in one
+/// of its lowercased strings and numbers, the rest of that value, cut to
+/// [`INDEX_START_BYTES`]; each once. A `q` term matches the payload only if one of these
+/// starts with [`text_query_prefix`] of the term.
+pub fn text_index_starts(payload: &Value) -> Vec<String> {
     let text = payload_text(payload);
-    let mut words: Vec<String> = text
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|word| !word.is_empty())
-        .map(|word| cut(word, INDEX_WORD_BYTES).to_owned())
-        .collect();
-    words.sort_unstable();
-    words.dedup();
-    words
-}
-
-/// One word an event must hold in its index for a `q` term to match it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WordPart {
-    /// The whole word.
-    Exact(String),
-    /// A word that starts with this.
-    Prefix(String),
-}
-
-/// What the words of an event matching `term` must include (see [`text_matches`]): the
-/// term's alphanumeric runs, lowercased, each a whole word when a non-alphanumeric
-/// character follows it in the term and a word's start otherwise. A term with no
-/// alphanumeric character gives none (no index narrows it).
-pub fn text_query_parts(term: &str) -> Vec<WordPart> {
-    let term = term.to_lowercase();
-    let runs: Vec<&str> = term
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|run| !run.is_empty())
-        .collect();
-    let ends_in_word = term.ends_with(char::is_alphanumeric);
-    // A query part is compared with words cut to INDEX_WORD_BYTES: one near that length is
-    // looked up by a prefix short enough to be inside every cut word it could start.
-    let short = INDEX_WORD_BYTES - 4;
-    runs.iter()
-        .enumerate()
-        .map(|(n, run)| {
-            let whole = n + 1 < runs.len() || !ends_in_word;
-            if run.len() > short {
-                WordPart::Prefix(cut(run, short).to_owned())
-            } else if whole {
-                WordPart::Exact((*run).to_owned())
-            } else {
-                WordPart::Prefix((*run).to_owned())
+    let mut starts = Vec::new();
+    for value in text.split('\n') {
+        let mut previous_is_word = false;
+        for (at, c) in value.char_indices() {
+            let is_word = c.is_alphanumeric();
+            if is_word && !previous_is_word {
+                starts.push(cut(&value[at..], INDEX_START_BYTES).to_owned());
             }
-        })
-        .collect()
+            previous_is_word = is_word;
+        }
+    }
+    starts.sort_unstable();
+    starts.dedup();
+    starts
+}
+
+/// The prefix that one of an event's [`text_index_starts`] has when `term` matches it (see
+/// [`text_matches`]): the lowercased term from its first letter or digit on (a term that
+/// starts with punctuation matches anywhere, so what follows the punctuation starts a
+/// word), cut to [`INDEX_QUERY_BYTES`]. `None` for a term without a letter or digit: no
+/// index narrows it.
+pub fn text_query_prefix(term: &str) -> Option<String> {
+    let term = term.to_lowercase();
+    let from = term.find(char::is_alphanumeric)?;
+    Some(cut(&term[from..], INDEX_QUERY_BYTES).to_owned())
 }
 
 /// The keys under which a payload index holds every scalar of a payload: a hash of its path
@@ -431,19 +417,18 @@ mod tests {
     }
 
     #[test]
-    fn the_word_index_admits_every_text_match() {
+    fn the_start_index_admits_every_text_match() {
+        let long = "x".repeat(30) + "ÿ" + &"y".repeat(30);
         let payload = json!({"a": "Ada Lovelace <ada@example.com>", "n": [12.5, -3],
-            "long": "x".repeat(30) + "ÿ" + &"y".repeat(30), "i": "İstanbul"});
-        let words = text_index_words(&payload);
+            "long": long, "i": "İstanbul", "id": "ord-1-0"});
+        let starts = text_index_starts(&payload);
         let admitted = |term: &str| {
-            text_query_parts(term).iter().all(|part| match part {
-                WordPart::Exact(word) => words.contains(word),
-                WordPart::Prefix(prefix) => {
-                    words.iter().any(|word| word.starts_with(prefix.as_str()))
-                }
+            text_query_prefix(term).is_none_or(|prefix| {
+                starts
+                    .iter()
+                    .any(|start| start.starts_with(prefix.as_str()))
             })
         };
-        let long = "x".repeat(30) + "ÿ" + &"y".repeat(30);
         for term in [
             "ada",
             "lovelace",
@@ -455,23 +440,25 @@ mod tests {
             &long,
             &long[..35],
             &long[..38],
+            "ord-1-0",
+            "1-0",
+            "-0",
         ] {
             assert!(text_matches(&payload, term), "{term}");
             assert!(
                 admitted(term),
-                "{term}: {:?} in {words:?}",
-                text_query_parts(term)
+                "{term}: {:?} in {starts:?}",
+                text_query_prefix(term)
             );
         }
         assert!(!admitted("babbage"));
-        assert_eq!(
-            text_query_parts("Ada@exa"),
-            [
-                WordPart::Exact("ada".into()),
-                WordPart::Prefix("exa".into())
-            ]
+        assert!(
+            !admitted("ord-1-1"),
+            "a term's words must follow each other"
         );
-        assert_eq!(text_query_parts("--"), []);
+        assert_eq!(text_query_prefix("-Ada@exa"), Some("ada@exa".into()));
+        assert_eq!(text_query_prefix("--"), None);
+        assert!(starts.contains(&"lovelace <ada@example.com>".to_owned()));
     }
 
     #[test]

@@ -1,26 +1,30 @@
 //! The embedded store's search index, looked at directly: what leaves it and how it comes
 //! back. (That searches agree with the filter rule is `search_agreement`.)
 
+use std::ops::Bound;
 use std::time::Duration;
 
 use pulsestream_core::{NewEvent, TenantId};
 use pulsestream_store::embedded::{EmbeddedConfig, EmbeddedStore};
 use pulsestream_store::{AppendBatch, AppendStatus, EventStore, SearchQuery};
 use tantivy::collector::Count;
-use tantivy::query::TermQuery;
-use tantivy::schema::IndexRecordOption;
+use tantivy::query::RangeQuery;
 use tantivy::{Index, Term};
 use time::OffsetDateTime;
 
-/// How many live documents of the index in `dir` hold the word.
+/// How many live documents of the index in `dir` hold a text that starts with `word`.
 fn documents_with(dir: &std::path::Path, word: &str) -> usize {
     let index = Index::open_in_dir(dir.join("search-index")).expect("the index");
-    let field = index.schema().get_field("words").expect("a words field");
+    let field = index.schema().get_field("starts").expect("a starts field");
     let reader = index.reader().expect("a reader");
+    let high = format!("{word}{}", char::MAX);
     reader
         .searcher()
         .search(
-            &TermQuery::new(Term::from_field_text(field, word), IndexRecordOption::Basic),
+            &RangeQuery::new(
+                Bound::Included(Term::from_field_text(field, word)),
+                Bound::Excluded(Term::from_field_text(field, &high)),
+            ),
             &Count,
         )
         .expect("a count")

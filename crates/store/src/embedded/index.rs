@@ -2,8 +2,8 @@
 //! order serves — full text (`q`) and payload paths (`payload.<path>=value`).
 //!
 //! Each stored event is one document: its tenant, its key (tenant and id, to delete it), its id (as two
-//! fast columns, to order candidates), its type, the words of its payload
-//! ([`text_index_words`]) and a hash per payload scalar ([`payload_index_keys`]). The index
+//! fast columns, to order candidates), its type, the text from every word start of its
+//! payload's values ([`text_index_starts`]) and a hash per payload scalar ([`payload_index_keys`]). The index
 //! holds *candidates*: every search still reads the stored JSON and keeps what
 //! `event_matches` accepts, so a hash collision, a cut word or a stale document can only cost
 //! time, never a wrong answer.
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use pulsestream_core::EventId;
 use pulsestream_core::filter::{
-    WordPart, path_filter_keys, payload_index_keys, text_index_words, text_query_parts,
+    path_filter_keys, payload_index_keys, text_index_starts, text_query_prefix,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -58,7 +58,10 @@ const BATCH: usize = 10_000;
 const STOP_CATCH_UP: Duration = Duration::from_secs(5);
 
 /// The index's version: a payload of another version is rebuilt.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+
+/// The nice value of the index's threads (ingest runs at 0).
+const INDEX_NICENESS: i32 = 10;
 
 /// Memory of tantivy's indexing buffer.
 const WRITER_BYTES: usize = 64 * 1024 * 1024;
@@ -70,7 +73,7 @@ struct Fields {
     id_hi: Field,
     id_lo: Field,
     event_type: Field,
-    words: Field,
+    starts: Field,
     paths: Field,
 }
 
@@ -83,7 +86,7 @@ fn schema() -> (Schema, Fields) {
         id_hi: builder.add_u64_field("id_hi", fast.clone()),
         id_lo: builder.add_u64_field("id_lo", fast),
         event_type: builder.add_text_field("event_type", STRING),
-        words: builder.add_text_field("words", STRING),
+        starts: builder.add_text_field("starts", STRING),
         paths: builder.add_u64_field("paths", INDEXED),
     };
     (builder.build(), fields)
@@ -147,12 +150,6 @@ impl SearchIndex {
             }
         };
         let (_, fields) = schema();
-        let writer: IndexWriter = index
-            .writer_with_num_threads(1, WRITER_BYTES)
-            .map_err(index_error)?;
-        let mut policy = tantivy::merge_policy::LogMergePolicy::default();
-        policy.set_del_docs_ratio_before_merge(0.2);
-        writer.set_merge_policy(Box::new(policy));
         let reader: IndexReader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -163,29 +160,59 @@ impl SearchIndex {
             searcher: reader.searcher(),
             indexed: indexed.clone(),
         }));
-        // Erasures that a crash kept from reaching the index: delete them again.
-        let mut tombstones = 0u64;
-        for entry in ks.erased.iter() {
-            let key = entry.key().map_err(StoreError::unavailable)?;
-            writer.delete_term(Term::from_field_bytes(fields.id, &key));
-            tombstones += 1;
-        }
         let (commands, inbox) = mpsc::channel();
-        let mut keeper = Keeper {
-            ks,
-            fields,
-            writer,
-            reader,
-            view: view.clone(),
-            indexed: (*indexed).clone(),
-            dirty: tombstones > 0,
-            last_commit: Instant::now(),
-            waiting: Vec::new(),
-        };
+        let (started, start) = mpsc::channel();
+        let thread_view = view.clone();
         let thread = std::thread::Builder::new()
             .name("search-index".into())
-            .spawn(move || keeper.run(&inbox))
+            .spawn(move || {
+                // Below ingest: under a full load the index falls behind (searches then read
+                // the rest from the store) rather than slow the writes. tantivy's threads,
+                // made next by this one, inherit it.
+                if let Err(err) = rustix::process::setpriority_process(None, INDEX_NICENESS) {
+                    tracing::warn!(error = %err, "search index: could not lower its priority");
+                }
+                let keeper = index
+                    .writer_with_num_threads(1, WRITER_BYTES)
+                    .map_err(index_error)
+                    .and_then(|writer| {
+                        let mut policy = tantivy::merge_policy::LogMergePolicy::default();
+                        policy.set_del_docs_ratio_before_merge(0.2);
+                        writer.set_merge_policy(Box::new(policy));
+                        // Erasures that a crash kept from reaching the index: again.
+                        let mut tombstones = 0u64;
+                        for entry in ks.erased.iter() {
+                            let key = entry.key().map_err(StoreError::unavailable)?;
+                            writer.delete_term(Term::from_field_bytes(fields.id, &key));
+                            tombstones += 1;
+                        }
+                        Ok(Keeper {
+                            ks,
+                            fields,
+                            writer,
+                            reader,
+                            view: thread_view,
+                            indexed: (*indexed).clone(),
+                            dirty: tombstones > 0,
+                            reached: i64::MAX,
+                            last_commit: Instant::now(),
+                            waiting: Vec::new(),
+                        })
+                    });
+                match keeper {
+                    Ok(mut keeper) => {
+                        let _ = started.send(Ok(()));
+                        keeper.run(&inbox);
+                    }
+                    Err(err) => {
+                        let _ = started.send(Err(err));
+                    }
+                }
+            })
             .map_err(StoreError::unavailable)?;
+        start
+            .recv()
+            .map_err(|_| index_error("its thread ended while starting"))??;
         Ok(Self {
             fields,
             view,
@@ -248,21 +275,13 @@ impl SearchIndex {
                 .collect();
             narrowing.push(Box::new(BooleanQuery::union(any)));
         }
-        for word in query.text.iter().flat_map(|text| text.split_whitespace()) {
-            for part in text_query_parts(word) {
-                narrowing.push(match part {
-                    WordPart::Exact(word) => term(Term::from_field_text(f.words, &word)),
-                    WordPart::Prefix(prefix) => {
-                        let mut high = prefix.clone();
-                        // Words are alphanumeric: none holds the last code point.
-                        high.push(char::MAX);
-                        Box::new(RangeQuery::new(
-                            std::ops::Bound::Included(Term::from_field_text(f.words, &prefix)),
-                            std::ops::Bound::Excluded(Term::from_field_text(f.words, &high)),
-                        ))
-                    }
-                });
-            }
+        for prefix in query
+            .text
+            .iter()
+            .flat_map(|text| text.split_whitespace())
+            .filter_map(text_query_prefix)
+        {
+            narrowing.push(prefix_query(f.starts, &prefix));
         }
         if narrowing.is_empty() {
             return None;
@@ -279,9 +298,9 @@ impl SearchIndex {
         Some(Box::new(BooleanQuery::intersection(narrowing)))
     }
 
-    /// The fewest events an exact word or a payload filter of `narrowing`'s query is in: an
-    /// upper bound of the candidates (None when no part is counted exactly).
-    pub fn candidates_at_most(&self, view: &View, query: &SearchQuery) -> Option<u64> {
+    /// The fewest events a part of the query (a word, a word's start, a payload filter) is
+    /// in, counted up to `cap`: an upper bound of the candidates when it is below `cap`.
+    pub fn candidates_at_most(&self, view: &View, query: &SearchQuery, cap: u64) -> u64 {
         let f = self.fields;
         let freq = |term: Term| view.searcher.doc_freq(&term).unwrap_or(u64::MAX);
         let payload = query.payload.iter().map(|filter| {
@@ -294,13 +313,44 @@ impl SearchIndex {
             .text
             .iter()
             .flat_map(|text| text.split_whitespace())
-            .flat_map(text_query_parts)
-            .filter_map(|part| match part {
-                WordPart::Exact(word) => Some(freq(Term::from_field_text(f.words, &word))),
-                WordPart::Prefix(_) => None,
-            });
-        payload.chain(words).min()
+            .filter_map(text_query_prefix)
+            .map(|prefix| prefix_freq(view, f.starts, &prefix, cap));
+        payload.chain(words).min().unwrap_or(u64::MAX)
     }
+}
+
+/// The events with an indexed text that starts with `prefix`.
+fn prefix_query(field: Field, prefix: &str) -> Box<dyn Query> {
+    let mut high = prefix.to_owned();
+    // Indexed texts start with a letter or digit and never hold the last code point.
+    high.push(char::MAX);
+    Box::new(RangeQuery::new(
+        std::ops::Bound::Included(Term::from_field_text(field, prefix)),
+        std::ops::Bound::Excluded(Term::from_field_text(field, &high)),
+    ))
+}
+
+/// How many events hold an indexed text that starts with `prefix`, counted up to `cap` (a
+/// common prefix ends the count early).
+fn prefix_freq(view: &View, field: Field, prefix: &str, cap: u64) -> u64 {
+    let mut high = prefix.to_owned();
+    high.push(char::MAX);
+    let mut total = 0u64;
+    for segment in view.searcher.segment_readers() {
+        let Ok(inverted) = segment.inverted_index(field) else {
+            return u64::MAX;
+        };
+        let Ok(mut terms) = inverted.terms().range().ge(prefix).lt(&high).into_stream() else {
+            return u64::MAX;
+        };
+        while terms.advance() {
+            total = total.saturating_add(u64::from(terms.value().doc_freq));
+            if total >= cap {
+                return total;
+            }
+        }
+    }
+    total
 }
 
 /// Collects the ids of matching documents in the query's order past a bound, keeping the
@@ -464,6 +514,8 @@ struct Keeper {
     view: Arc<RwLock<View>>,
     indexed: HashMap<u32, i64>,
     dirty: bool,
+    /// The commit time of the last tail entry added (for the lag gauge).
+    reached: i64,
     last_commit: Instant,
     /// Erasures waiting for the next commit.
     waiting: Vec<mpsc::Sender<()>>,
@@ -503,6 +555,15 @@ impl Keeper {
                     0
                 }
             };
+            metrics::counter!("pulsestream_search_index_documents_total").increment(added as u64);
+            // Behind when this round stopped at its batch size: by the age of what it reached.
+            let lag = if added >= BATCH {
+                let now = crate::record::micros_of(time::OffsetDateTime::now_utc());
+                (now.saturating_sub(self.reached) as f64 / 1e6).max(0.0)
+            } else {
+                0.0
+            };
+            metrics::gauge!("pulsestream_search_index_lag_seconds").set(lag);
             if self.dirty && (!self.waiting.is_empty() || self.last_commit.elapsed() >= REFRESH) {
                 self.commit_logged();
             }
@@ -591,6 +652,7 @@ impl Keeper {
                     }
                 }
                 self.indexed.insert(tenant.0, commit);
+                self.reached = commit;
                 self.dirty = true;
                 if added >= BATCH {
                     return Ok(added);
@@ -624,8 +686,8 @@ impl Keeper {
             f.id_lo => lo,
             f.event_type => event.event_type.as_ref(),
         );
-        for word in text_index_words(&payload) {
-            document.add_text(f.words, word);
+        for start in text_index_starts(&payload) {
+            document.add_text(f.starts, start);
         }
         for key in payload_index_keys(&payload) {
             document.add_u64(f.paths, key);
@@ -639,6 +701,7 @@ impl Keeper {
             return;
         }
         if let Err(err) = self.commit() {
+            metrics::counter!("pulsestream_search_index_commit_failures_total").increment(1);
             // Kept dirty: the next round tries again (a full disk, say).
             tracing::error!(error = %err, "search index: commit failed");
         }

@@ -187,10 +187,7 @@ fn indexed(
     let mut page = Page::new(query);
     let mut from = query.cursor.map(|Cursor(id)| id);
     let rare = (10 * query.limit as u64).max(1_000);
-    if index
-        .candidates_at_most(&view, query)
-        .is_none_or(|most| most > rare)
-    {
+    if index.candidates_at_most(&view, query, rare + 1) > rare {
         let budget = 2_000 + 4 * query.limit;
         let mut scanned = 0usize;
         for candidate in candidates(ks, tenant, query)? {
@@ -232,7 +229,10 @@ fn indexed(
     let high = query
         .until
         .map(|until| EventId::from_parts(crate::record::micros_ceil(until), 0));
-    let keep = 2 * (query.limit + 1).max(64);
+    // Each round collects every match past the last one and keeps the first `keep`; candidates
+    // the rule turns down (a term whose parts are all common words) make more rounds, so
+    // each keeps four times as many as the last.
+    let mut keep = 2 * (query.limit + 1).max(64);
     loop {
         let found = view
             .searcher
@@ -259,6 +259,7 @@ fn indexed(
             return Ok(page.finish());
         }
         from = boundary;
+        keep = (keep * 4).min(1 << 18);
     }
 }
 

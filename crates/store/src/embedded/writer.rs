@@ -102,6 +102,19 @@ pub fn describe_metrics() {
         "pulsestream_commit_failures_total",
         "Commits that failed (on the embedded store, the store then stops acknowledging writes)"
     );
+    metrics::describe_counter!(
+        "pulsestream_search_index_documents_total",
+        "Events added to the embedded store's search index"
+    );
+    metrics::describe_gauge!(
+        "pulsestream_search_index_lag_seconds",
+        metrics::Unit::Seconds,
+        "How far behind the store the search index is (0 when it holds every committed event; searches read what it lacks from the store)"
+    );
+    metrics::describe_counter!(
+        "pulsestream_search_index_commit_failures_total",
+        "Search index commits that failed (retried; searches read what it lacks from the store)"
+    );
 }
 
 /// The API side of the writer: submits jobs, stops the thread.

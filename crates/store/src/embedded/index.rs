@@ -298,6 +298,13 @@ impl SearchIndex {
         Some(Box::new(BooleanQuery::intersection(narrowing)))
     }
 
+    /// How many documents the index holds for the tenant (deleted ones included until merged).
+    pub fn documents_of(&self, view: &View, tenant: TenantNo) -> u64 {
+        view.searcher
+            .doc_freq(&Term::from_field_u64(self.fields.tenant, u64::from(tenant.0)))
+            .unwrap_or(0)
+    }
+
     /// The fewest events a part of the query (a word, a word's start, a payload filter) is
     /// in, counted up to `cap`: an upper bound of the candidates when it is below `cap`.
     pub fn candidates_at_most(&self, view: &View, query: &SearchQuery, cap: u64) -> u64 {

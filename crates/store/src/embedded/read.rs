@@ -172,10 +172,11 @@ const UNINDEXED_MAX: usize = 200_000;
 
 /// A search narrowed by the search index (full text, payload paths).
 ///
-/// When no exact part of the query is rare enough, the events are first scanned in order a
-/// little (a filter most events pass fills its page sooner that way than by collecting every
-/// match from the index); then the index's candidates past that point, merged with the
-/// events committed after the index's position, are read in order.
+/// When every part of the query is common enough that a short scan should fill the page, the
+/// events are first scanned in order a little (a filter most events pass fills its page
+/// sooner that way than by collecting every match from the index); then the index's
+/// candidates past that point, merged with the events committed after the index's position,
+/// are read in order.
 fn indexed(
     ks: &Keyspaces,
     index: &SearchIndex,
@@ -186,9 +187,12 @@ fn indexed(
     let view = index.view();
     let mut page = Page::new(query);
     let mut from = query.cursor.map(|Cursor(id)| id);
-    let rare = (10 * query.limit as u64).max(1_000);
-    if index.candidates_at_most(&view, query, rare + 1) > rare {
-        let budget = 2_000 + 4 * query.limit;
+    // Scan first when the filters are common enough that a scan of at most `budget` events
+    // is expected to fill the page: at least (limit + 1) / budget of the tenant's events.
+    let budget = 2_000 + 4 * query.limit;
+    let documents = index.documents_of(&view, tenant);
+    let dense = (documents.saturating_mul(query.limit as u64 + 1) / budget as u64).max(1);
+    if index.candidates_at_most(&view, query, dense) >= dense {
         let mut scanned = 0usize;
         for candidate in candidates(ks, tenant, query)? {
             let id = candidate?;

@@ -58,7 +58,7 @@ const BATCH: usize = 10_000;
 const STOP_CATCH_UP: Duration = Duration::from_secs(5);
 
 /// The index's version: a payload of another version is rebuilt.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// The nice value of the index's threads (ingest runs at 0).
 const INDEX_NICENESS: i32 = 10;
@@ -271,7 +271,7 @@ impl SearchIndex {
         for filter in &query.payload {
             let any: Vec<Box<dyn Query>> = path_filter_keys(filter)
                 .into_iter()
-                .map(|key| term(Term::from_field_u64(f.paths, key)))
+                .map(|key| term(Term::from_field_u64(f.paths, tenant_key(tenant, key))))
                 .collect();
             narrowing.push(Box::new(BooleanQuery::union(any)));
         }
@@ -281,17 +281,21 @@ impl SearchIndex {
             .flat_map(|text| text.split_whitespace())
             .filter_map(text_query_prefix)
         {
-            narrowing.push(prefix_query(f.starts, &prefix));
+            narrowing.push(prefix_query(f.starts, &tenant_text(tenant, &prefix)));
         }
         if narrowing.is_empty() {
             return None;
         }
-        narrowing.push(term(Term::from_field_u64(f.tenant, u64::from(tenant.0))));
         if !query.event_types.is_empty() {
             let any = query
                 .event_types
                 .iter()
-                .map(|event_type| term(Term::from_field_text(f.event_type, event_type)))
+                .map(|event_type| {
+                    term(Term::from_field_text(
+                        f.event_type,
+                        &tenant_text(tenant, event_type),
+                    ))
+                })
                 .collect();
             narrowing.push(Box::new(BooleanQuery::union(any)));
         }
@@ -301,19 +305,28 @@ impl SearchIndex {
     /// How many documents the index holds for the tenant (deleted ones included until merged).
     pub fn documents_of(&self, view: &View, tenant: TenantNo) -> u64 {
         view.searcher
-            .doc_freq(&Term::from_field_u64(self.fields.tenant, u64::from(tenant.0)))
+            .doc_freq(&Term::from_field_u64(
+                self.fields.tenant,
+                u64::from(tenant.0),
+            ))
             .unwrap_or(0)
     }
 
     /// The fewest events a part of the query (a word, a word's start, a payload filter) is
     /// in, counted up to `cap`: an upper bound of the candidates when it is below `cap`.
-    pub fn candidates_at_most(&self, view: &View, query: &SearchQuery, cap: u64) -> u64 {
+    pub fn candidates_at_most(
+        &self,
+        view: &View,
+        tenant: TenantNo,
+        query: &SearchQuery,
+        cap: u64,
+    ) -> u64 {
         let f = self.fields;
         let freq = |term: Term| view.searcher.doc_freq(&term).unwrap_or(u64::MAX);
         let payload = query.payload.iter().map(|filter| {
             path_filter_keys(filter)
                 .into_iter()
-                .map(|key| freq(Term::from_field_u64(f.paths, key)))
+                .map(|key| freq(Term::from_field_u64(f.paths, tenant_key(tenant, key))))
                 .fold(0u64, u64::saturating_add)
         });
         let words = query
@@ -321,9 +334,21 @@ impl SearchIndex {
             .iter()
             .flat_map(|text| text.split_whitespace())
             .filter_map(text_query_prefix)
-            .map(|prefix| prefix_freq(view, f.starts, &prefix, cap));
+            .map(|prefix| prefix_freq(view, f.starts, &tenant_text(tenant, &prefix), cap));
         payload.chain(words).min().unwrap_or(u64::MAX)
     }
+}
+
+/// A text term of the tenant's: its number, in 8 hex digits, then the text. Every term a
+/// search looks up is its tenant's, so a lookup never walks another tenant's documents and
+/// no search intersects with a tenant's whole posting list.
+fn tenant_text(tenant: TenantNo, text: &str) -> String {
+    format!("{:08x}{text}", tenant.0)
+}
+
+/// A payload key of the tenant's (distinct tenants' keys differ; a clash only adds candidates).
+fn tenant_key(tenant: TenantNo, key: u64) -> u64 {
+    key ^ u64::from(tenant.0).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// The events with an indexed text that starts with `prefix`.
@@ -691,13 +716,13 @@ impl Keeper {
             f.id => keys::event_key(tenant, id).to_vec(),
             f.id_hi => hi,
             f.id_lo => lo,
-            f.event_type => event.event_type.as_ref(),
+            f.event_type => tenant_text(tenant, &event.event_type),
         );
         for start in text_index_starts(&payload) {
-            document.add_text(f.starts, start);
+            document.add_text(f.starts, tenant_text(tenant, &start));
         }
         for key in payload_index_keys(&payload) {
-            document.add_u64(f.paths, key);
+            document.add_u64(f.paths, tenant_key(tenant, key));
         }
         self.writer.add_document(document).map_err(index_error)?;
         Ok(true)

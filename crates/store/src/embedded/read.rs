@@ -192,7 +192,7 @@ fn indexed(
     let budget = 2_000 + 4 * query.limit;
     let documents = index.documents_of(&view, tenant);
     let dense = (documents.saturating_mul(query.limit as u64 + 1) / budget as u64).max(1);
-    if index.candidates_at_most(&view, query, dense) >= dense {
+    if index.candidates_at_most(&view, tenant, query, dense) >= dense {
         let mut scanned = 0usize;
         for candidate in candidates(ks, tenant, query)? {
             let id = candidate?;

@@ -200,7 +200,9 @@ pub struct EventQuery {
     /// Only events whose `timestamp` is before this RFC 3339 date-time; later than `since`.
     #[param(format = DateTime)]
     pub until: Option<String>,
-    /// Full-text search over the payload. Matches may trail ingestion by up to a second.
+    /// Full text over the payload's strings and numbers: every whitespace-separated term must
+    /// appear, case-insensitively, where a word starts (a term that starts with punctuation may
+    /// start anywhere). Visible the moment an event is acknowledged.
     pub q: Option<String>,
     /// Events per page.
     #[param(minimum = 1, maximum = 1000, default = 100)]

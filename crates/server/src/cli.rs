@@ -299,7 +299,7 @@ pub struct Filters {
     /// `path=value` on the payload, e.g. `user.plan=pro` (repeatable).
     #[arg(long = "payload")]
     payload: Vec<String>,
-    /// Full text over payload strings.
+    /// Full text over payload strings and numbers (each term where a word starts).
     #[arg(long)]
     q: Option<String>,
 }

@@ -413,18 +413,29 @@ pub(crate) struct IdsInSegment {
     low: u128,
     high: u128,
     keep: usize,
-    /// The kept ids, a heap whose top is the worst kept.
-    heap: std::collections::BinaryHeap<u128>,
+    /// Keys of candidates (smaller is better), pruned to the best `keep` whenever it holds
+    /// twice that: documents arrive roughly in id order, so newest-first would replace the
+    /// worst of a heap at nearly every match, while this costs O(1) per match.
+    kept: Vec<u128>,
+    /// The worst key kept by the last pruning: no worse key can be among the best.
+    threshold: Option<u128>,
     matched: u64,
 }
 
 impl IdsInSegment {
     fn key(&self, id: u128) -> u128 {
-        // The heap keeps the largest at its top: for newest-first, keep the largest ids by
-        // storing their complement.
+        // Smaller keys are better: for newest-first, the complement of the id.
         match self.order {
             Order::Asc => id,
             Order::Desc => u128::MAX - id,
+        }
+    }
+
+    fn prune(&mut self) {
+        if self.kept.len() > self.keep {
+            self.kept.select_nth_unstable(self.keep - 1);
+            self.kept.truncate(self.keep);
+            self.threshold = self.kept.iter().max().copied();
         }
     }
 }
@@ -451,18 +462,20 @@ impl SegmentCollector for IdsInSegment {
         }
         self.matched += 1;
         let key = self.key(id);
-        if self.heap.len() < self.keep {
-            self.heap.push(key);
-        } else if self.heap.peek().is_some_and(|worst| key < *worst) {
-            self.heap.pop();
-            self.heap.push(key);
+        if self.threshold.is_some_and(|worst| key >= worst) {
+            return;
+        }
+        self.kept.push(key);
+        if self.kept.len() >= 2 * self.keep {
+            self.prune();
         }
     }
 
-    fn harvest(self) -> Self::Fruit {
+    fn harvest(mut self) -> Self::Fruit {
+        self.prune();
         let order = self.order;
         let ids = self
-            .heap
+            .kept
             .into_iter()
             .map(|key| match order {
                 Order::Asc => key,
@@ -488,7 +501,8 @@ impl Collector for Ids {
             low: self.low,
             high: self.high,
             keep: self.keep,
-            heap: std::collections::BinaryHeap::with_capacity(self.keep + 1),
+            kept: Vec::with_capacity(2 * self.keep),
+            threshold: None,
             matched: 0,
         })
     }

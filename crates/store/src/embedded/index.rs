@@ -440,9 +440,8 @@ impl IdsInSegment {
     /// a bound's.
     fn wanted(&self, doc: DocId, hi: u64) -> bool {
         let at_bound = |bound: u128| (bound >> 64) as u64 == hi;
-        let needs_lo = at_bound(self.low)
-            || at_bound(self.high)
-            || self.after.is_some_and(at_bound);
+        let needs_lo =
+            at_bound(self.low) || at_bound(self.high) || self.after.is_some_and(at_bound);
         let id = if needs_lo {
             match self.id(doc, hi) {
                 Some(id) => id,

@@ -115,7 +115,7 @@ impl View {
 
 enum Command {
     /// Delete these events now and commit before answering.
-    Erase(TenantNo, Vec<EventId>, mpsc::Sender<()>),
+    Erase(TenantNo, Vec<EventId>, mpsc::Sender<Result<(), String>>),
     /// Delete the tenant's events with ids below this one.
     ExpireBefore(TenantNo, EventId),
     /// Commit and end the thread.
@@ -230,6 +230,10 @@ impl SearchIndex {
     }
 
     /// Deletes erased events from the index and waits until that is committed.
+    ///
+    /// # Errors
+    /// The index has stopped, or its commit failed (the deletions stay queued for the next
+    /// commit that succeeds; the events are already gone from the store and from searches).
     pub fn erase(&self, tenant: TenantNo, ids: Vec<EventId>) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
@@ -238,7 +242,9 @@ impl SearchIndex {
         self.commands
             .send(Command::Erase(tenant, ids, done))
             .map_err(|_| index_error("stopped"))?;
-        wait.recv().map_err(|_| index_error("stopped"))
+        wait.recv()
+            .map_err(|_| index_error("stopped"))?
+            .map_err(index_error)
     }
 
     /// Deletes the tenant's events with ids below `before` at the next commit.
@@ -595,7 +601,7 @@ struct Keeper {
     reached: i64,
     last_commit: Instant,
     /// Erasures waiting for the next commit.
-    waiting: Vec<mpsc::Sender<()>>,
+    waiting: Vec<mpsc::Sender<Result<(), String>>>,
 }
 
 /// The fields of a stored event that the index reads.
@@ -779,8 +785,13 @@ impl Keeper {
         }
         if let Err(err) = self.commit() {
             metrics::counter!("pulsestream_search_index_commit_failures_total").increment(1);
-            // Kept dirty: the next round tries again (a full disk, say).
+            // Kept dirty: the next round tries again (a full disk, say). Erasures waiting for
+            // this commit are told rather than kept waiting; their deletions stay queued for
+            // the next commit that succeeds.
             tracing::error!(error = %err, "search index: commit failed");
+            for done in self.waiting.drain(..) {
+                let _ = done.send(Err(format!("commit failed: {err}")));
+            }
         }
     }
 
@@ -804,7 +815,7 @@ impl Keeper {
         self.dirty = false;
         self.last_commit = Instant::now();
         for done in self.waiting.drain(..) {
-            let _ = done.send(());
+            let _ = done.send(Ok(()));
         }
         Ok(())
     }

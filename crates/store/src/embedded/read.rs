@@ -66,11 +66,7 @@ pub(crate) fn search(
         return indexed(ks, index, narrowing.as_ref(), tenant, query);
     }
     let mut page = Page::new(query);
-    for candidate in candidates(ks, tenant, query)? {
-        if !page.consider(ks, tenant, candidate?, Missing::Corrupt)? {
-            break;
-        }
-    }
+    page.fill(ks, tenant, candidates(ks, tenant, query)?)?;
     Ok(page.finish())
 }
 
@@ -161,6 +157,21 @@ impl<'q> Page<'q> {
         Ok(true)
     }
 
+    /// Considers the store's own candidates in order until the page is done.
+    fn fill(
+        &mut self,
+        ks: &Keyspaces,
+        tenant: TenantNo,
+        candidates: Candidates,
+    ) -> Result<(), StoreError> {
+        for candidate in candidates {
+            if !self.consider(ks, tenant, candidate?, Missing::Corrupt)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn finish(self) -> SearchPage {
         SearchPage::new(self.events, self.more)
     }
@@ -219,11 +230,7 @@ fn indexed(
         // Too far behind to merge: scan the rest.
         let mut rest = query.clone();
         rest.cursor = from.map(Cursor);
-        for candidate in candidates(ks, tenant, &rest)? {
-            if !page.consider(ks, tenant, candidate?, Missing::Corrupt)? {
-                break;
-            }
-        }
+        page.fill(ks, tenant, candidates(ks, tenant, &rest)?)?;
         return Ok(page.finish());
     };
     unindexed.retain(|id| past(*id, from) && within(query, *id));

@@ -60,6 +60,8 @@ const WORDS: &[&str] = &[
     "Blueberry",
     "İstanbul",
     "ba-a-a",
+    "O'Brien",
+    "C:\\path\\it's",
 ];
 const KEYS: &[&str] = &["user", "name", "plan", "items", "n", "flag", "note", "0"];
 const NUMBERS: &[&str] = &[
@@ -199,15 +201,27 @@ fn random_query(rng: &mut Rng, payloads: &[Value]) -> SearchQuery {
     query
 }
 
-/// Appends `count` random events for the tenant and returns their payloads.
+/// Appends `count` random events for the tenant, their timestamps spread over two days from
+/// 2027-01-15, and returns their payloads.
 async fn fill(store: &Arc<dyn Store>, rng: &mut Rng, tenant: TenantId, count: usize) -> Vec<Value> {
+    fill_over(store, rng, tenant, count, 2 * 86_400).await
+}
+
+/// [`fill`] with the timestamps spread over `spread` seconds.
+async fn fill_over(
+    store: &Arc<dyn Store>,
+    rng: &mut Rng,
+    tenant: TenantId,
+    count: usize,
+    spread: usize,
+) -> Vec<Value> {
     let mut payloads = Vec::new();
     for chunk in 0..count / 50 {
         let mut events = Vec::new();
         for n in 0..50 {
             let payload = object(rng, 0);
             payloads.push(payload.clone());
-            let seconds = 1_800_000_000 + rng.below(2 * 86_400) as i64;
+            let seconds = 1_800_000_000 + rng.below(spread) as i64;
             let timestamp = (OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(seconds))
                 .format(&time::format_description::well_known::Rfc3339)
                 .expect("a timestamp");
@@ -356,6 +370,64 @@ async fn postgres_search_agrees_with_the_rule() {
     let payloads = fill(&store, &mut rng, tenant, 400).await;
     fill(&store, &mut rng, other, 100).await;
     agree(&store, tenant, &payloads, seed, 60, "postgres").await;
+
+    // Rows stored before the `search` column existed have none: searches take them as
+    // candidates until the backfill of the next node that connects fills them in.
+    fresh
+        .sql(&format!(
+            "UPDATE events SET search = NULL WHERE tenant_id = '{}' AND get_byte(uuid_send(id), 15) % 2 = 0",
+            tenant.0
+        ))
+        .await;
+    let unsearched = "SELECT count(*) FROM events WHERE search IS NULL";
+    let half: u64 = fresh.sql(unsearched).await.unwrap().parse().unwrap();
+    assert!(half > 100, "{half} rows without search");
+    agree(
+        &store,
+        tenant,
+        &payloads,
+        seed ^ 1,
+        30,
+        "postgres, rows without search",
+    )
+    .await;
+    let node = fresh.connect_again().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fresh.sql(unsearched).await.as_deref() != Some("0") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backfill did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    pulsestream_store::EventStore::close(&node)
+        .await
+        .expect("close");
+    agree(
+        &store,
+        tenant,
+        &payloads,
+        seed ^ 2,
+        30,
+        "postgres, backfilled",
+    )
+    .await;
+
+    // More events than a search reads one by one before it asks the GIN index, over two
+    // days and a few over three years: the windows of time, with bucket lexemes of both
+    // sizes, then without.
+    let deep = TenantId::random();
+    let mut payloads = fill(&store, &mut rng, deep, 3_000).await;
+    payloads.extend(fill_over(&store, &mut rng, deep, 100, 3 * 365 * 86_400).await);
+    agree(
+        &store,
+        deep,
+        &payloads,
+        seed ^ 3,
+        40,
+        "postgres, past the probe",
+    )
+    .await;
     store.close().await.expect("close");
     fresh.drop_schema().await;
 }

@@ -385,17 +385,21 @@ async fn insert_events(
         .collect();
     let payloads: Vec<&str> = order.iter().map(|row| row.event.payload.as_str()).collect();
     let bodies: Vec<&str> = order.iter().map(|row| row.body.as_str()).collect();
+    let documents: Vec<String> = order
+        .iter()
+        .map(|row| super::search::document(&row.event.payload, row.tenant, row.id))
+        .collect();
     let statement = transaction
         .prepare_cached(
             "INSERT INTO events
                  (tenant_id, id, event_id, event_type, source, content_hash,
-                  timestamp_given, payload, body)
+                  timestamp_given, payload, body, search)
              SELECT u.tenant_id, u.id, u.event_id, u.event_type, u.source, u.content_hash,
-                    u.given, u.payload::jsonb, u.body
+                    u.given, u.payload::jsonb, u.body, u.search::tsvector
              FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                         $6::bytea[], $7::bool[], $8::text[], $9::text[])
+                         $6::bytea[], $7::bool[], $8::text[], $9::text[], $10::text[])
                   AS u(tenant_id, id, event_id, event_type, source, content_hash, given,
-                       payload, body)
+                       payload, body, search)
              ORDER BY u.tenant_id, u.event_id
              ON CONFLICT (tenant_id, event_id) DO NOTHING
              RETURNING tenant_id, event_id",
@@ -415,6 +419,7 @@ async fn insert_events(
                 &given,
                 &payloads,
                 &bodies,
+                &documents,
             ],
         )
         .await

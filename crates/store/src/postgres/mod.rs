@@ -106,6 +106,9 @@ pub(crate) struct Db {
 struct Writes {
     sender: Mutex<Option<mpsc::Sender<append::Job>>>,
     committers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The search index's upkeep: filling `search` where it is missing, merging the
+    /// index's pending entries (see `search::merge_pending`).
+    maintenance: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 struct Inner {
@@ -146,6 +149,18 @@ impl PostgresStore {
     pub async fn connect(config: &PostgresConfig) -> Result<Self, StoreError> {
         let store = Self::connect_lazy(config)?;
         store.migrate().await?;
+        // Rows from before the `search` column (or written by an older node since) get it
+        // in the background; searches find them meanwhile. And the search index's pending
+        // entries are merged in bulk, off the ingest path.
+        store
+            .writes
+            .maintenance
+            .lock()
+            .expect("maintenance lock is never poisoned")
+            .extend([
+                tokio::spawn(search::backfill(store.db.clone())),
+                tokio::spawn(search::merge_pending(store.db.clone())),
+            ]);
         Ok(store)
     }
 
@@ -212,6 +227,7 @@ impl PostgresStore {
             writes: Arc::new(Writes {
                 sender: Mutex::new(Some(sender)),
                 committers: Mutex::new(committers),
+                maintenance: Mutex::default(),
             }),
             wakeups: Arc::default(),
         })
@@ -551,7 +567,7 @@ impl EventStore for PostgresStore {
             .query_opt(
                 "WITH gone AS (
                      UPDATE events SET erased = true, payload = '{}'::jsonb, body = '',
-                                       source = NULL
+                                       source = NULL, search = ''::tsvector
                       WHERE tenant_id = $1 AND id = ANY($2) AND NOT erased
                      RETURNING id),
                  queued AS (
@@ -630,6 +646,16 @@ impl EventStore for PostgresStore {
         );
         for committer in committers {
             let _ = committer.await;
+        }
+        // Each step of the upkeep is one transaction: cut short, it is redone later.
+        for task in self
+            .writes
+            .maintenance
+            .lock()
+            .expect("maintenance lock is never poisoned")
+            .drain(..)
+        {
+            task.abort();
         }
         self.db.inner.pool.close();
         Ok(())

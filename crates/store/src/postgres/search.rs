@@ -2,54 +2,209 @@
 //!
 //! Every filter that an index can serve becomes a condition with bound parameters: time
 //! bounds and the cursor as a range of ids (ids start with the timestamp), `event_id`,
-//! `event_type` and `source` by equality, payload paths as JSONB containment (GIN), full
-//! text as `ILIKE` over the payload's text (no index: evaluated in the database on the rows the
-//! others select, which spares shipping them). Each condition admits a superset
-//! of what the filter means, and each candidate then goes through the same
+//! `event_type` and `source` by equality, and full text and payload paths as one `tsquery`
+//! over the `search` column ([`document`]: the word starts and payload keys that the
+//! embedded store's search index holds too), served by a GIN index. Each condition admits a
+//! superset of what the filter means, and each candidate then goes through the same
 //! [`event_matches`] as in the embedded store, so both stores answer alike.
+//!
+//! A search with a `tsquery` does not leave the plan to PostgreSQL: its estimate of how many
+//! rows a prefix matches is a guess, and a wrong guess either walks the newest rows one by
+//! one through millions that do not match (seconds) or sorts every match of a common term
+//! for the newest hundred. It first reads the newest [`PROBE_ROWS`] candidates in id order
+//! (a common filter fills the page there), then asks the GIN index for the matches inside
+//! windows of ids that grow eightfold, starting from what the probe saw of the filter's
+//! density, with index scans of rows one by one turned off for those statements.
 
 use pulsestream_core::{EventId, TenantId};
-use serde_json::{Map, Value};
+use std::fmt::Write as _;
+
+use pulsestream_core::filter::{
+    path_filter_keys, payload_index_keys, text_index_starts, text_query_prefix,
+};
+use serde_json::Value;
+use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
+use uuid::Uuid;
 
 use super::{Db, pg_error};
 use crate::event_matches;
 use crate::record::{micros_ceil, micros_of};
 use crate::search::over_bytes;
-use crate::{Cursor, Order, PayloadFilter, SearchPage, SearchQuery, StoreError, StoredEvent};
+use crate::{Cursor, Order, SearchPage, SearchQuery, StoreError, StoredEvent};
 
 type Param = Box<dyn ToSql + Sync + Send>;
+
+/// Bodies up to this size come with the candidates; larger ones are read one at a time.
+const INLINE_BODY_BYTES: usize = 64 * 1024;
+
+/// Rows an indexed search reads in id order before it asks the GIN index.
+const PROBE_ROWS: i64 = 2_000;
+
+/// The settings of the statements that ask the GIN index for a window's matches: bitmap
+/// scans only, and none of the start-up costs (parallel workers, JIT compilation: 20-30 ms
+/// measured) that the planner's guess of many matches would otherwise buy.
+const WINDOW_SETTINGS: &str = "SET LOCAL enable_indexscan = off; SET LOCAL enable_seqscan = off; \
+     SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off";
+
+/// The first window of event time an indexed search asks the GIN index about (in
+/// microseconds: four of the smallest [`BUCKETS`], about four and a half minutes).
+const FIRST_WINDOW: i64 = 4 << 26;
+
+/// How much each window grows over the one before when it held too few matches.
+const WINDOW_GROWTH: i64 = 4;
 
 pub(super) async fn search(
     store: &Db,
     tenant: TenantId,
     query: &SearchQuery,
 ) -> Result<SearchPage, StoreError> {
-    let client = store.client().await?;
+    let mut client = store.client().await?;
     let chunk = (query.limit + 1).clamp(100, 1_001) as i64;
-    let mut events = Vec::with_capacity(query.limit.min(1_000));
-    let mut more = false;
-    let mut bytes = 0usize;
-    let mut after = query.cursor.map(|Cursor(id)| id);
-    'pages: loop {
-        let (sql, params) = candidates_sql(tenant, query, after, chunk);
+    let mut page = Page::new(query);
+    let after = query.cursor.map(|Cursor(id)| id);
+    match index_query(query) {
+        None => {
+            let mut after = after;
+            loop {
+                let sql = candidates(tenant, query, after, None, None, chunk);
+                match page.fill(&**client, tenant, &sql).await? {
+                    Filled::Full => break,
+                    Filled::Rows(rows, last) if rows == chunk as usize => after = last,
+                    Filled::Rows(..) => break,
+                }
+            }
+        }
+        Some(tsquery) => {
+            // The newest candidates one by one: a filter that matches often is done here.
+            let probe = candidates(tenant, query, after, None, Some(&tsquery), PROBE_ROWS);
+            let (rows, last) = match page.fill(&**client, tenant, &probe).await? {
+                Filled::Full => return Ok(page.finish()),
+                Filled::Rows(rows, last) => (rows, last),
+            };
+            if rows < PROBE_ROWS as usize {
+                return Ok(page.finish());
+            }
+            let last = last.expect("a full probe read rows");
+            let Some((oldest, newest)) = id_range(&**client, tenant).await? else {
+                return Ok(page.finish());
+            };
+            // The time the tenant's events (within the query's bounds) span.
+            let oldest = query
+                .since
+                .map_or(i64::MIN, micros_of)
+                .max(oldest.timestamp_micros());
+            let newest = query
+                .until
+                .map_or(i64::MAX, micros_ceil)
+                .min(newest.timestamp_micros());
+            let transaction = client.transaction().await.map_err(pg_error)?;
+            transaction
+                .batch_execute(WINDOW_SETTINGS)
+                .await
+                .map_err(pg_error)?;
+            let mut width = FIRST_WINDOW;
+            let mut from = (last, false);
+            loop {
+                let at = from.0.timestamp_micros();
+                let (low, high, final_window) = match query.order {
+                    Order::Desc => {
+                        let low = at.saturating_sub(width);
+                        (low.max(oldest), at, low <= oldest)
+                    }
+                    Order::Asc => {
+                        let high = at.saturating_add(width);
+                        (at, high.min(newest), high >= newest)
+                    }
+                };
+                let edge = match query.order {
+                    Order::Desc => EventId::from_parts(low, 0),
+                    Order::Asc => EventId::from_parts(high, 0),
+                };
+                let window = Window {
+                    from,
+                    edge: (!final_window).then_some(edge),
+                    buckets: BUCKETS
+                        .iter()
+                        .find_map(|bucket| bucket.covering(tenant.0, low, high)),
+                };
+                let sql = window_candidates(tenant, query, &tsquery, &window, chunk);
+                match page.fill(&*transaction, tenant, &sql).await? {
+                    Filled::Full => break,
+                    // The window holds more: go on inside it.
+                    Filled::Rows(rows, last) if rows == chunk as usize => {
+                        from = (last.expect("a full chunk read rows"), false);
+                    }
+                    Filled::Rows(..) if final_window => break,
+                    Filled::Rows(..) => {
+                        // The edge was inside this window; the next one starts there.
+                        from = (edge, true);
+                        width = width.saturating_mul(WINDOW_GROWTH);
+                    }
+                }
+            }
+            transaction.commit().await.map_err(pg_error)?;
+        }
+    }
+    Ok(page.finish())
+}
+
+/// A page being filled from candidate rows.
+struct Page<'q> {
+    query: &'q SearchQuery,
+    events: Vec<StoredEvent>,
+    bytes: usize,
+    more: bool,
+}
+
+/// What one statement's candidates did to the page.
+enum Filled {
+    /// The page is full and more match past it.
+    Full,
+    /// This many rows were read, the last one this.
+    Rows(usize, Option<EventId>),
+}
+
+impl<'q> Page<'q> {
+    fn new(query: &'q SearchQuery) -> Self {
+        Self {
+            query,
+            events: Vec::with_capacity(query.limit.min(1_000)),
+            bytes: 0,
+            more: false,
+        }
+    }
+
+    /// Runs a candidate statement (rows of id, whether the conditions hold, the body when it
+    /// is small, its length) and adds the events that match.
+    async fn fill<C: GenericClient + Sync>(
+        &mut self,
+        client: &C,
+        tenant: TenantId,
+        (sql, params): &(String, Vec<Param>),
+    ) -> Result<Filled, StoreError> {
         let params: Vec<&(dyn ToSql + Sync)> = params
             .iter()
             .map(|param| param.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        let rows = client.query(&sql, &params).await.map_err(pg_error)?;
-        let exhausted = (rows.len() as i64) < chunk;
-        for row in rows {
+        let rows = client.query(sql, &params).await.map_err(pg_error)?;
+        let mut last = None;
+        for row in &rows {
             let id = EventId(row.get(0));
-            after = Some(id);
-            let len = row.get::<_, i32>(2).max(0) as usize;
-            // A large body is left out of the chunk (a chunk of them could be gigabytes) and
-            // read alone, once it is known to fit the page.
-            if events.len() == query.limit || over_bytes(query, bytes, len, &events) {
-                more = true;
-                break 'pages;
+            last = Some(id);
+            if !row.get::<_, bool>(1) {
+                continue;
             }
-            let body: String = match row.get::<_, Option<String>>(1) {
+            let len = row.get::<_, i32>(3).max(0) as usize;
+            // A large body is left out of the chunk (a chunk of them could be gigabytes)
+            // and read alone, once it is known to fit the page.
+            if self.events.len() == self.query.limit
+                || over_bytes(self.query, self.bytes, len, &self.events)
+            {
+                self.more = true;
+                return Ok(Filled::Full);
+            }
+            let body: String = match row.get::<_, Option<String>>(2) {
                 Some(body) => body,
                 // Erased or expired since the candidates were read: not there to find.
                 None => match client
@@ -64,55 +219,101 @@ pub(super) async fn search(
                     None => continue,
                 },
             };
-            if !event_matches(body.as_bytes(), query) {
+            if !event_matches(body.as_bytes(), self.query) {
                 continue;
             }
-            bytes += body.len();
-            events.push(StoredEvent {
+            self.bytes += body.len();
+            self.events.push(StoredEvent {
                 id,
                 json: body.into_bytes(),
             });
         }
-        if exhausted {
-            break;
-        }
+        Ok(Filled::Rows(rows.len(), last))
     }
-    Ok(SearchPage::new(events, more))
+
+    fn finish(self) -> SearchPage {
+        SearchPage::new(self.events, self.more)
+    }
 }
 
-/// Builds the candidate query: one page of ids past `after`, in the query's order.
-/// Bodies up to this size come with the candidates; larger ones are read one at a time.
-const INLINE_BODY_BYTES: usize = 64 * 1024;
+/// The tenant's oldest and newest ids, if it has events.
+async fn id_range<C: GenericClient + Sync>(
+    client: &C,
+    tenant: TenantId,
+) -> Result<Option<(EventId, EventId)>, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT id FROM events WHERE tenant_id = $1 ORDER BY id LIMIT 1),
+                    (SELECT id FROM events WHERE tenant_id = $1 ORDER BY id DESC LIMIT 1)",
+            &[&tenant.0],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(row
+        .get::<_, Option<Uuid>>(0)
+        .zip(row.get::<_, Option<Uuid>>(1))
+        .map(|(oldest, newest)| (EventId(oldest), EventId(newest))))
+}
 
-fn candidates_sql(
+/// A window of ids an indexed search asks the GIN index about.
+struct Window {
+    /// Where it starts (exclusive unless the flag says inclusive): the last id read, or the
+    /// edge of the window before.
+    from: (EventId, bool),
+    /// Where it ends (exclusive), unless it runs to the end of the tenant's ids.
+    edge: Option<EventId>,
+    /// The bucket lexemes that cover it, if few enough.
+    buckets: Option<Vec<String>>,
+}
+
+/// The statement for one window: matching rows only, in the query's order, found through
+/// the GIN index alone. Every other condition is written so that no btree index can serve
+/// it (`uuid_send`), or the planner, which often thinks a range of recent ids holds one
+/// row, would read the window row by row.
+fn window_candidates(
     tenant: TenantId,
     query: &SearchQuery,
-    after: Option<EventId>,
-    chunk: i64,
+    tsquery: &str,
+    window: &Window,
+    rows: i64,
 ) -> (String, Vec<Param>) {
-    let mut sql = format!(
-        "SELECT id, CASE WHEN octet_length(body) <= {INLINE_BODY_BYTES} THEN body END, \
-         octet_length(body) FROM events WHERE tenant_id = $1 AND NOT erased"
-    );
-    let mut params: Vec<Param> = vec![Box::new(tenant.0)];
+    let bytes = |id: EventId| id.0.as_bytes().to_vec();
+    let tsquery = match &window.buckets {
+        Some(buckets) => format!("({tsquery}) & ({})", buckets.join(" | ")),
+        None => tsquery.to_owned(),
+    };
+    let mut params: Vec<Param> = vec![
+        Box::new(tenant.0),
+        Box::new(bytes(EventId(tenant.0))),
+        Box::new(tsquery),
+    ];
     let mut push = |sql: &mut String, condition: &str, param: Param| {
         params.push(param);
         sql.push_str(&condition.replace('?', &format!("${}", params.len())));
     };
+    let mut sql = format!(
+        "SELECT id, true, CASE WHEN octet_length(body) <= {INLINE_BODY_BYTES} THEN body END, \
+         octet_length(body) FROM events \
+         WHERE ((search @@ $3::text::tsquery AND uuid_send(tenant_id) = $2) \
+                OR (search IS NULL AND tenant_id = $1)) AND NOT erased"
+    );
     if let Some(since) = query.since {
         let low = EventId::from_parts(micros_of(since), 0);
-        push(&mut sql, " AND id >= ?", Box::new(low.0));
+        push(&mut sql, " AND uuid_send(id) >= ?", Box::new(bytes(low)));
     }
     if let Some(until) = query.until {
         let high = EventId::from_parts(micros_ceil(until), 0);
-        push(&mut sql, " AND id < ?", Box::new(high.0));
+        push(&mut sql, " AND uuid_send(id) < ?", Box::new(bytes(high)));
     }
-    if let Some(after) = after {
-        let condition = match query.order {
-            Order::Desc => " AND id < ?",
-            Order::Asc => " AND id > ?",
-        };
-        push(&mut sql, condition, Box::new(after.0));
+    let (from, edge) = match (query.order, window.from.1) {
+        (Order::Desc, false) => (" AND uuid_send(id) < ?", " AND uuid_send(id) >= ?"),
+        (Order::Desc, true) => (" AND uuid_send(id) < ?", " AND uuid_send(id) >= ?"),
+        (Order::Asc, false) => (" AND uuid_send(id) > ?", " AND uuid_send(id) < ?"),
+        (Order::Asc, true) => (" AND uuid_send(id) >= ?", " AND uuid_send(id) < ?"),
+    };
+    push(&mut sql, from, Box::new(bytes(window.from.0)));
+    if let Some(edge_id) = window.edge {
+        push(&mut sql, edge, Box::new(bytes(edge_id)));
     }
     if let Some(event_id) = &query.event_id {
         push(&mut sql, " AND event_id = ?", Box::new(event_id.clone()));
@@ -127,76 +328,367 @@ fn candidates_sql(
     if let Some(source) = &query.source {
         push(&mut sql, " AND source = ?", Box::new(source.clone()));
     }
-    for filter in &query.payload {
-        let shapes = containment_shapes(filter);
-        if shapes.is_empty() {
-            continue;
-        }
-        sql.push_str(" AND (");
-        for (n, shape) in shapes.into_iter().enumerate() {
-            if n > 0 {
-                sql.push_str(" OR ");
-            }
-            push(&mut sql, "payload @> ?", Box::new(shape));
-        }
-        sql.push(')');
-    }
-    if let Some(text) = &query.text {
-        for term in text.split_whitespace().filter(|term| narrowable_term(term)) {
-            let pattern = format!("%{}%", term.replace('_', "\\_"));
-            push(&mut sql, " AND payload::text ILIKE ?", Box::new(pattern));
-        }
-    }
-    sql.push_str(match query.order {
-        Order::Desc => " ORDER BY id DESC",
-        Order::Asc => " ORDER BY id ASC",
-    });
-    push(&mut sql, " LIMIT ?", Box::new(chunk));
+    push(
+        &mut sql,
+        match query.order {
+            Order::Desc => " ORDER BY id DESC LIMIT ?",
+            Order::Asc => " ORDER BY id ASC LIMIT ?",
+        },
+        Box::new(rows),
+    );
     (sql, params)
 }
 
-/// The JSONB documents one of which a payload contains when the filter holds: the value as
-/// a string, and as a boolean or null when it is spelt as one. Values that read as numbers
-/// get no SQL condition: the filter compares numbers as f64 while JSONB compares them
-/// exactly (`1.00000000000000001` is 1 to the one, not to the other), so containment could
-/// exclude an event the filter accepts; `event_matches` decides them. Paths with a segment
-/// that could be an array index get no SQL condition either (containment cannot say
-/// "element 0").
-fn containment_shapes(filter: &PayloadFilter) -> Vec<Value> {
-    if filter
-        .path
-        .iter()
-        .any(|segment| segment.parse::<usize>().is_ok())
-        || filter.value.parse::<f64>().is_ok()
-    {
-        return Vec::new();
+/// The candidate statement: up to `rows` rows past `after` in the query's order (and not past
+/// `edge`, a window's far end, inclusive), each with whether the indexable conditions hold.
+///
+/// Without `edge`, the rows are the next ones in id order, matching or not, and the
+/// conditions are only evaluated on them (the probe, and a search without a `tsquery` where
+/// every condition is in the `WHERE` instead); with `edge`, only matching rows come back.
+fn candidates(
+    tenant: TenantId,
+    query: &SearchQuery,
+    after: Option<EventId>,
+    edge: Option<EventId>,
+    tsquery: Option<&str>,
+    rows: i64,
+) -> (String, Vec<Param>) {
+    let mut params: Vec<Param> = vec![Box::new(tenant.0)];
+    let mut push = |sql: &mut String, condition: &str, param: Param| {
+        params.push(param);
+        sql.push_str(&condition.replace('?', &format!("${}", params.len())));
+    };
+    let mut range = String::new();
+    if let Some(since) = query.since {
+        let low = EventId::from_parts(micros_of(since), 0);
+        push(&mut range, " AND id >= ?", Box::new(low.0));
     }
-    let mut leaves = vec![Value::String(filter.value.clone())];
-    match filter.value.as_str() {
-        "true" => leaves.push(Value::Bool(true)),
-        "false" => leaves.push(Value::Bool(false)),
-        "null" => leaves.push(Value::Null),
-        _ => {}
+    if let Some(until) = query.until {
+        let high = EventId::from_parts(micros_ceil(until), 0);
+        push(&mut range, " AND id < ?", Box::new(high.0));
     }
-    leaves
-        .into_iter()
-        .map(|leaf| {
-            filter.path.iter().rev().fold(leaf, |inner, segment| {
-                let mut object = Map::new();
-                object.insert(segment.clone(), inner);
-                Value::Object(object)
-            })
-        })
-        .collect()
+    let (past, to) = match query.order {
+        Order::Desc => (" AND id < ?", " AND id >= ?"),
+        Order::Asc => (" AND id > ?", " AND id <= ?"),
+    };
+    if let Some(after) = after {
+        push(&mut range, past, Box::new(after.0));
+    }
+    if let Some(edge) = edge {
+        push(&mut range, to, Box::new(edge.0));
+    }
+    let mut conditions = String::from("NOT erased");
+    if let Some(event_id) = &query.event_id {
+        push(
+            &mut conditions,
+            " AND event_id = ?",
+            Box::new(event_id.clone()),
+        );
+    }
+    if !query.event_types.is_empty() {
+        push(
+            &mut conditions,
+            " AND event_type = ANY(?)",
+            Box::new(query.event_types.clone()),
+        );
+    }
+    if let Some(source) = &query.source {
+        push(&mut conditions, " AND source = ?", Box::new(source.clone()));
+    }
+    if let Some(tsquery) = tsquery {
+        // Rows without `search` (written before it existed, until the backfill reaches
+        // them) are candidates whatever the query.
+        push(
+            &mut conditions,
+            " AND (search @@ ?::text::tsquery OR search IS NULL)",
+            Box::new(tsquery.to_owned()),
+        );
+    }
+    let order = match query.order {
+        Order::Desc => "ORDER BY id DESC",
+        Order::Asc => "ORDER BY id ASC",
+    };
+    params.push(Box::new(rows));
+    let limit = params.len();
+    let columns = format!(
+        "id, CASE WHEN octet_length(body) <= {INLINE_BODY_BYTES} THEN body END, octet_length(body)"
+    );
+    let sql = if tsquery.is_some() && edge.is_none() {
+        format!(
+            "SELECT id, hit, CASE WHEN hit AND octet_length(body) <= {INLINE_BODY_BYTES} \
+             THEN body END, octet_length(body) FROM (SELECT id, body, ({conditions}) AS hit \
+             FROM events WHERE tenant_id = $1{range} {order} LIMIT ${limit}) AS newest {order}"
+        )
+    } else {
+        let columns = columns.replacen("id, ", "id, true, ", 1);
+        format!(
+            "SELECT {columns} FROM events WHERE tenant_id = $1{range} AND {conditions} \
+             {order} LIMIT ${limit}"
+        )
+    };
+    (sql, params)
 }
 
-/// Whether `ILIKE '%term%'` over the payload's JSON text admits every payload whose strings
-/// contain the term: plain ASCII words (JSON escapes nothing in them) with a letter no
-/// number's spelling has (numbers are spelt differently by JSONB and by the filter).
-fn narrowable_term(term: &str) -> bool {
-    term.chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && term
-            .chars()
-            .any(|c| c.is_ascii_alphabetic() && !matches!(c, 'e' | 'E'))
+/// A lexeme that no payload gives (word starts begin with a letter or digit, keys with
+/// `=`) and that every indexed query accepts: the `search` of a payload too large to index.
+const EVERYTHING: &str = "*";
+
+/// The most bytes of lexemes one event's `search` holds (PostgreSQL takes at most 1 MiB per
+/// `tsvector`). A payload with more is marked [`EVERYTHING`]: found by every indexed
+/// search, decided by [`event_matches`].
+const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// The `search` column of an event with this payload JSON, in `tsvector` input syntax:
+/// every [`text_index_starts`] of the payload and `=` followed by each of its
+/// [`payload_index_keys`] in hex (the embedded store's index holds the same terms). Payload
+/// text that does not parse (never from the API, which validates it) is found by every
+/// indexed search, and [`event_matches`] decides, as for any candidate.
+pub(super) fn document(payload: &str, tenant: Uuid, id: EventId) -> String {
+    let mut out = String::new();
+    for bucket in BUCKETS {
+        let _ = write!(out, "{} ", bucket.lexeme(tenant, id.timestamp_micros()));
+    }
+    let Ok(payload) = serde_json::from_str::<Value>(payload) else {
+        push_lexeme(&mut out, EVERYTHING);
+        return out;
+    };
+    for start in text_index_starts(&payload) {
+        push_lexeme(&mut out, &start);
+        out.push(' ');
+    }
+    for key in payload_index_keys(&payload) {
+        let _ = write!(out, "'={key:016x}' ");
+    }
+    if out.len() > MAX_DOCUMENT_BYTES {
+        out.clear();
+        for bucket in BUCKETS {
+            let _ = write!(out, "{} ", bucket.lexeme(tenant, id.timestamp_micros()));
+        }
+        push_lexeme(&mut out, EVERYTHING);
+    }
+    out
+}
+
+/// A span of event time that the search index names with one lexeme per tenant, so that
+/// a window of time is a handful of lexemes the GIN index intersects with the filter's:
+/// PostgreSQL's estimate of the rows in a range of recent ids is often one (the newest ids
+/// lie past the statistics' histogram), which makes it walk the range row by row instead.
+#[derive(Clone, Copy)]
+struct Bucket {
+    /// The lexeme's letter.
+    name: char,
+    /// log2 of the span, in microseconds.
+    shift: u32,
+}
+
+/// About 67 seconds and about 19 hours.
+const BUCKETS: [Bucket; 2] = [
+    Bucket {
+        name: 'f',
+        shift: 26,
+    },
+    Bucket {
+        name: 'c',
+        shift: 36,
+    },
+];
+
+/// The most lexemes of one size a window names; a wider window takes the next size, and
+/// one wider than that none (the filter's own lexemes alone).
+const WINDOW_BUCKETS: i64 = 32;
+
+impl Bucket {
+    fn of(self, micros: i64) -> i64 {
+        micros >> self.shift
+    }
+
+    /// `@`, eight hex digits of the tenant, the size's letter and the bucket's number: no
+    /// word start or payload key begins with `@`, and another tenant's lexeme differs
+    /// (a clash of the eight digits only adds candidates).
+    fn lexeme(self, tenant: Uuid, micros: i64) -> String {
+        format!(
+            "'@{:08x}{}{}'",
+            tenant.as_u128() as u32,
+            self.name,
+            self.of(micros)
+        )
+    }
+
+    /// The lexemes of the buckets that hold `[low, high]` (microseconds), if few enough.
+    fn covering(self, tenant: Uuid, low: i64, high: i64) -> Option<Vec<String>> {
+        let (first, last) = (self.of(low), self.of(high));
+        (last - first < WINDOW_BUCKETS).then(|| {
+            (first..=last)
+                .map(|bucket| Bucket::lexeme(self, tenant, bucket << self.shift))
+                .collect()
+        })
+    }
+}
+
+/// The `search` of a stored event from its JSON (the backfill's input). An erased event's
+/// empty body has nothing to find.
+pub(super) fn stored_document(body: &str, tenant: Uuid, id: EventId) -> String {
+    #[derive(serde::Deserialize)]
+    struct Stored<'a> {
+        #[serde(borrow)]
+        payload: &'a serde_json::value::RawValue,
+    }
+    if body.is_empty() {
+        return String::new();
+    }
+    match serde_json::from_str::<Stored<'_>>(body) {
+        Ok(stored) => document(stored.payload.get(), tenant, id),
+        Err(_) => document("", tenant, id),
+    }
+}
+
+/// The `tsquery` (input syntax) that every event's `search` matches when the query's full
+/// text and payload filters hold: a prefix per `q` term ([`text_query_prefix`]) and, per
+/// payload filter, one of its [`path_filter_keys`]; or [`EVERYTHING`]. `None` when neither
+/// filter is given, or no term has a letter or digit to look up.
+pub(super) fn index_query(query: &SearchQuery) -> Option<String> {
+    let mut parts = Vec::new();
+    for term in query.text.iter().flat_map(|text| text.split_whitespace()) {
+        if let Some(prefix) = text_query_prefix(term) {
+            let mut part = String::new();
+            push_lexeme(&mut part, &prefix);
+            part.push_str(":*");
+            parts.push(part);
+        }
+    }
+    for filter in &query.payload {
+        let keys: Vec<String> = path_filter_keys(filter)
+            .into_iter()
+            .map(|key| format!("'={key:016x}'"))
+            .collect();
+        parts.push(format!("({})", keys.join(" | ")));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let mut out = format!("({}) | ", parts.join(" & "));
+    push_lexeme(&mut out, EVERYTHING);
+    Some(out)
+}
+
+/// A quoted lexeme as `tsvector` and `tsquery` input read it (quotes and backslashes doubled).
+fn push_lexeme(out: &mut String, lexeme: &str) {
+    out.push('\'');
+    for c in lexeme.chars() {
+        if c == '\'' || c == '\\' {
+            out.push(c);
+        }
+        out.push(c);
+    }
+    out.push('\'');
+}
+
+/// Rows the backfill fills per transaction.
+const BACKFILL_BATCH: i64 = 1_000;
+
+/// Fills `search` for the rows that lack it, a batch per transaction, until none is left.
+/// Several nodes may run it at once: each takes rows the others have not locked.
+pub(super) async fn backfill(db: Db) {
+    let mut filled = 0u64;
+    loop {
+        match backfill_batch(&db).await {
+            Ok(0) => break,
+            Ok(rows) => filled += rows,
+            Err(err) => {
+                tracing::warn!(error = %err, "filling the search column failed; trying again in 5 s");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        }
+    }
+    if filled > 0 {
+        tracing::info!(
+            events = filled,
+            "search column filled for events stored before it"
+        );
+    }
+}
+
+async fn backfill_batch(db: &Db) -> Result<u64, StoreError> {
+    let mut client = db.client().await?;
+    let transaction = client.transaction().await.map_err(pg_error)?;
+    let rows = transaction
+        .query(
+            "SELECT tenant_id, id, body FROM events WHERE search IS NULL
+             LIMIT $1 FOR UPDATE SKIP LOCKED",
+            &[&BACKFILL_BATCH],
+        )
+        .await
+        .map_err(pg_error)?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut tenants = Vec::with_capacity(rows.len());
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut documents = Vec::with_capacity(rows.len());
+    for row in &rows {
+        tenants.push(row.get::<_, uuid::Uuid>(0));
+        ids.push(row.get::<_, uuid::Uuid>(1));
+        documents.push(stored_document(
+            row.get::<_, &str>(2),
+            tenants[tenants.len() - 1],
+            EventId(ids[ids.len() - 1]),
+        ));
+    }
+    let filled = transaction
+        .execute(
+            "UPDATE events SET search = u.search::tsvector
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u(tenant_id, id, search)
+              WHERE events.tenant_id = u.tenant_id AND events.id = u.id",
+            &[&tenants, &ids, &documents],
+        )
+        .await
+        .map_err(pg_error)?;
+    transaction.commit().await.map_err(pg_error)?;
+    Ok(filled)
+}
+
+/// How often a node merges the search index's pending entries into the index.
+const MERGE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The advisory lock held by the node that is merging ("psmerge"): one at a time.
+const MERGE_LOCK: i64 = 0x7073_6d65_7267_6500;
+
+/// Merges the GIN index's pending list into the index, in bulk, every [`MERGE_EVERY`].
+///
+/// `events_search` is built with `fastupdate`: an insert appends its entries to a pending
+/// list, which every search reads whole. PostgreSQL merges that list when autovacuum visits
+/// the table or when an insert finds it over `gin_pending_list_limit`, inside that insert's
+/// transaction. Measured under sustained 1,000-event batches with autovacuum off, the
+/// inserts' own merges fell behind (2.3 GB of pending pages after 7 minutes, one search
+/// 0.9 s) and stalled commits past the statement timeout (503s); the index's limit is
+/// therefore set high (64 MB, migration 0005) and a node merges it here, off the ingest path, with
+/// the memory of a maintenance operation. One node at a time: the others find the lock
+/// taken and try again at their next turn.
+pub(super) async fn merge_pending(db: Db) {
+    loop {
+        tokio::time::sleep(MERGE_EVERY).await;
+        if let Err(err) = merge_once(&db).await {
+            tracing::warn!(error = %err, "merging the search index's pending entries failed; trying again in 5 s");
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    }
+}
+
+async fn merge_once(db: &Db) -> Result<(), StoreError> {
+    let mut client = db.client().await?;
+    let transaction = client.transaction().await.map_err(pg_error)?;
+    // A merge behind sustained load can take longer than any request may.
+    transaction
+        .batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL maintenance_work_mem = '128MB'")
+        .await
+        .map_err(pg_error)?;
+    transaction
+        .query(
+            "SELECT gin_clean_pending_list('events_search'::regclass)
+              WHERE pg_try_advisory_xact_lock($1)",
+            &[&MERGE_LOCK],
+        )
+        .await
+        .map_err(pg_error)?;
+    transaction.commit().await.map_err(pg_error)
 }

@@ -1,4 +1,5 @@
-//! What the store's integration tests share.
+//! What the store's integration tests share (each test binary uses part of it).
+#![allow(dead_code)]
 
 use pulsestream_store::postgres::{PostgresConfig, PostgresStore};
 
@@ -7,6 +8,7 @@ use pulsestream_store::postgres::{PostgresConfig, PostgresStore};
 pub struct PostgresSchema {
     pub store: PostgresStore,
     schema: String,
+    url: String,
     client: tokio_postgres::Client,
 }
 
@@ -28,15 +30,43 @@ impl PostgresSchema {
             .expect("create a schema");
         let separator = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
-        let store = PostgresStore::connect(&PostgresConfig::new(url))
+        let store = PostgresStore::connect(&PostgresConfig::new(url.clone()))
             .await
             .expect("connect");
         store.migrate().await.expect("migrate");
         Self {
             store,
             schema,
+            url,
             client,
         }
+    }
+
+    /// Connects another store to the same schema (another node, or the same one restarted).
+    pub async fn connect_again(&self) -> PostgresStore {
+        PostgresStore::connect(&PostgresConfig::new(self.url.clone()))
+            .await
+            .expect("connect")
+    }
+
+    /// Runs statements in the schema and returns the first column of the last row, if any.
+    pub async fn sql(&self, statements: &str) -> Option<String> {
+        self.client
+            .batch_execute(&format!("SET search_path = {}", self.schema))
+            .await
+            .expect("set the search path");
+        let messages = self
+            .client
+            .simple_query(statements)
+            .await
+            .unwrap_or_else(|err| panic!("{statements}: {err}"));
+        messages
+            .into_iter()
+            .rev()
+            .find_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
     }
 
     /// Drops the schema (close the store first).

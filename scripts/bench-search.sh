@@ -18,6 +18,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 TOKEN=bench-admin-token-0123456789
 PORT=18080
 BASE=http://127.0.0.1:$PORT
+. scripts/lib/search-bench.sh
 
 serve() { # data-dir, flags...
   PULSESTREAM_ADMIN_TOKEN=$TOKEN RUST_LOG=warn target/release/pulsestream serve \
@@ -25,30 +26,9 @@ serve() { # data-dir, flags...
   until curl -sf $BASE/readyz >/dev/null; do sleep 0.01; done
 }
 stop() { kill $SERVER; wait $SERVER 2>/dev/null || true; }
-tenant() {
-  curl -sf -X POST $BASE/admin/tenants -H "authorization: Bearer $TOKEN" \
-    -H 'content-type: application/json' \
-    -d '{"name":"bench","rate_limit_per_minute":1000000000,"burst":100000000}' |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["api_key"])'
-}
 metric() { curl -sf $BASE/metrics | awk -v name="$1" '$1 == name {print $2}'; }
-ingest() { # key, seconds
-  "$BENCH" run --url $BASE --api-key "$1" --scenario batch --batch-size 1000 --concurrency 8 \
-    --warmup 2s --duration "$2s" | grep -E "^  events "
-}
-search() { # key, connections, seconds, query
-  echo "### $4"
-  "$BENCH" run --url $BASE --api-key "$1" --scenario mixed --search-share 1 --concurrency "$2" \
-    --warmup 1s --duration "$3s" --search-query "$4" --timeout 120s |
-    grep -E "^  requests |^  latency ms   search|^  status" || true
-}
 
-echo "## ceiling: bare axum handler parsing the same JSON (no storage)"
-"$BENCH" ceiling --listen 127.0.0.1:18090 & CEILING=$!
-sleep 1
-"$BENCH" run --url http://127.0.0.1:18090 --api-key ceiling --scenario batch --batch-size 1000 --concurrency 8 \
-  --warmup 2s --duration "${SECS}s" | grep -E "^  events "
-kill $CEILING; wait $CEILING 2>/dev/null || true
+ceiling "$SECS"
 
 echo
 echo "## ingest, 1,000-event batches, 8 connections, fresh data dir each: index on / off"
@@ -76,25 +56,7 @@ echo "index caught up $(( $(date +%s) - START )) s after the load began: $INDEXE
 du -sb "$WORK/big/fjall" "$WORK/big/search-index" | awk -v n="$INDEXED" \
   '{printf "%-40s %8.1f MB  %6.1f bytes/event\n", $2, $1/1e6, $1/n}'
 
-# Queries built from events that are there: one event's order id, customer email and total.
-SAMPLE=$(curl -sf "$BASE/v1/events?limit=1&order=asc" -H "authorization: Bearer $KEY")
-field() { python3 -c "import json,sys; e=json.loads(sys.argv[1])['events'][0]['payload']; print($2)" "$SAMPLE"; }
-ORDER=$(field "" "e['order_id']")
-EMAIL=$(field "" "e['customer']['email']")
-TOTAL=$(field "" "e['total']")
-QUERIES=(
-  "event_type=order.created&limit=100"
-  "q=$ORDER&limit=100"
-  "payload.order_id=$ORDER&limit=100"
-  "q=zzzz-nothing&limit=100"
-  "payload.order_id=none&limit=100"
-  "q=$EMAIL&limit=100"
-  "payload.customer.email=$EMAIL&limit=100"
-  "payload.total=$TOTAL&limit=100"
-  "payload.currency=EUR&limit=100"
-  "q=example.com&limit=100"
-  "event_type=order.created&q=$EMAIL&limit=100"
-)
+search_queries "$KEY"
 echo
 echo "## search with the index, 16 connections, ${SECS} s each"
 for query in "${QUERIES[@]}"; do search "$KEY" 16 "$SECS" "$query"; done

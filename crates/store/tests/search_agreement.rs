@@ -369,6 +369,15 @@ async fn postgres_search_agrees_with_the_rule() {
     let (tenant, other) = (TenantId::random(), TenantId::random());
     let payloads = fill(&store, &mut rng, tenant, 400).await;
     fill(&store, &mut rng, other, 100).await;
+    // The node merges the index's pending entries itself, every 250 ms: nothing is left for
+    // a merge a few seconds later.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let pending = "SELECT gin_clean_pending_list('events_search'::regclass)";
+    assert_eq!(
+        fresh.sql(pending).await.as_deref(),
+        Some("0"),
+        "pages still pending"
+    );
     agree(&store, tenant, &payloads, seed, 60, "postgres").await;
 
     // Rows stored before the `search` column existed have none: searches take them as
@@ -428,6 +437,68 @@ async fn postgres_search_agrees_with_the_rule() {
         "postgres, past the probe",
     )
     .await;
+    store.close().await.expect("close");
+    fresh.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_search_finds_a_payload_too_large_to_index() {
+    let fresh = support::PostgresSchema::new("psbig").await;
+    let store: Arc<dyn Store> = Arc::new(fresh.store.clone());
+    let tenant = TenantId::random();
+    // About 30,000 distinct words: over 256 KB of word starts, more than one row's `search`
+    // may hold, so the row is marked to be found by every indexed search.
+    let words: Vec<String> = (0..30_000).map(|n| format!("w{n:05}x")).collect();
+    let event = json!({"event_id": "big", "event_type": "a",
+        "payload": {"text": words.join(" "), "n": 7}});
+    let small = json!({"event_id": "small", "event_type": "a", "payload": {"n": 8}});
+    store
+        .append_batch(AppendBatch {
+            tenant,
+            events: vec![
+                NewEvent::from_json(&event.to_string()).expect("an event"),
+                NewEvent::from_json(&small.to_string()).expect("an event"),
+            ],
+            received_at: OffsetDateTime::now_utc(),
+            idempotency: None,
+        })
+        .await
+        .expect("append");
+    let marked = fresh
+        .sql("SELECT count(*) FROM events WHERE search @@ '''*'''::tsquery")
+        .await;
+    assert_eq!(marked.as_deref(), Some("1"));
+    let found = |text: Option<&str>, payload: Option<(&str, &str)>| {
+        let query = SearchQuery {
+            text: text.map(str::to_owned),
+            payload: payload
+                .map(|(path, value)| PayloadFilter {
+                    path: vec![path.to_owned()],
+                    value: value.to_owned(),
+                })
+                .into_iter()
+                .collect(),
+            limit: 10,
+            ..SearchQuery::default()
+        };
+        let store = store.clone();
+        async move {
+            let page = store.search(tenant, query).await.expect("search");
+            page.events
+                .iter()
+                .map(|event| {
+                    serde_json::from_slice::<Value>(&event.json).expect("json")["event_id"]
+                        .as_str()
+                        .expect("an event_id")
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found(Some("w12345x"), None).await, ["big"]);
+    assert_eq!(found(Some("w99999x"), None).await, Vec::<String>::new());
+    assert_eq!(found(None, Some(("n", "7"))).await, ["big"]);
+    assert_eq!(found(None, Some(("n", "8"))).await, ["small"]);
     store.close().await.expect("close");
     fresh.drop_schema().await;
 }

@@ -47,9 +47,9 @@ const PROBE_ROWS: i64 = 2_000;
 const WINDOW_SETTINGS: &str = "SET LOCAL enable_indexscan = off; SET LOCAL enable_seqscan = off; \
      SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL jit = off";
 
-/// The first window of event time an indexed search asks the GIN index about (in
-/// microseconds: four of the smallest [`BUCKETS`], about four and a half minutes).
-const FIRST_WINDOW: i64 = 4 << 26;
+/// The narrowest window of event time an indexed search asks the GIN index about, in
+/// microseconds (one of the smallest [`BUCKETS`]).
+const MIN_WINDOW: i64 = 1 << 20;
 
 /// How much each window grows over the one before when it held too few matches.
 const WINDOW_GROWTH: i64 = 4;
@@ -103,7 +103,18 @@ pub(super) async fn search(
                 .batch_execute(WINDOW_SETTINGS)
                 .await
                 .map_err(pg_error)?;
-            let mut width = FIRST_WINDOW;
+            // The first window: as much event time as should hold four times the matches
+            // still wanted, at the rate of events and of matches the probe saw (a probe
+            // without a match counts as one; a window with too few grows fourfold).
+            let start = match (after, query.order) {
+                (Some(after), _) => after.timestamp_micros(),
+                (None, Order::Desc) => newest,
+                (None, Order::Asc) => oldest,
+            };
+            let probed = (start - last.timestamp_micros()).unsigned_abs() as f64;
+            let wanted = (query.limit + 1).saturating_sub(page.events.len()).max(1) as f64;
+            let seen = page.events.len().max(1) as f64;
+            let mut width = ((probed * 4.0 * wanted / seen) as i64).max(MIN_WINDOW);
             let mut from = (last, false);
             loop {
                 let at = from.0.timestamp_micros();
@@ -481,15 +492,24 @@ struct Bucket {
     shift: u32,
 }
 
-/// About 67 seconds and about 19 hours.
-const BUCKETS: [Bucket; 2] = [
+/// About a second, a minute, an hour and three days: each 64 times the one before, so that
+/// a window just too wide for [`WINDOW_BUCKETS`] of one size takes a few of the next.
+const BUCKETS: [Bucket; 4] = [
     Bucket {
-        name: 'f',
+        name: 's',
+        shift: 20,
+    },
+    Bucket {
+        name: 'm',
         shift: 26,
     },
     Bucket {
-        name: 'c',
-        shift: 36,
+        name: 'h',
+        shift: 32,
+    },
+    Bucket {
+        name: 'd',
+        shift: 38,
     },
 ];
 
@@ -667,14 +687,33 @@ const MERGE_LOCK: i64 = 0x7073_6d65_7267_6500;
 pub(super) async fn merge_pending(db: Db) {
     loop {
         tokio::time::sleep(MERGE_EVERY).await;
-        if let Err(err) = merge_once(&db).await {
-            tracing::warn!(error = %err, "merging the search index's pending entries failed; trying again in 5 s");
-            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        match merge_once(&db).await {
+            Ok(Merge::Done) => {}
+            Ok(Merge::NotOwner) => {
+                tracing::warn!(
+                    "this node's database role does not own the index events_search, so it \
+                     cannot merge the index's pending entries; PostgreSQL merges them itself \
+                     (autovacuum, or an insert past 64 MB), and searches read them meanwhile"
+                );
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "merging the search index's pending entries failed; trying again in 5 s");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
         }
     }
 }
 
-async fn merge_once(db: &Db) -> Result<(), StoreError> {
+/// How one merge went.
+enum Merge {
+    /// Merged, or another node holds the lock.
+    Done,
+    /// Only the index's owner may merge it (`pulsestream migrate` ran as another role).
+    NotOwner,
+}
+
+async fn merge_once(db: &Db) -> Result<Merge, StoreError> {
     let mut client = db.client().await?;
     let transaction = client.transaction().await.map_err(pg_error)?;
     // A merge behind sustained load can take longer than any request may.
@@ -682,13 +721,22 @@ async fn merge_once(db: &Db) -> Result<(), StoreError> {
         .batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL maintenance_work_mem = '128MB'")
         .await
         .map_err(pg_error)?;
-    transaction
+    match transaction
         .query(
             "SELECT gin_clean_pending_list('events_search'::regclass)
               WHERE pg_try_advisory_xact_lock($1)",
             &[&MERGE_LOCK],
         )
         .await
-        .map_err(pg_error)?;
-    transaction.commit().await.map_err(pg_error)
+    {
+        Ok(_) => {}
+        Err(err)
+            if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
+            return Ok(Merge::NotOwner);
+        }
+        Err(err) => return Err(pg_error(err)),
+    }
+    transaction.commit().await.map_err(pg_error)?;
+    Ok(Merge::Done)
 }

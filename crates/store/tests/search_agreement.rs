@@ -446,7 +446,7 @@ async fn postgres_search_finds_a_payload_too_large_to_index() {
     let fresh = support::PostgresSchema::new("psbig").await;
     let store: Arc<dyn Store> = Arc::new(fresh.store.clone());
     let tenant = TenantId::random();
-    // About 30,000 distinct words: over 256 KB of word starts, more than one row's `search`
+    // About 30,000 distinct words: over 64 KB of word starts, more than one row's `search`
     // may hold, so the row is marked to be found by every indexed search.
     let words: Vec<String> = (0..30_000).map(|n| format!("w{n:05}x")).collect();
     let event = json!({"event_id": "big", "event_type": "a",

@@ -630,20 +630,20 @@ pub(super) async fn backfill(db: Db) {
     }
 }
 
+/// Fills one batch; returns how many rows lacked `search` when it looked (0: none left).
+///
+/// Each statement is a transaction of its own: a step cut short (the process stopping, or
+/// its runtime busy) never holds a lock. Two nodes may compute the same rows; the update
+/// only fills rows still without `search`, so an erasure meanwhile (which empties it) wins.
 async fn backfill_batch(db: &Db) -> Result<u64, StoreError> {
-    let mut client = db.client().await?;
-    let transaction = client.transaction().await.map_err(pg_error)?;
-    let rows = transaction
+    let client = db.client().await?;
+    let rows = client
         .query(
-            "SELECT tenant_id, id, body FROM events WHERE search IS NULL
-             LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT tenant_id, id, body FROM events WHERE search IS NULL LIMIT $1",
             &[&BACKFILL_BATCH],
         )
         .await
         .map_err(pg_error)?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
     let mut tenants = Vec::with_capacity(rows.len());
     let mut ids = Vec::with_capacity(rows.len());
     let mut documents = Vec::with_capacity(rows.len());
@@ -656,17 +656,19 @@ async fn backfill_batch(db: &Db) -> Result<u64, StoreError> {
             EventId(ids[ids.len() - 1]),
         ));
     }
-    let filled = transaction
-        .execute(
-            "UPDATE events SET search = u.search::tsvector
-               FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u(tenant_id, id, search)
-              WHERE events.tenant_id = u.tenant_id AND events.id = u.id",
-            &[&tenants, &ids, &documents],
-        )
-        .await
-        .map_err(pg_error)?;
-    transaction.commit().await.map_err(pg_error)?;
-    Ok(filled)
+    if !rows.is_empty() {
+        client
+            .execute(
+                "UPDATE events SET search = u.search::tsvector
+                   FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u(tenant_id, id, search)
+                  WHERE events.tenant_id = u.tenant_id AND events.id = u.id
+                    AND events.search IS NULL",
+                &[&tenants, &ids, &documents],
+            )
+            .await
+            .map_err(pg_error)?;
+    }
+    Ok(rows.len() as u64)
 }
 
 /// How often a node merges the search index's pending entries into the index.
@@ -716,29 +718,28 @@ enum Merge {
 }
 
 async fn merge_once(db: &Db) -> Result<Merge, StoreError> {
-    let mut client = db.client().await?;
-    let transaction = client.transaction().await.map_err(pg_error)?;
-    // A merge behind sustained load can take longer than any request may.
-    transaction
-        .batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL maintenance_work_mem = '128MB'")
-        .await
-        .map_err(pg_error)?;
-    match transaction
+    let client = db.client().await?;
+    // One statement, so one transaction that never waits on this process: a merge cut short
+    // holds no lock. Behind sustained load it runs until the statement timeout, and the next
+    // turn goes on (what a cancelled merge moved stays moved, as when autovacuum's is).
+    match client
         .query(
             "SELECT gin_clean_pending_list('events_search'::regclass)
+               FROM (SELECT set_config('maintenance_work_mem', '128MB', true)) AS memory
               WHERE pg_try_advisory_xact_lock($1)",
             &[&MERGE_LOCK],
         )
         .await
     {
-        Ok(_) => {}
+        Ok(_) => Ok(Merge::Done),
+        Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
+            Ok(Merge::Done)
+        }
         Err(err)
             if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
         {
-            return Ok(Merge::NotOwner);
+            Ok(Merge::NotOwner)
         }
-        Err(err) => return Err(pg_error(err)),
+        Err(err) => Err(pg_error(err)),
     }
-    transaction.commit().await.map_err(pg_error)?;
-    Ok(Merge::Done)
 }

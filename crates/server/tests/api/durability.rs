@@ -6,9 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{
-    ADMIN_TOKEN, ApiClient, ServerProcess, TestApp, TestStore, TestTenant, body, event, http_client,
-};
+use crate::harness::{ServerProcess, TestApp, TestStore, body, event, http_client};
 
 #[tokio::test]
 async fn events_and_tenants_survive_a_restart_and_duplicates_are_still_caught() {
@@ -35,20 +33,9 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
     let client = http_client();
     let server = ServerProcess::start(&store, CRASH_FLAGS);
     server.wait_ready(&client).await;
-    let created: Value = client
-        .post(format!("{}/admin/tenants", server.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"name": "crash", "rate_limit_per_minute": 10_000_000, "burst": 1_000_000}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let tenant = TestTenant {
-        id: created["id"].as_str().unwrap().into(),
-        api_key: created["api_key"].as_str().unwrap().into(),
-    };
+    let tenant = TestApp::attach(&server.base, client.clone())
+        .create_tenant()
+        .await;
     // Nothing listens on port 1: every delivery fails and its entry stays queued (retried,
     // far from its last attempt), so the queue still holds one entry per stored event when
     // the test reads it back.
@@ -137,7 +124,7 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
     // Save and enqueue are one commit: every stored event has exactly one queue entry, and
     // nothing else is queued (pending, delivered and dead-lettered together).
     assert_eq!(
-        queue_entries(&app, &tenant, &destination_id).await,
+        app.queue_entries(&tenant, &destination_id).await,
         stored as u64,
         "queue entries vs stored events"
     );
@@ -159,31 +146,9 @@ async fn every_acknowledged_event_survives_a_sigkill_mid_load() {
         stored
     );
     assert_eq!(
-        queue_entries(&app, &tenant, &destination_id).await,
+        app.queue_entries(&tenant, &destination_id).await,
         stored as u64,
         "a duplicate enqueues nothing"
     );
     server.kill();
-}
-
-/// Entries a destination's queue ever took: pending, delivered and dead-lettered.
-async fn queue_entries(app: &ApiClient, tenant: &TestTenant, destination: &str) -> u64 {
-    let stats: Value = app
-        .client
-        .get(app.url(&format!("/v1/destinations/{destination}")))
-        .bearer_auth(&tenant.api_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ["pending", "delivered", "dead_lettered"]
-        .iter()
-        .map(|count| {
-            stats[count]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{count}: {stats}"))
-        })
-        .sum()
 }

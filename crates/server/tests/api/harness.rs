@@ -133,17 +133,59 @@ impl ServerProcess {
         Self::spawn(store, flags, &[], Some(file))
     }
 
+    /// Starts `pulsestream serve` inside the network namespace `netns` (`ip netns exec`),
+    /// listening on `host` (an address of that namespace), with `store_args` in place of the
+    /// store's own flags (a database reached another way).
+    #[allow(
+        dead_code,
+        reason = "only the PostgreSQL suite's network fault test uses it"
+    )]
+    pub fn start_in_netns(
+        netns: &str,
+        host: &str,
+        store_args: Vec<String>,
+        flags: &[&str],
+    ) -> Self {
+        Self::launch(
+            &["ip", "netns", "exec", netns],
+            host,
+            store_args,
+            flags,
+            &[],
+            None,
+        )
+    }
+
     fn spawn(
         store: &TestStore,
         flags: &[&str],
         env: &[(&str, &str)],
         log: Option<std::fs::File>,
     ) -> Self {
+        Self::launch(&[], "127.0.0.1", store.serve_args(), flags, env, log)
+    }
+
+    fn launch(
+        prefix: &[&str],
+        host: &str,
+        store_args: Vec<String>,
+        flags: &[&str],
+        env: &[(&str, &str)],
+        log: Option<std::fs::File>,
+    ) -> Self {
         let port = free_port();
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pulsestream"));
+        let binary = env!("CARGO_BIN_EXE_pulsestream");
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => std::process::Command::new(binary),
+        };
         command
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(store.serve_args())
+            .args(["serve", "--listen", &format!("{host}:{port}")])
+            .args(store_args)
             .args(flags)
             .env("PULSESTREAM_ADMIN_TOKEN", ADMIN_TOKEN)
             .envs(env.iter().copied())
@@ -157,7 +199,7 @@ impl ServerProcess {
         let child = command.spawn().expect("start pulsestream");
         Self {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{host}:{port}"),
         }
     }
 
@@ -374,6 +416,32 @@ impl ApiClient {
         .await
     }
 
+    /// `GET /v1/destinations/{id}`: the destination with its counts.
+    pub async fn destination(&self, tenant: &TestTenant, id: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url(&format!("/v1/destinations/{id}")))
+            .bearer_auth(&tenant.api_key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "destination {id}");
+        response.json().await.unwrap()
+    }
+
+    /// Entries the destination's queue ever took: pending, delivered and dead-lettered.
+    pub async fn queue_entries(&self, tenant: &TestTenant, destination: &str) -> u64 {
+        let stats = self.destination(tenant, destination).await;
+        ["pending", "delivered", "dead_lettered"]
+            .iter()
+            .map(|count| {
+                stats[count]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{count}: {stats}"))
+            })
+            .sum()
+    }
+
     pub async fn create_tenant_with(&self, body: Value) -> TestTenant {
         let response = self
             .client
@@ -456,6 +524,17 @@ impl ApiClient {
     /// Counts the tenant's events matching `query` by walking every page.
     pub async fn count_events(&self, tenant: &TestTenant, query: &str) -> usize {
         let mut count = 0;
+        self.for_each_event(tenant, query, |_| count += 1).await;
+        count
+    }
+
+    /// Calls `each` with every one of the tenant's events matching `query`, page by page.
+    pub async fn for_each_event(
+        &self,
+        tenant: &TestTenant,
+        query: &str,
+        mut each: impl FnMut(&Value),
+    ) {
         let mut cursor: Option<String> = None;
         loop {
             let mut q = format!("limit=1000&{query}");
@@ -463,10 +542,14 @@ impl ApiClient {
                 q.push_str(&format!("&cursor={cursor}"));
             }
             let page = self.search(tenant, &q).await;
-            count += page["events"].as_array().unwrap().len();
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .for_each(&mut each);
             match page["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_owned()),
-                None => return count,
+                None => return,
             }
         }
     }

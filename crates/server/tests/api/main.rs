@@ -36,4 +36,6 @@ mod retention;
 mod sdks;
 mod search;
 mod security;
+/// Many SIGKILLs in a row under mixed load (`PULSESTREAM_SOAK_CYCLES`).
+mod soak;
 mod tls;

@@ -51,7 +51,7 @@ struct Shared {
     received: Arc<Mutex<Vec<Received>>>,
 }
 
-/// A running receiver on 127.0.0.1.
+/// A running receiver (on 127.0.0.1 unless started elsewhere).
 pub struct Receiver {
     pub url: String,
     shared: Shared,
@@ -66,6 +66,19 @@ impl Receiver {
 
     /// Starts on a given port (0: any free one).
     pub async fn start_on(port: u16, behaviour: Behaviour) -> Self {
+        Self::serve("127.0.0.1", port, behaviour).await
+    }
+
+    /// Starts on another local address than 127.0.0.1 (one a network namespace reaches).
+    #[allow(
+        dead_code,
+        reason = "only the PostgreSQL suite's network fault test uses it"
+    )]
+    pub async fn start_at(address: &str, behaviour: Behaviour) -> Self {
+        Self::serve(address, 0, behaviour).await
+    }
+
+    async fn serve(address: &str, port: u16, behaviour: Behaviour) -> Self {
         let shared = Shared {
             behaviour: Arc::new(Mutex::new(behaviour)),
             received: Arc::default(),
@@ -73,7 +86,7 @@ impl Receiver {
         let app = Router::new()
             .route("/hook", post(receive))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        let listener = tokio::net::TcpListener::bind((address, port))
             .await
             .unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());

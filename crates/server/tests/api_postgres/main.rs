@@ -41,6 +41,8 @@ mod inputs;
 mod lifecycle;
 #[path = "../api/load.rs"]
 mod load;
+/// Root only: a node in a network namespace partitioned from PostgreSQL and Redis (netem).
+mod network_faults;
 #[path = "../api/openapi.rs"]
 mod openapi;
 #[path = "../api/operations.rs"]
@@ -58,6 +60,8 @@ mod sdks;
 mod search;
 #[path = "../api/security.rs"]
 mod security;
+#[path = "../api/soak.rs"]
+mod soak;
 /// Root only: the schema in a tablespace on a small tmpfs that fills up.
 mod tablespace_full;
 #[path = "../api/tls.rs"]

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use fjall::{Database, Keyspace};
+use fjall::{Database, Keyspace, Readable};
 use pulsestream_core::{Destination, DestinationId, EventId, TenantId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -118,6 +118,14 @@ struct DeadLetterValue {
     order_key: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     order_seq: Option<i64>,
+}
+
+fn decode_stats(value: Option<&[u8]>) -> Result<StatsValue, StoreError> {
+    match value {
+        Some(value) => serde_json::from_slice(value)
+            .map_err(|err| StoreError::Corrupt(format!("delivery stats: {err}"))),
+        None => Ok(StatsValue::default()),
+    }
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -429,34 +437,37 @@ impl Queue {
     }
 
     fn read_stats(&self, destination: DestinationId) -> Result<StatsValue, StoreError> {
-        match self
+        let value = self
             .stats
             .get(destination.as_bytes())
-            .map_err(StoreError::unavailable)?
-        {
-            Some(value) => serde_json::from_slice(&value)
-                .map_err(|err| StoreError::Corrupt(format!("delivery stats: {err}"))),
-            None => Ok(StatsValue::default()),
-        }
+            .map_err(StoreError::unavailable)?;
+        decode_stats(value.as_deref())
     }
 
+    /// The destination's counts, read from one snapshot: a delivery commits the removal of
+    /// its queue entries and the count of delivered events together, and reading them apart
+    /// could see one without the other (pending + delivered would dip while events go out).
     pub fn stats(&self, destination: DestinationId) -> Result<DeliveryStats, StoreError> {
-        let stored = self.read_stats(destination)?;
+        let snapshot = self.db.snapshot();
+        let stored = decode_stats(
+            snapshot
+                .get(&self.stats, destination.as_bytes())
+                .map_err(StoreError::unavailable)?
+                .as_deref(),
+        )?;
         let circuit = match stored.circuit.as_str() {
             "open" => Circuit::Open,
             "half_open" => Circuit::HalfOpen,
             _ => Circuit::Closed,
         };
         Ok(DeliveryStats {
-            pending: self
-                .outbox
-                .prefix(destination.as_bytes())
+            pending: snapshot
+                .prefix(&self.outbox, destination.as_bytes())
                 .take(COUNT_CAP)
                 .count() as u64,
             delivered: stored.delivered,
-            dead_lettered: self
-                .dead_letters
-                .prefix(destination.as_bytes())
+            dead_lettered: snapshot
+                .prefix(&self.dead_letters, destination.as_bytes())
                 .take(COUNT_CAP)
                 .count() as u64,
             circuit,

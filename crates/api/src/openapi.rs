@@ -163,6 +163,14 @@ pub enum SortOrder {
     Desc,
 }
 
+/// A key's scope: `full` (everything a tenant may do) or `ingest` (send events only).
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyScopeName {
+    Full,
+    Ingest,
+}
+
 /// The kinds of destination, for the schema of `POST /v1/destinations`.
 #[derive(Debug, ToSchema)]
 #[serde(rename_all = "lowercase")]

@@ -106,7 +106,7 @@ pub struct UpdateTenant {
 pub struct CreateKey {
     /// `full` (the default): everything a tenant may do. `ingest`: send events only.
     #[serde(default)]
-    #[schema(value_type = String, example = "ingest")]
+    #[schema(value_type = doc::KeyScopeName, inline, example = "ingest")]
     scope: KeyScope,
 }
 
@@ -122,7 +122,7 @@ pub(crate) struct KeyView {
     #[schema(value_type = String, format = DateTime)]
     created_at: OffsetDateTime,
     /// `full` or `ingest` (send events only).
-    #[schema(value_type = String)]
+    #[schema(value_type = doc::KeyScopeName, inline)]
     scope: KeyScope,
 }
 
@@ -178,7 +178,7 @@ pub(crate) struct NewKeyView {
     #[schema(format = DateTime)]
     created_at: String,
     /// `full` or `ingest` (send events only).
-    #[schema(value_type = String)]
+    #[schema(value_type = doc::KeyScopeName, inline)]
     scope: KeyScope,
 }
 

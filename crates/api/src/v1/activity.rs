@@ -164,7 +164,7 @@ fn counts_view(counts: &Counts) -> Value {
         with nothing are left out), their totals over that window, and `storage`: the events \
         stored and their approximate bytes since counting began. Each node writes its counts \
         every 2 seconds, so the current minute lags by that much.",
-    params(("minutes" = Option<u32>, Query, description = "1 to 1440, default 60")),
+    params(("minutes" = Option<u32>, Query, minimum = 1, maximum = 1440, description = "1 to 1440, default 60")),
     responses(
         (status = 200, description = "`{\"minutes\": [{\"minute\", ...counts}], \"totals\": {...}, \"storage\": {\"events\", \"bytes\"}}`", body = serde_json::Value),
         (status = 422, response = doc::ValidationFailed),

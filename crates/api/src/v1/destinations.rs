@@ -48,6 +48,7 @@ pub struct CreateDestination {
     kind: String,
     /// The webhook's URL, or the broker's or database's connection URL (sealed at rest,
     /// shown without its password).
+    #[schema(min_length = 1)]
     url: Option<String>,
     /// NATS: the subject.
     subject: Option<String>,

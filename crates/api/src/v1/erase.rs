@@ -48,6 +48,13 @@ pub struct EraseRequest {
 fn filter_schema() -> utoipa::openapi::schema::Object {
     utoipa::openapi::schema::ObjectBuilder::new()
         .min_properties(Some(1))
+        .property_names(Some(
+            utoipa::openapi::schema::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some(
+                    r"^(event_id|event_type|source|since|until|q|payload\..+)$",
+                )),
+        ))
         .additional_properties(Some(
             utoipa::openapi::schema::AdditionalProperties::FreeForm(true),
         ))

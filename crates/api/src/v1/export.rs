@@ -45,7 +45,7 @@ const PAGE: usize = 1_000;
         when the request says `Accept-Encoding: gzip`. A failure mid-way cuts the response \
         off without its end, so a partial export is never mistaken for a whole one.",
     params(
-        ("after" = Option<String>, Query, description = "Resume after the event with this `id`"),
+        ("after" = Option<String>, Query, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "Resume after the event with this `id`"),
         ("order" = Option<String>, Query, description = "`asc` (default) or `desc`"),
         ("event_type" = Option<String>, Query, description = "As in search; repeatable"),
     ),

@@ -41,6 +41,10 @@ use crate::AppState;
 use crate::body::{BodyFormat, read_text_body};
 use crate::error::ApiError;
 use crate::openapi as doc;
+use utoipa::openapi::schema::{
+    AllOfBuilder, AnyOfBuilder, ArrayBuilder, Object, ObjectBuilder, SchemaType, Type,
+};
+use utoipa::openapi::{RefOr, Schema};
 
 /// The most messages one batch may carry, as Segment allows.
 pub const MAX_BATCH_MESSAGES: usize = 2_500;
@@ -56,6 +60,99 @@ const CALLS: [(&str, Option<&str>); 6] = [
     ("alias", Some("previousId")),
 ];
 
+/// A field that must be given: any JSON but `null` and `""` (what [`compat::present`] takes).
+fn given() -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Array(vec![
+            Type::String,
+            Type::Number,
+            Type::Integer,
+            Type::Boolean,
+            Type::Object,
+            Type::Array,
+        ]))
+        .min_length(Some(1))
+        .build()
+}
+
+/// An object that has `field`, given.
+fn requires(field: &str, schema: Object) -> Object {
+    ObjectBuilder::new()
+        .property(field, schema)
+        .required(field)
+        .build()
+}
+
+/// What a message of `call` must have, as [`message`] checks it: `userId` or `anonymousId`,
+/// and the call's own field (`event`, a string, on track; `groupId` on group; `previousId`
+/// on alias). Everything else is the message as Segment's SDKs send it.
+fn message_schema(call: &str) -> RefOr<Schema> {
+    let mut all = AllOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Object).build())
+        .item(
+            AnyOfBuilder::new()
+                .item(requires("userId", given()))
+                .item(requires("anonymousId", given())),
+        );
+    match CALLS.iter().find(|(name, _)| *name == call) {
+        Some(("track", Some(field))) => {
+            let text = ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .build();
+            all = all.item(requires(field, text));
+        }
+        Some((_, Some(field))) => all = all.item(requires(field, given())),
+        _ => {}
+    }
+    RefOr::T(Schema::AllOf(all.build()))
+}
+
+/// The body schemas of the single-message endpoints, one per call.
+macro_rules! message_schemas {
+    ($($name:ident => $call:literal),* $(,)?) => {$(
+        #[doc = concat!("A Segment `", $call, "` message.")]
+        #[derive(Debug)]
+        pub struct $name;
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                message_schema($call)
+            }
+        }
+        impl utoipa::ToSchema for $name {}
+    )*};
+}
+
+message_schemas!(
+    SegmentTrack => "track",
+    SegmentIdentify => "identify",
+    SegmentPage => "page",
+    SegmentScreen => "screen",
+    SegmentGroup => "group",
+    SegmentAlias => "alias",
+);
+
+/// `{"batch": [1 to 2,500 messages, each with its "type"], "context": {…}}`; a message that
+/// is not valid is rejected alone in the answer, so the items are any objects here.
+#[derive(Debug)]
+pub struct SegmentBatch;
+
+impl utoipa::PartialSchema for SegmentBatch {
+    fn schema() -> RefOr<Schema> {
+        let messages = ArrayBuilder::new()
+            .items(ObjectBuilder::new().schema_type(Type::Object))
+            .min_items(Some(1))
+            .max_items(Some(MAX_BATCH_MESSAGES));
+        ObjectBuilder::new()
+            .property("batch", messages)
+            .required("batch")
+            .build()
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for SegmentBatch {}
+
 /// Which endpoint a request came to.
 #[derive(Debug, Clone, Copy)]
 enum Endpoint {
@@ -66,7 +163,7 @@ enum Endpoint {
 }
 
 macro_rules! single_endpoint {
-    ($name:ident, $call:literal, $summary:literal) => {
+    ($name:ident, $call:literal, $summary:literal, $body:ty) => {
         #[doc = concat!("`POST /v1/", $call, "`: one Segment `", $call, "` message.")]
         #[utoipa::path(
             post,
@@ -77,7 +174,7 @@ macro_rules! single_endpoint {
             description = "Segment's HTTP Tracking API: the message as a Segment SDK sends it, \
                 authenticated by the write key (a tenant API key) as the HTTP Basic user name, \
                 a bearer token, `X-Write-Key` or the body's `writeKey`.",
-            request_body(content = Object, content_type = "application/json"),
+            request_body(content = $body, content_type = "application/json"),
             responses(
                 (status = 200, description = "Stored (or a duplicate of a stored message)", body = SegmentAnswer),
                 (status = 400, response = doc::BadRequest),
@@ -100,12 +197,27 @@ macro_rules! single_endpoint {
     };
 }
 
-single_endpoint!(track, "track", "Segment: track an event");
-single_endpoint!(identify, "identify", "Segment: identify a user");
-single_endpoint!(page, "page", "Segment: a page view");
-single_endpoint!(screen, "screen", "Segment: a screen view");
-single_endpoint!(group, "group", "Segment: associate a user with a group");
-single_endpoint!(alias, "alias", "Segment: alias one user id to another");
+single_endpoint!(track, "track", "Segment: track an event", SegmentTrack);
+single_endpoint!(
+    identify,
+    "identify",
+    "Segment: identify a user",
+    SegmentIdentify
+);
+single_endpoint!(page, "page", "Segment: a page view", SegmentPage);
+single_endpoint!(screen, "screen", "Segment: a screen view", SegmentScreen);
+single_endpoint!(
+    group,
+    "group",
+    "Segment: associate a user with a group",
+    SegmentGroup
+);
+single_endpoint!(
+    alias,
+    "alias",
+    "Segment: alias one user id to another",
+    SegmentAlias
+);
 
 /// `POST /v1/batch`: up to 2,500 Segment messages.
 #[utoipa::path(
@@ -118,7 +230,7 @@ single_endpoint!(alias, "alias", "Segment: alias one user id to another");
         message has its `type`; a batch-level `context` applies to messages without their \
         own. Valid messages are stored even when others are rejected; the answer lists the \
         rejected ones and counts them in the `PulseStream-Rejected` header.",
-    request_body(content = Object, content_type = "application/json"),
+    request_body(content = SegmentBatch, content_type = "application/json"),
     responses(
         (status = 200, description = "The valid messages are stored", body = SegmentAnswer),
         (status = 400, response = doc::BadRequest),
@@ -146,7 +258,7 @@ pub async fn batch(
     operation_id = "segment_import",
     tag = "segment",
     summary = "Segment: a batch of messages (the same as /v1/batch)",
-    request_body(content = Object, content_type = "application/json"),
+    request_body(content = SegmentBatch, content_type = "application/json"),
     responses(
         (status = 200, description = "The valid messages are stored", body = SegmentAnswer),
         (status = 400, response = doc::BadRequest),

@@ -83,6 +83,40 @@ impl<'a> Attributes<'a> {
     }
 }
 
+/// One structured-mode event, as [`check`] takes it: `specversion` `1.0`, and `id`, `source`
+/// and `type` as non-empty strings; the other attributes and `data` as the spec has them.
+#[derive(Debug)]
+pub struct CloudEvent;
+
+impl utoipa::PartialSchema for CloudEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let text = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+        };
+        ObjectBuilder::new()
+            .property(
+                "specversion",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["1.0"])),
+            )
+            .property("id", text())
+            .property("source", text())
+            .property("type", text())
+            .required("specversion")
+            .required("id")
+            .required("source")
+            .required("type")
+            .build()
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CloudEvent {}
+
 /// `POST /v1/cloudevents`.
 #[utoipa::path(
     post,
@@ -96,7 +130,7 @@ impl<'a> Attributes<'a> {
         `ce-*` headers and the body as `data`. `source` + `id` is the deduplication key \
         (`event_id` = `source#id`). 200 with the counts once the valid events are stored; \
         400 when none is valid.",
-    request_body(content = Object, content_type = "application/cloudevents+json"),
+    request_body(content = CloudEvent, content_type = "application/cloudevents+json"),
     responses(
         (status = 200, description = "The valid events are stored", body = CloudEventsAnswer),
         (status = 400, response = doc::BadRequest),

@@ -46,7 +46,7 @@ const PAGE: usize = 1_000;
         off without its end, so a partial export is never mistaken for a whole one.",
     params(
         ("after" = Option<String>, Query, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "Resume after the event with this `id`"),
-        ("order" = Option<String>, Query, description = "`asc` (default) or `desc`"),
+        ("order" = Option<doc::SortOrder>, Query, description = "`asc` (default) or `desc`"),
         ("event_type" = Option<String>, Query, description = "As in search; repeatable"),
     ),
     responses(

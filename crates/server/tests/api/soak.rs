@@ -51,14 +51,9 @@ impl Deliveries {
         url
     }
 
+    /// How many of `acknowledged` never reached the receiver.
     fn missing(&self, acknowledged: &HashSet<String>) -> usize {
-        deliveries_missing(self, acknowledged)
-    }
-}
-
-fn deliveries_missing(deliveries: &Deliveries, acknowledged: &HashSet<String>) -> usize {
-    {
-        let ids = deliveries.ids.lock().unwrap();
+        let ids = self.ids.lock().unwrap();
         acknowledged.iter().filter(|id| !ids.contains(*id)).count()
     }
 }
@@ -218,7 +213,6 @@ async fn the_binary_sigkilled_every_cycle_loses_doubles_and_leaves_undelivered_n
     let client = crate::harness::http_client();
     let deliveries = Deliveries::default();
     let hook = deliveries.clone().start().await;
-    let deliveries_seen = deliveries.clone();
 
     let mut server = start(&store, &client).await;
     let tenant = TestApp::attach(&server.base, client.clone())
@@ -296,7 +290,7 @@ async fn the_binary_sigkilled_every_cycle_loses_doubles_and_leaves_undelivered_n
                     .text()
                     .await
                     .unwrap();
-                let deliveries: Vec<&str> = metrics
+                let outcomes: Vec<&str> = metrics
                     .lines()
                     .filter(|line| line.starts_with("pulsestream_deliveries_total"))
                     .collect();
@@ -304,10 +298,10 @@ async fn the_binary_sigkilled_every_cycle_loses_doubles_and_leaves_undelivered_n
                 let stats = app.destination(&tenant, &destination).await;
                 panic!(
                     "cycle {previous}: {entries} queue entries for {} stored events; this \
-                     run's deliveries: {deliveries:?}; 5 s later: {} never delivered, \
+                     run's deliveries: {outcomes:?}; 5 s later: {} never delivered, \
                      destination {stats}",
                     acknowledged.len(),
-                    deliveries_missing(&deliveries_seen, &acknowledged),
+                    deliveries.missing(&acknowledged),
                 );
             }
         }

@@ -151,8 +151,23 @@ async fn huge_arrays_within_the_body_limit_are_stored_whole_or_refused_as_retrya
         .map(|_| json!({"event_type": "array.batch", "payload": {"a": vec![0u8; 4_000]}}))
         .collect();
     let batch = hostile.api.post_batch(&hostile.tenant, &events).await;
-    assert_eq!(batch.status(), StatusCode::OK);
-    assert_eq!(body(batch).await["accepted"], 1000);
+    // The same 4 million elements, spread over a batch: on PostgreSQL a loaded machine can
+    // take the insert past the database timeout too (a clean-clone CI run beside a crash
+    // soak did): then a retryable 503 with nothing of the batch stored, never half of it.
+    if batch.status() == StatusCode::SERVICE_UNAVAILABLE {
+        assert!(batch.headers().contains_key("retry-after"));
+        assert_problem(batch, StatusCode::SERVICE_UNAVAILABLE, "huge arrays").await;
+        assert_eq!(
+            hostile
+                .api
+                .count_events(&hostile.tenant, "event_type=array.batch")
+                .await,
+            0
+        );
+    } else {
+        assert_eq!(batch.status(), StatusCode::OK);
+        assert_eq!(body(batch).await["accepted"], 1000);
+    }
 
     hostile.assert_serving("huge arrays").await;
 }

@@ -528,6 +528,22 @@ impl ApiClient {
         count
     }
 
+    /// Every stored `event_id` matching `query`, with how many times it is stored.
+    pub async fn event_id_counts(
+        &self,
+        tenant: &TestTenant,
+        query: &str,
+    ) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        self.for_each_event(tenant, query, |event| {
+            *counts
+                .entry(event["event_id"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        })
+        .await;
+        counts
+    }
+
     /// Calls `each` with every one of the tenant's events matching `query`, page by page.
     pub async fn for_each_event(
         &self,

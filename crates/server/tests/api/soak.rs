@@ -14,7 +14,7 @@
 //! `PULSESTREAM_SOAK_CYCLES` sets the number of cycles (3 by default, as the test suite runs
 //! it); `scripts/soak-crash.sh` runs it long on release builds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use axum::routing::post;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{ApiClient, ServerProcess, TestApp, TestStore, TestTenant};
+use crate::harness::{ServerProcess, TestApp, TestStore};
 
 const FLAGS: &[&str] = &[
     "--allow-private-destinations",
@@ -183,18 +183,6 @@ async fn writer(
     outcome
 }
 
-/// Every stored `event_id` matching `query`, with how many times it is stored.
-async fn stored(app: &ApiClient, tenant: &TestTenant, query: &str) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    app.for_each_event(tenant, query, |event| {
-        *counts
-            .entry(event["event_id"].as_str().unwrap().to_owned())
-            .or_insert(0) += 1;
-    })
-    .await;
-    counts
-}
-
 /// Starts the server and waits until it is ready (a growing store may take a while).
 async fn start(store: &TestStore, client: &reqwest::Client) -> ServerProcess {
     let server = ServerProcess::start(store, FLAGS);
@@ -265,7 +253,9 @@ async fn the_binary_sigkilled_every_cycle_loses_doubles_and_leaves_undelivered_n
                     assert_eq!(replay["results"], first["results"], "cycle {previous}");
                 }
             }
-            let found = stored(&app, &tenant, &format!("payload.c={previous}")).await;
+            let found = app
+                .event_id_counts(&tenant, &format!("payload.c={previous}"))
+                .await;
             let doubled: Vec<_> = found.iter().filter(|(_, n)| **n > 1).collect();
             assert!(doubled.is_empty(), "cycle {previous}: doubled {doubled:?}");
             let lost: Vec<_> = this_cycle
@@ -344,12 +334,12 @@ async fn the_binary_sigkilled_every_cycle_loses_doubles_and_leaves_undelivered_n
 
     // Everything, every page: each acknowledged event stored once, nothing else stored.
     let app = TestApp::attach(&server.base, client.clone());
-    let found = stored(
-        &app,
-        &tenant,
-        "event_type=soak.batch&event_type=soak.single&event_type=soak.keyed",
-    )
-    .await;
+    let found = app
+        .event_id_counts(
+            &tenant,
+            "event_type=soak.batch&event_type=soak.single&event_type=soak.keyed",
+        )
+        .await;
     let doubled = found.values().filter(|n| **n > 1).count();
     assert_eq!(doubled, 0, "events stored more than once");
     assert_eq!(

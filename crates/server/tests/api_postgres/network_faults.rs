@@ -13,7 +13,7 @@
 //! installs `nft`): the namespace, its links and its rules are made here and removed at the
 //! end, and no other address, interface or rule of the machine is touched.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
@@ -429,17 +429,8 @@ async fn a_node_partitioned_from_postgres_and_redis_recovers_without_a_restart_a
         .chain(&cut_answers)
         .flat_map(|answer| answer.event_ids().map(str::to_owned))
         .collect();
-    let mut stored: HashMap<String, usize> = HashMap::new();
-    nodes[0]
-        .for_each_event(
-            &tenant,
-            "event_type=net.steady&event_type=net.cut",
-            |event| {
-                *stored
-                    .entry(event["event_id"].as_str().unwrap().to_owned())
-                    .or_insert(0) += 1;
-            },
-        )
+    let stored = nodes[0]
+        .event_id_counts(&tenant, "event_type=net.steady&event_type=net.cut")
         .await;
     let doubled = stored.values().filter(|n| **n > 1).count();
     assert_eq!(doubled, 0, "events stored twice");

@@ -629,6 +629,14 @@ async fn search_filters_agree(store: &Arc<dyn Store>) {
             vec!["2"],
         ),
         (
+            "a type named twice",
+            SearchQuery {
+                event_types: vec!["order.paid".into(), "order.paid".into()],
+                ..Default::default()
+            },
+            vec!["2"],
+        ),
+        (
             "two types",
             SearchQuery {
                 event_types: vec!["order.created".into(), "user.signup".into()],

@@ -444,7 +444,11 @@ fn candidates(
         "id, CASE WHEN octet_length(body) <= {INLINE_BODY_BYTES} THEN body END, octet_length(body)"
     );
     let sql = if by_type {
-        params.push(Box::new(query.event_types.clone()));
+        // Each type once: a type named twice would be scanned, and its events returned, twice.
+        let mut types = query.event_types.clone();
+        types.sort_unstable();
+        types.dedup();
+        params.push(Box::new(types));
         let types = params.len();
         let columns = columns.replacen("id, ", "id, true, ", 1);
         format!(

@@ -55,9 +55,17 @@ async fn main() {
             while n < batches {
                 let events = (0..batch_size)
                     .map(|i| {
+                        // One millisecond apart in sending order, as `pulsestream-bench`
+                        // stamps its events: ids (which start with the timestamp) then grow
+                        // roughly in order, as they do for clients sending live events.
+                        let seq = n * batch_size + i;
+                        let millis = seq % 86_400_000;
                         let json = format!(
-                            r#"{{"event_id":"w{worker}-b{n}-e{i}-{}","event_type":"order.created","source":"checkout","timestamp":"2025-10-02T12:00:00Z","payload":{{"order_id":{i},"total":99.5,"currency":"EUR","customer":{{"id":"cus_{n}","email":"someone@example.com"}},"items":[{{"sku":"SKU-1","qty":2}},{{"sku":"SKU-2","qty":1}}]}}}}"#,
-                            n * batch_size + i
+                            r#"{{"event_id":"w{worker}-b{n}-e{i}-{seq}","event_type":"order.created","source":"checkout","timestamp":"2025-10-02T{:02}:{:02}:{:02}.{:03}Z","payload":{{"order_id":{i},"total":99.5,"currency":"EUR","customer":{{"id":"cus_{n}","email":"someone@example.com"}},"items":[{{"sku":"SKU-1","qty":2}},{{"sku":"SKU-2","qty":1}}]}}}}"#,
+                            millis / 3_600_000,
+                            millis / 60_000 % 60,
+                            millis / 1_000 % 60,
+                            millis % 1_000,
                         );
                         NewEvent::from_json(&json).expect("valid event")
                     })

@@ -486,14 +486,17 @@ impl Writer {
             dedup_keys: &dedup_keys,
             contexts: &contexts,
             batch: self.db.batch().durability(Some(PersistMode::SyncData)),
+            dedup: Vec::new(),
             accepted: HashMap::with_capacity(dedup_keys.iter().map(Vec::len).sum()),
         };
         let decided = plan.decide(&requests, &mut deciding)?;
         let Deciding {
             mut batch,
+            dedup,
             accepted,
             ..
         } = deciding;
+        insert_dedup_sorted(&mut batch, ks, dedup);
         let mut records = HashMap::with_capacity(decided.records.len());
         for (request, record) in decided.records {
             let claim = requests[request]
@@ -666,9 +669,12 @@ impl Writer {
         next
     }
 
+    /// Adds an accepted event's entries to the group's batch; its `dedup` entry goes to
+    /// `dedup`, which the group inserts in key order (see [`insert_dedup_sorted`]).
     fn insert(
         &self,
         batch: &mut WriteBatch,
+        dedup: &mut Vec<DedupEntry>,
         context: &Context,
         prepared: &Prepared,
         event: &NewEvent,
@@ -687,11 +693,7 @@ impl Writer {
             keys::type_value(tenant, &event.event_type),
         );
         self.dedup_filter.insert(&dedup_key);
-        batch.insert(
-            &ks.dedup,
-            dedup_key,
-            keys::encode_dedup(id, event.content_hash),
-        );
+        dedup.push((dedup_key, keys::encode_dedup(id, event.content_hash)));
         // Save and enqueue atomically: the outbox entries ride in the same commit.
         let routable = Routable::new(&event.event_type, event.source.as_deref(), &event.payload);
         for destination in context
@@ -724,7 +726,25 @@ struct Deciding<'a> {
     dedup_keys: &'a [Vec<DedupKey>],
     contexts: &'a [Context],
     batch: WriteBatch,
+    dedup: Vec<DedupEntry>,
     accepted: HashMap<DedupKey, Pending>,
+}
+
+type DedupEntry = (DedupKey, [u8; 32]);
+
+/// Puts a group's `dedup` entries into its write batch in key order. fjall applies a batch
+/// to each memtable (a skiplist) in the order given; `dedup` keys are random hashes, so in
+/// request order each insert searched its way down a 64 MB skiplist from the top, missing
+/// the cache at each level, while in key order each lands next to the one before.
+/// Measured (`raw_append DIR 1000000 1000 8`, alternating builds, seven pairs, every pair
+/// faster): +20 % events per second (BENCHMARKS.md). Sorting `events` and `by_type` too,
+/// whose keys start with a timestamp and come nearly in order, made no difference beyond
+/// the noise (three pairs).
+fn insert_dedup_sorted(batch: &mut WriteBatch, ks: &Keyspaces, mut dedup: Vec<DedupEntry>) {
+    dedup.sort_unstable_by_key(|entry| entry.0);
+    for (key, value) in dedup {
+        batch.insert(&ks.dedup, key, value);
+    }
 }
 
 impl Decide for Deciding<'_> {
@@ -739,8 +759,14 @@ impl Decide for Deciding<'_> {
             return Ok(status);
         }
         let prepared = &self.prepared[request][index];
-        self.writer
-            .insert(&mut self.batch, context, prepared, event, dedup_key);
+        self.writer.insert(
+            &mut self.batch,
+            &mut self.dedup,
+            context,
+            prepared,
+            event,
+            dedup_key,
+        );
         self.accepted.insert(
             dedup_key,
             Pending {

@@ -440,8 +440,10 @@ fn candidates(
     };
     params.push(Box::new(rows));
     let limit = params.len();
+    // Every row of these two shapes is a hit (its conditions are in the WHERE clause).
     let columns = format!(
-        "id, CASE WHEN octet_length(body) <= {INLINE_BODY_BYTES} THEN body END, octet_length(body)"
+        "id, true, CASE WHEN octet_length(body) <= {INLINE_BODY_BYTES} THEN body END, \
+         octet_length(body)"
     );
     let sql = if by_type {
         // Each type once: a type named twice would be scanned, and its events returned, twice.
@@ -450,7 +452,6 @@ fn candidates(
         types.dedup();
         params.push(Box::new(types));
         let types = params.len();
-        let columns = columns.replacen("id, ", "id, true, ", 1);
         format!(
             "SELECT typed.* FROM unnest(${types}::text[]) AS wanted(event_type), LATERAL \
              (SELECT {columns} FROM events WHERE tenant_id = $1{range} AND {conditions} \
@@ -464,7 +465,6 @@ fn candidates(
              FROM events WHERE tenant_id = $1{range} {order} LIMIT ${limit}) AS newest {order}"
         )
     } else {
-        let columns = columns.replacen("id, ", "id, true, ", 1);
         format!(
             "SELECT {columns} FROM events WHERE tenant_id = $1{range} AND {conditions} \
              {order} LIMIT ${limit}"

@@ -4,6 +4,7 @@
 //! `cargo run --release -p pulsestream-store --example raw_append -- DIR EVENTS BATCH CONCURRENCY`
 //! (DIR may be a `postgres://` URL: then the PostgreSQL store, one transaction per batch.)
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use pulsestream_core::{NewEvent, TenantId};
@@ -47,9 +48,11 @@ async fn main() {
     let tenant = TenantId::random();
     let batches = total / batch_size;
     let started = Instant::now();
+    let json_bytes = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
         let store = store.clone();
+        let json_bytes = json_bytes.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = worker;
             while n < batches {
@@ -67,6 +70,7 @@ async fn main() {
                             millis / 1_000 % 60,
                             millis % 1_000,
                         );
+                        json_bytes.fetch_add(json.len() as u64, Ordering::Relaxed);
                         NewEvent::from_json(&json).expect("valid event")
                     })
                     .collect();
@@ -97,6 +101,26 @@ async fn main() {
         events as f64 / elapsed
     );
     store.close().await.expect("close");
+    // What reached the disk, by the kernel's count for this process: bytes written per byte
+    // of event JSON (embedded store only; PostgreSQL writes from its own processes).
+    if let Some(written) = std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .filter(|_| !dir.starts_with("postgres://"))
+        .and_then(|io| {
+            io.lines().find_map(|line| {
+                line.strip_prefix("write_bytes: ")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+    {
+        let json = json_bytes.load(Ordering::Relaxed);
+        println!(
+            "disk: {written} bytes written for {json} bytes of event JSON ({:.2} per byte)",
+            written as f64 / json.max(1) as f64
+        );
+    }
 }
 
 fn batch_clone(batch: &AppendBatch) -> AppendBatch {

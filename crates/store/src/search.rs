@@ -61,6 +61,17 @@ pub struct SearchQuery {
     pub order: Order,
 }
 
+impl SearchQuery {
+    /// The query's types, sorted and each once: each store reads one ordered run per type,
+    /// and a type named twice must not be read (and its events returned) twice.
+    pub(crate) fn distinct_types(&self) -> Vec<&str> {
+        let mut types: Vec<&str> = self.event_types.iter().map(String::as_str).collect();
+        types.sort_unstable();
+        types.dedup();
+        types
+    }
+}
+
 /// Whether an event of `len` bytes would take a page of `bytes` past the query's byte limit
 /// (never for the page's first event).
 pub(crate) fn over_bytes<T>(query: &SearchQuery, bytes: usize, len: usize, page: &[T]) -> bool {

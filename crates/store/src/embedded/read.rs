@@ -79,10 +79,8 @@ fn candidates(
     Ok(if let Some(event_id) = &query.event_id {
         Box::new(by_event_id(ks, tenant, event_id)?.into_iter().map(Ok))
     } else if !query.event_types.is_empty() {
-        let mut types: Vec<&String> = query.event_types.iter().collect();
-        types.sort();
-        types.dedup();
-        let ranges = types
+        let ranges = query
+            .distinct_types()
             .into_iter()
             .map(|event_type| {
                 let stream = keys::type_stream(tenant, event_type);

@@ -479,6 +479,7 @@ impl Writer {
                 .expect("the plan asks only about requests with a key");
             self.recorded(&keys::hashed_key(contexts[request].tenant, &claim.key))
         })?;
+        let events = dedup_keys.iter().map(Vec::len).sum();
         let mut deciding = Deciding {
             writer: self,
             batches,
@@ -486,8 +487,8 @@ impl Writer {
             dedup_keys: &dedup_keys,
             contexts: &contexts,
             batch: self.db.batch().durability(Some(PersistMode::SyncData)),
-            dedup: Vec::new(),
-            accepted: HashMap::with_capacity(dedup_keys.iter().map(Vec::len).sum()),
+            dedup: Vec::with_capacity(events),
+            accepted: HashMap::with_capacity(events),
         };
         let decided = plan.decide(&requests, &mut deciding)?;
         let Deciding {
@@ -736,8 +737,8 @@ type DedupEntry = (DedupKey, [u8; 32]);
 /// to each memtable (a skiplist) in the order given; `dedup` keys are random hashes, so in
 /// request order each insert searched its way down a 64 MB skiplist from the top, missing
 /// the cache at each level, while in key order each lands next to the one before.
-/// Measured (`raw_append DIR 1000000 1000 8`, alternating builds, seven pairs, every pair
-/// faster): +20 % events per second (BENCHMARKS.md). Sorting `events` and `by_type` too,
+/// Measured (`raw_append DIR 1000000 1000 8`, one binary with either order, alternating,
+/// seven pairs, every pair faster): +19 % events per second (BENCHMARKS.md). Sorting `events` and `by_type` too,
 /// whose keys start with a timestamp and come nearly in order, made no difference beyond
 /// the noise (three pairs).
 fn insert_dedup_sorted(batch: &mut WriteBatch, ks: &Keyspaces, mut dedup: Vec<DedupEntry>) {

@@ -446,10 +446,11 @@ fn candidates(
          octet_length(body)"
     );
     let sql = if by_type {
-        // Each type once: a type named twice would be scanned, and its events returned, twice.
-        let mut types = query.event_types.clone();
-        types.sort_unstable();
-        types.dedup();
+        let types: Vec<String> = query
+            .distinct_types()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         params.push(Box::new(types));
         let types = params.len();
         format!(

@@ -156,15 +156,7 @@ async fn below_the_free_space_minimum_ingest_gets_507_and_resumes_by_itself() {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body(ready).await["reason"], "disk_space_low");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("pulsestream_disk_low 1"),
         "the gauge says so"

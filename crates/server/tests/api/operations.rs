@@ -6,29 +6,7 @@ use std::process::{Command, Stdio};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, event};
-
-async fn metrics_text(app: &TestApp) -> String {
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    response.text().await.unwrap()
-}
-
-/// Returns the value of the sample whose name and labels contain every given fragment.
-fn sample(text: &str, name: &str, fragments: &[&str]) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.starts_with(name) && fragments.iter().all(|fragment| line.contains(fragment))
-        })
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
+use crate::harness::{TestApp, event, metric_sum};
 
 #[tokio::test]
 async fn event_counters_move_by_what_was_ingested() {
@@ -48,9 +26,9 @@ async fn event_counters_move_by_what_was_ingested() {
     .await;
     app.post_event(&tenant, &json!({"payload": {}})).await;
 
-    let text = metrics_text(&app).await;
+    let text = app.metrics().await;
     assert_eq!(
-        sample(
+        metric_sum(
             &text,
             "pulsestream_events_total",
             &[&label, "outcome=\"accepted\""]
@@ -58,7 +36,7 @@ async fn event_counters_move_by_what_was_ingested() {
         8.0
     );
     assert_eq!(
-        sample(
+        metric_sum(
             &text,
             "pulsestream_events_total",
             &[&label, "outcome=\"duplicate\""]
@@ -66,7 +44,7 @@ async fn event_counters_move_by_what_was_ingested() {
         3.0
     );
     assert_eq!(
-        sample(
+        metric_sum(
             &text,
             "pulsestream_events_total",
             &[&label, "outcome=\"rejected\""]
@@ -74,20 +52,20 @@ async fn event_counters_move_by_what_was_ingested() {
         2.0
     );
     assert!(
-        sample(
+        metric_sum(
             &text,
             "pulsestream_http_requests_total",
             &["route=\"/v1/events/batch\"", "status=\"200\""]
         ) >= 2.0
     );
     assert!(
-        sample(
+        metric_sum(
             &text,
             "pulsestream_http_request_duration_seconds_count",
             &["route=\"/v1/events/batch\""]
         ) >= 3.0
     );
-    assert!(sample(&text, "pulsestream_commit_batch_events_count", &[]) >= 1.0);
+    assert!(metric_sum(&text, "pulsestream_commit_batch_events_count", &[]) >= 1.0);
     assert!(
         text.contains("pulsestream_rate_limiter_backend{backend=\"local\"}"),
         "{text}"
@@ -115,9 +93,9 @@ async fn refused_events_are_counted_as_rate_limited() {
         .await;
 
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-    let text = metrics_text(&app).await;
+    let text = app.metrics().await;
     assert_eq!(
-        sample(
+        metric_sum(
             &text,
             "pulsestream_events_total",
             &[&label, "outcome=\"rate_limited\""]
@@ -132,7 +110,7 @@ async fn the_metrics_pass_promtool() {
     let tenant = app.create_tenant().await;
     app.post_event(&tenant, &event("p-1", "t", json!({}))).await;
     app.search_raw(&tenant, "").await;
-    let text = metrics_text(&app).await;
+    let text = app.metrics().await;
 
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
@@ -83,8 +83,10 @@ impl Receiver {
             behaviour: Arc::new(Mutex::new(behaviour)),
             received: Arc::default(),
         };
+        // No body limit of axum's own (2 MB): every 413 is the behaviour's, and recorded.
         let app = Router::new()
             .route("/hook", post(receive))
+            .layer(DefaultBodyLimit::disable())
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind((address, port))
             .await

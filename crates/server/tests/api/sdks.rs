@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::harness::{TestApp, TestTenant};
+use crate::harness::{TestApp, TestTenant, metric_sum};
 
 const SEGMENT_PYTHON: &str = "segment-analytics-python==2.4.0";
 const POSTHOG_PYTHON: &str = "posthog==7.91.1";
@@ -242,23 +242,11 @@ print(json.dumps(errors))
 
 /// Events answered 429 so far, from `/metrics`.
 async fn rate_limited_events(app: &TestApp) -> f64 {
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .filter(|line| {
-            line.starts_with("pulsestream_events_total{")
-                && line.contains("outcome=\"rate_limited\"")
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_sum(
+        &app.metrics().await,
+        "pulsestream_events_total{",
+        &["outcome=\"rate_limited\""],
+    )
 }
 
 /// What the SDKs do not send, by hand: other ways to give the key, bad messages among good

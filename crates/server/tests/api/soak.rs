@@ -271,15 +271,7 @@ async fn the_binary_sigkilled_every_cycle_loses_doubles_and_leaves_undelivered_n
             acknowledged.extend(this_cycle);
             let entries = app.queue_entries(&tenant, &destination).await;
             if entries != acknowledged.len() as u64 {
-                let metrics = app
-                    .client
-                    .get(app.url("/metrics"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let metrics = app.metrics().await;
                 let outcomes: Vec<&str> = metrics
                     .lines()
                     .filter(|line| line.starts_with("pulsestream_deliveries_total"))

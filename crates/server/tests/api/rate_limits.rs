@@ -52,12 +52,17 @@ async fn send_singles(
 }
 
 async fn assert_the_reports_scenario(app: &TestApp, tenant: &TestTenant) {
+    let started = std::time::Instant::now();
     let (accepted, refused) = send_singles(app, tenant, "quick", 150).await;
+    // 100 a minute come back at one per 0.6 s while the 150 are sent (about a second here,
+    // longer on a loaded machine).
+    let refilled = (started.elapsed().as_secs_f64() / 0.6).ceil() as usize;
 
     assert!(
-        (100..=103).contains(&accepted.len()),
-        "{} accepted",
-        accepted.len()
+        (100..=100 + refilled).contains(&accepted.len()),
+        "{} accepted in {:?}",
+        accepted.len(),
+        started.elapsed()
     );
     assert_eq!(accepted.len() + refused.len(), 150);
     assert_eq!(
@@ -85,7 +90,9 @@ async fn a_hundred_a_minute_admits_about_a_hundred_of_150_quick_events() {
 #[tokio::test]
 async fn a_batch_costs_every_event_and_one_over_the_burst_is_refused_whole() {
     let app = TestApp::spawn().await;
-    let tenant = limited_tenant(&app, 600, 20).await;
+    // A burst of 20 refilled at one a second: the 5 left after the second batch do not grow
+    // to the third's 10 however slowly the machine answers.
+    let tenant = limited_tenant(&app, 60, 20).await;
     let events = |prefix: &str, n: usize| -> Vec<Value> {
         (0..n)
             .map(|i| event(&format!("{prefix}-{i}"), "t", json!({})))
@@ -109,16 +116,29 @@ async fn a_batch_costs_every_event_and_one_over_the_burst_is_refused_whole() {
 #[tokio::test]
 async fn the_budget_refills_over_time() {
     let app = TestApp::spawn().await;
-    let tenant = limited_tenant(&app, 1200, 5).await; // 20 events a second
+    // One event a second: six quick sends outrun the refill even on a loaded machine (at 20 a
+    // second, six sends that took over 50 ms on CI's PostgreSQL were all admitted).
+    let tenant = limited_tenant(&app, 60, 5).await;
 
+    let started = std::time::Instant::now();
     let (first, _) = send_singles(&app, &tenant, "before", 6).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (after, _) = send_singles(&app, &tenant, "after", 3).await;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let started = std::time::Instant::now();
+    let (after, _) = send_singles(&app, &tenant, "after", 4).await;
+    // What may come back while those four are sent, on a slow machine.
+    let meanwhile = started.elapsed().as_secs() as usize;
 
-    assert_eq!(first.len(), 5);
+    if took < Duration::from_secs(1) {
+        assert_eq!(
+            first.len(),
+            5,
+            "the sixth of six sends in {took:?} is refused"
+        );
+    }
     assert!(
-        after.len() >= 3,
-        "refilled about 6 events in 300 ms, admitted {}",
+        (2..=3 + meanwhile).contains(&after.len()),
+        "refilled about 2 events in 2.2 s, admitted {}",
         after.len()
     );
 }

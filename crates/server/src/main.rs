@@ -18,81 +18,6 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long mimalloc keeps freed memory before returning it to the OS.
-///
-/// The store's memtables hold what the writer allocated until a flush frees it on another
-/// thread, seconds later. With mimalloc's default (1 s) those pages went back to the OS and
-/// the writer faulted fresh zeroed ones in: ~8,800 page faults a second under 1,000-event
-/// batches, `clear_page` 4.7 % of the server's CPU samples. At 10 s the faults fell to ~600
-/// a second (BENCHMARKS.md, "mimalloc's purge delay"). Memory stays bounded: freed pages are
-/// reused first, and returned after 10 s unused.
-#[allow(
-    unsafe_code,
-    reason = "mimalloc's option API is C; the workspace's only unsafe code"
-)]
-mod allocator {
-    use std::ffi::{c_int, c_long};
-
-    /// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (a test checks it against the
-    /// option's environment variable).
-    const PURGE_DELAY: c_int = 15;
-    pub const PURGE_DELAY_MS: c_long = 10_000;
-
-    unsafe extern "C" {
-        fn mi_option_set(option: c_int, value: c_long);
-        #[cfg(test)]
-        fn mi_option_get(option: c_int) -> c_long;
-    }
-
-    /// Sets the purge delay, unless the operator set `MIMALLOC_PURGE_DELAY`.
-    pub fn keep_freed_memory() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            // SAFETY: mimalloc's documented option API; options may be set at any time.
-            unsafe { mi_option_set(PURGE_DELAY, PURGE_DELAY_MS) }
-        }
-    }
-
-    /// The purge delay in force, in milliseconds.
-    #[cfg(test)]
-    pub fn purge_delay() -> c_long {
-        // SAFETY: as above.
-        unsafe { mi_option_get(PURGE_DELAY) }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        /// Run in a child process by the test below: prints the option the environment set.
-        #[test]
-        fn probe() {
-            if std::env::var_os("PULSESTREAM_ALLOCATOR_PROBE").is_some() {
-                println!("purge_delay={}", purge_delay());
-            }
-        }
-
-        #[test]
-        fn the_option_set_is_mimallocs_purge_delay() {
-            let child = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["allocator::tests::probe", "--exact", "--nocapture"])
-                .env("PULSESTREAM_ALLOCATOR_PROBE", "1")
-                .env("MIMALLOC_PURGE_DELAY", "777")
-                .output()
-                .unwrap();
-            let out = String::from_utf8_lossy(&child.stdout);
-            assert!(out.contains("purge_delay=777"), "{out}");
-        }
-
-        #[test]
-        fn the_server_keeps_freed_memory_ten_seconds() {
-            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-                keep_freed_memory();
-                assert_eq!(purge_delay(), PURGE_DELAY_MS);
-            }
-        }
-    }
-}
-
 #[derive(Debug, Parser)]
 #[command(
     name = "pulsestream",
@@ -162,7 +87,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    allocator::keep_freed_memory();
     let cli = Cli::parse();
     // Blocking work (the embedded store's reads and queue operations) runs on at most 64
     // threads, not tokio's default 512: a burst (thousands of destination workers starting at

@@ -3,20 +3,27 @@
 
 use std::time::Duration;
 
+use pulsestream_server::ServeConfig;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::harness::{TestApp, TestStore, TestTenant, body, event, metric_sum};
-use crate::receiver::{Behaviour, Receiver, wait_until};
+use crate::receiver::{Behaviour, Receiver, wait_for, wait_until};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
 pub async fn delivering_app() -> TestApp {
+    delivering_app_with(|_| {}).await
+}
+
+/// [`delivering_app`] with more changes to its configuration.
+pub async fn delivering_app_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     TestApp::spawn_with(|config| {
         config.allow_private_destinations = true;
         config.delivery_retry_base_ms = 20;
         config.delivery_breaker_cool_down_ms = 1_000;
         config.webhook_timeout_ms = 2_000;
+        adjust(config);
     })
     .await
 }
@@ -708,12 +715,7 @@ async fn a_413_splits_the_batch_down_to_single_events_before_counting_an_attempt
     // Megabyte bodies through debug builds on a loaded 2-core CI machine: a send that timed
     // out would dead-letter (one attempt) what this test expects delivered, so the timeout
     // is not what is tested here.
-    let app = TestApp::spawn_with(|config| {
-        config.allow_private_destinations = true;
-        config.delivery_retry_base_ms = 20;
-        config.webhook_timeout_ms = 60_000;
-    })
-    .await;
+    let app = delivering_app_with(|config| config.webhook_timeout_ms = 60_000).await;
     let tenant = app.create_tenant().await;
     // The receiver takes at most ~700 KB; every event alone fits but one.
     let receiver = Receiver::start(Behaviour::MaxBody(700_000)).await;
@@ -733,23 +735,21 @@ async fn a_413_splits_the_batch_down_to_single_events_before_counting_an_attempt
         app.post_batch(&tenant, &events).await.status(),
         StatusCode::OK
     );
-    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
-    let view = loop {
+    let view = wait_for("everything is settled", PATIENCE * 2, async || {
         let view = destination(&app, &tenant, &id).await;
         if view["pending"] == 0 && view["delivered"] == 6 {
-            break view;
+            return Ok(view);
         }
         let sent: Vec<(u16, usize)> = receiver
             .received()
             .iter()
             .map(|request| (request.status, request.body.len()))
             .collect();
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not settled: {view}; the receiver answered (status, bytes) {sent:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+        Err(format!(
+            "{view}; the receiver answered (status, bytes) {sent:?}"
+        ))
+    })
+    .await;
     assert_eq!(view["dead_lettered"], 1, "{view}");
     assert!(
         view["last_error"]

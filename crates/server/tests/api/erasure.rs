@@ -43,18 +43,11 @@ fn user_event(n: usize, user: &str) -> Value {
 }
 
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> Option<Value>) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let seen = done().await;
-        if seen.is_none() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: still {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::receiver::wait_for(what, PATIENCE, async || match done().await {
+        None => Ok(()),
+        Some(seen) => Err(format!("still {seen}")),
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

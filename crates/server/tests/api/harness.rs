@@ -710,6 +710,11 @@ pub fn metric_sum(text: &str, name: &str, fragments: &[&str]) -> f64 {
         .filter(|line| {
             line.starts_with(name) && fragments.iter().all(|fragment| line.contains(fragment))
         })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|line| {
+            let value = line.rsplit(' ').next().unwrap_or_default();
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("a sample without a number: {line}"))
+        })
         .sum()
 }

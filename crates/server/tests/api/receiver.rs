@@ -181,12 +181,35 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
+    wait_for(what, timeout, async || {
         if check().await {
-            return;
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    })
+    .await;
+}
+
+/// Polls `check` every 25 ms until it answers `Ok`, and returns that; after `timeout`,
+/// panics with `what` and the last `Err` (what was seen instead).
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let seen = match check().await {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            if seen.is_empty() {
+                panic!("timed out waiting until {what}");
+            }
+            panic!("timed out waiting until {what}: {seen}");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("timed out waiting until {what}");
 }

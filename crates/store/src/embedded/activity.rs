@@ -357,8 +357,8 @@ impl EmbeddedStore {
         for entry in ks.events.range(low..high).take(limit) {
             let (key, value) = entry.into_inner().map_err(StoreError::unavailable)?;
             let id = keys::id_suffix(&key)?;
-            let (json, _) = keys::decode_event_value(&value)?;
-            let keyed: Keyed<'_> = serde_json::from_slice(json)
+            let (json, _) = ks.segments.event_json(&value)?;
+            let keyed: Keyed<'_> = serde_json::from_slice(&json)
                 .map_err(|err| StoreError::Corrupt(format!("stored event {id}: {err}")))?;
             batch.remove(&ks.events, key);
             batch.remove(&ks.by_type, keys::type_key(number, &keyed.event_type, id));
@@ -382,11 +382,18 @@ impl EmbeddedStore {
         if left > 0 {
             expired += self.expire_tombstones(&mut batch, low..high, left)?;
         }
-        batch.commit().map_err(StoreError::unavailable)?;
-        if expired > 0
-            && let Some(index) = &self.index
         {
-            index.expire(number, EventId::from_parts(micros_of(before), 0));
+            let _relocation = ks
+                .relocation
+                .lock()
+                .expect("the relocation lock is never poisoned");
+            batch.commit().map_err(StoreError::unavailable)?;
+        }
+        if expired > 0 {
+            self.reclaimer.wake();
+            if let Some(index) = &self.index {
+                index.expire(number, EventId::from_parts(micros_of(before), 0));
+            }
         }
         Ok(expired)
     }

@@ -8,6 +8,10 @@
 //! and nothing of later ones: an event with its dedup entry, outbox entries and idempotency
 //! record, or none of them. The directory is marked complete (`BACKUP_COMPLETE`) only after
 //! everything in it is synced; a backup cut off half way has no marker and is refused.
+//!
+//! The events' JSON is read through their pointers and written into the backup's own segment
+//! log (synced before the batch holding the new pointers is committed, as the writer does),
+//! so a backup holds no bytes of erased or expired events, and its segments are compact.
 
 use std::io::Write;
 use std::path::Path;
@@ -16,6 +20,8 @@ use fjall::{Database, PersistMode, Readable};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::keys;
+use super::segments::{self, LogEnd, Pointer, Segments};
 use super::{EmbeddedStore, Keyspaces};
 use crate::StoreError;
 
@@ -40,8 +46,8 @@ pub struct BackupReport {
 }
 
 impl EmbeddedStore {
-    /// Writes a consistent copy of the store into `target/fjall` (`target` must be absent or
-    /// empty) while the store goes on taking writes, then marks it complete.
+    /// Writes a consistent copy of the store into `target/fjall` and `target/segments`
+    /// (`target` must be absent or empty) while the store goes on taking writes, then marks it complete.
     ///
     /// # Errors
     /// `target` is not empty, or reading or writing fails (the backup is then incomplete
@@ -57,11 +63,23 @@ impl EmbeddedStore {
         let path = target.join("fjall");
         std::fs::create_dir_all(&path).map_err(StoreError::unavailable)?;
         let taken_at = OffsetDateTime::now_utc();
+        // The snapshot's pointers must stay readable until the copy is done.
+        let _hold = self.keyspaces.segments.hold();
         let snapshot = self.db.snapshot();
         let copy = Database::builder(&path)
             .open()
             .map_err(StoreError::unavailable)?;
-        let into = Keyspaces::open(&copy, 16 * 1024 * 1024)?;
+        let into = Keyspaces::open(
+            &copy,
+            target,
+            16 * 1024 * 1024,
+            self.keyspaces.segments.full(),
+        )?;
+        let mut log = Log {
+            at: into.segments.end()?,
+            records: Vec::new(),
+            appender: segments::Appender::default(),
+        };
         let mut report = BackupReport {
             entries: 0,
             bytes: 0,
@@ -79,14 +97,21 @@ impl EmbeddedStore {
                 report.entries += 1;
                 if name == "events" {
                     report.events += 1;
+                    let (json, timestamp_given) = self.keyspaces.segments.event_json(&value)?;
+                    pending += json.len();
+                    let pointer = log.push(&json)?;
+                    batch.insert(to, key, keys::event_value(timestamp_given, pointer));
+                } else {
+                    batch.insert(to, key, value);
                 }
-                batch.insert(to, key, value);
                 if pending >= BATCH_BYTES {
+                    log.flush(&into.segments)?;
                     batch.commit().map_err(StoreError::unavailable)?;
                     batch = copy.batch();
                     pending = 0;
                 }
             }
+            log.flush(&into.segments)?;
             batch.commit().map_err(StoreError::unavailable)?;
         }
         drop(snapshot);
@@ -104,6 +129,43 @@ impl EmbeddedStore {
             .and_then(|dir| dir.sync_all())
             .map_err(StoreError::unavailable)?;
         Ok(report)
+    }
+}
+
+/// Records on their way into a backup's segment log.
+struct Log {
+    at: LogEnd,
+    records: Vec<u8>,
+    appender: segments::Appender,
+}
+
+impl Log {
+    /// Adds a record; returns where it will be.
+    fn push(&mut self, json: &[u8]) -> Result<Pointer, StoreError> {
+        let mut record = segments::new_record(json.len());
+        record.extend_from_slice(json);
+        segments::seal_record(&mut record)?;
+        let pointer = Pointer {
+            segment: self.at.segment,
+            offset: self.at.offset + self.records.len() as u64,
+            len: u32::try_from(json.len()).expect("seal_record refused longer ones"),
+        };
+        self.records.extend_from_slice(&record);
+        Ok(pointer)
+    }
+
+    /// Writes and syncs what was pushed (before the batch naming it is committed).
+    fn flush(&mut self, segments: &Segments) -> Result<(), StoreError> {
+        if !self.records.is_empty() {
+            self.appender.append(segments, self.at, &self.records)?;
+            self.at = LogEnd {
+                segment: self.at.segment,
+                offset: self.at.offset + self.records.len() as u64,
+            }
+            .for_next_group(segments.full());
+            self.records.clear();
+        }
+        Ok(())
     }
 }
 

@@ -143,6 +143,7 @@ pub(crate) struct Queue {
     pub dead_letters: Keyspace,
     pub stats: Keyspace,
     pub events: Keyspace,
+    pub segments: Arc<super::segments::Segments>,
     pub numbers: super::numbers::TenantNumbers,
     pub destinations: DestinationCache,
     /// Serialises read-modify-write of the stats entries.
@@ -269,7 +270,7 @@ impl Queue {
             .get(keys::event_key(number, event))
             .map_err(StoreError::unavailable)?
         {
-            Some(stored) => Ok(Some(keys::decode_event_value(&stored)?.0.to_vec())),
+            Some(stored) => Ok(Some(self.segments.event_json(&stored)?.0.into_owned())),
             None => Ok(None),
         }
     }

@@ -37,13 +37,14 @@ impl EmbeddedStore {
         let destinations = self.queue.destination_ids(tenant);
         let mut batch = self.db.batch();
         let mut erased = Vec::new();
+        let mut values = Vec::new();
         for &id in ids {
             let key = keys::event_key(number, id);
             let Some(value) = ks.events.get(key).map_err(StoreError::unavailable)? else {
                 continue;
             };
-            let (json, _) = keys::decode_event_value(&value)?;
-            let keyed: Keyed<'_> = serde_json::from_slice(json)
+            let (json, _) = ks.segments.event_json(&value)?;
+            let keyed: Keyed<'_> = serde_json::from_slice(&json)
                 .map_err(|err| StoreError::Corrupt(format!("stored event {id}: {err}")))?;
             batch.remove(&ks.events, key);
             batch.remove(&ks.by_type, keys::type_key(number, &keyed.event_type, id));
@@ -56,14 +57,24 @@ impl EmbeddedStore {
                 );
             }
             erased.push(id);
+            values.push(value.to_vec());
         }
         if erased.is_empty() {
             return Ok(0);
         }
-        batch
-            .durability(Some(fjall::PersistMode::SyncData))
-            .commit()
-            .map_err(StoreError::unavailable)?;
+        // Their records are rewritten out of the segment log (see `reclaim`).
+        super::reclaim::mark_erased(&mut batch, ks, &values)?;
+        {
+            let _relocation = ks
+                .relocation
+                .lock()
+                .expect("the relocation lock is never poisoned");
+            batch
+                .durability(Some(fjall::PersistMode::SyncData))
+                .commit()
+                .map_err(StoreError::unavailable)?;
+        }
+        self.reclaimer.wake();
         let count = erased.len() as u64;
         // Out of the search index before the erasure answers.
         if let Some(index) = &self.index {

@@ -52,6 +52,18 @@ pub fn stored_decoders(data: &[u8]) {
         keys::id_suffix(&keys::event_key(keys::TenantNo(number(8) as u32), id)).unwrap(),
         id
     );
+    let pointer = super::segments::Pointer {
+        segment: number(0) as u32,
+        offset: number(8) as u64,
+        len: number(16) as u32,
+    };
+    let timestamp_given = number(24) & 1 == 1;
+    match keys::decode_event_value(&keys::event_value(timestamp_given, pointer)).unwrap() {
+        (keys::EventBody::Logged(decoded), given) => {
+            assert_eq!((decoded, given), (pointer, timestamp_given));
+        }
+        other => panic!("a pointer decoded as {other:?}"),
+    }
     let due = number(32);
     let destination = DestinationId(uuid::Uuid::from_u128(number(40) as u128));
     assert_eq!(

@@ -61,7 +61,7 @@ const STOP_CATCH_UP: Duration = Duration::from_secs(5);
 const FORMAT: u32 = 3;
 
 /// The nice value of the index's threads (ingest runs at 0).
-const INDEX_NICENESS: i32 = 10;
+pub(crate) const INDEX_NICENESS: i32 = 10;
 
 /// Memory of tantivy's indexing buffer.
 const WRITER_BYTES: usize = 64 * 1024 * 1024;
@@ -755,8 +755,8 @@ impl Keeper {
         else {
             return Ok(false);
         };
-        let (json, _) = keys::decode_event_value(&value)?;
-        let event: Indexed<'_> = serde_json::from_slice(json)
+        let (json, _) = self.ks.segments.event_json(&value)?;
+        let event: Indexed<'_> = serde_json::from_slice(&json)
             .map_err(|err| StoreError::Corrupt(format!("stored event {id}: {err}")))?;
         let payload: Value = serde_json::from_str(event.payload.get())
             .map_err(|err| StoreError::Corrupt(format!("stored event {id}: {err}")))?;

@@ -15,6 +15,7 @@
 use pulsestream_core::{ContentHash, EventId};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, xxh3_128_with_seed};
 
+use super::segments::Pointer;
 use crate::StoreError;
 
 /// A tenant's number in this store, assigned on its first write (see `numbers`).
@@ -190,26 +191,55 @@ pub(crate) fn decode_dedup(value: &[u8]) -> Result<(EventId, ContentHash), Store
     Ok((id, ContentHash(hash)))
 }
 
-const EVENT_VALUE_VERSION: u8 = 1;
+/// Version 1: the event's JSON inline (stores written before the segment log).
+const EVENT_VALUE_INLINE: u8 = 1;
+/// Version 2: a pointer into the segment log.
+const EVENT_VALUE_LOGGED: u8 = 2;
 const FLAG_TIMESTAMP_GIVEN: u8 = 1;
+/// The length of a version-2 value.
+pub(crate) const EVENT_VALUE_LEN: usize = 18;
 
-/// `events` value: version, flags, then the event's JSON as the API returns it. Returns
-/// the header; the JSON is written right after it into the same buffer.
-pub(crate) fn event_value_header(timestamp_given: bool) -> [u8; 2] {
-    [
-        EVENT_VALUE_VERSION,
-        if timestamp_given {
-            FLAG_TIMESTAMP_GIVEN
-        } else {
-            0
-        },
-    ]
+/// Where an event's JSON is.
+#[derive(Debug)]
+pub(crate) enum EventBody<'a> {
+    /// In the value itself (version 1).
+    Inline(&'a [u8]),
+    /// In the segment log.
+    Logged(Pointer),
 }
 
-/// Returns the event's JSON and whether the client gave its timestamp.
-pub(crate) fn decode_event_value(value: &[u8]) -> Result<(&[u8], bool), StoreError> {
+/// `events` value: version 2, flags, then where the JSON is in the segment log.
+pub(crate) fn event_value(timestamp_given: bool, pointer: Pointer) -> [u8; EVENT_VALUE_LEN] {
+    let mut value = [0; EVENT_VALUE_LEN];
+    value[0] = EVENT_VALUE_LOGGED;
+    value[1] = if timestamp_given {
+        FLAG_TIMESTAMP_GIVEN
+    } else {
+        0
+    };
+    value[2..6].copy_from_slice(&pointer.segment.to_be_bytes());
+    value[6..14].copy_from_slice(&pointer.offset.to_be_bytes());
+    value[14..18].copy_from_slice(&pointer.len.to_be_bytes());
+    value
+}
+
+/// Returns where the event's JSON is and whether the client gave its timestamp.
+pub(crate) fn decode_event_value(value: &[u8]) -> Result<(EventBody<'_>, bool), StoreError> {
     match value {
-        [EVENT_VALUE_VERSION, flags, json @ ..] => Ok((json, flags & FLAG_TIMESTAMP_GIVEN != 0)),
+        [EVENT_VALUE_INLINE, flags, json @ ..] => {
+            Ok((EventBody::Inline(json), flags & FLAG_TIMESTAMP_GIVEN != 0))
+        }
+        [EVENT_VALUE_LOGGED, flags, pointer @ ..] if value.len() == EVENT_VALUE_LEN => {
+            let pointer = Pointer {
+                segment: u32::from_be_bytes(bytes_at(pointer, 0, "event pointer")?),
+                offset: u64::from_be_bytes(bytes_at(pointer, 4, "event pointer")?),
+                len: u32::from_be_bytes(bytes_at(pointer, 12, "event pointer")?),
+            };
+            Ok((
+                EventBody::Logged(pointer),
+                flags & FLAG_TIMESTAMP_GIVEN != 0,
+            ))
+        }
         _ => Err(StoreError::Corrupt(
             "event value with unknown version".into(),
         )),

@@ -2,11 +2,12 @@
 //!
 //! Writes go through one writer thread ([`writer`]) that groups concurrent requests into a
 //! single atomic, fdatasync'd commit; reads ([`read`]) run on the blocking pool and see every
-//! committed write at once. Event JSON lives in a key-value-separated keyspace keyed by
-//! (tenant, id), ids starting with the event's timestamp, so that keyspace is also the time
-//! index; the LSM compacts only small keys and payload bytes are not rewritten over and over.
-//! Per event, a commit writes three entries: the event, its type-index entry and its dedup
-//! entry, each under a key of at most 20 bytes ([`keys`]).
+//! committed write at once. Event JSON is written once into an append-only segment log
+//! ([`segments`]) that the store owns, so retention and erasure drop and rewrite whole files
+//! ([`reclaim`]); fjall keys a pointer to it by (tenant, id), ids starting with the event's
+//! timestamp, so that keyspace is also the time index, and the LSM compacts only small
+//! entries. Per event, a commit writes a record and three entries: the event's pointer, its
+//! type-index entry and its dedup entry, each under a key of at most 20 bytes ([`keys`]).
 //! Tenants are few and read on every request, so they are also cached in memory.
 
 mod activity;
@@ -20,6 +21,8 @@ mod index;
 mod keys;
 mod numbers;
 mod read;
+mod reclaim;
+mod segments;
 mod writer;
 
 use std::collections::HashMap;
@@ -40,6 +43,7 @@ use crate::{
 
 pub use backup::{BACKUP_MARKER, BackupReport, backup_report};
 pub use fuzz::stored_decoders;
+pub use reclaim::{ReclaimConfig, ReclaimReport};
 pub use writer::MAX_GROUP_EVENTS;
 
 pub use writer::describe_metrics;
@@ -60,6 +64,10 @@ pub struct EmbeddedConfig {
     pub dedup_filter_keys: u64,
     /// Keep the search index (full text and payload paths); without it those filters scan.
     pub search_index: bool,
+    /// How the segment log gives bytes back (see `reclaim`).
+    pub reclaim: ReclaimConfig,
+    /// Size at which a segment file of the log is closed (retention drops whole files).
+    pub segment_bytes: u64,
 }
 
 impl EmbeddedConfig {
@@ -72,6 +80,8 @@ impl EmbeddedConfig {
             index_memtable_bytes: 16 * 1024 * 1024,
             dedup_filter_keys: 16 * 1024 * 1024,
             search_index: true,
+            reclaim: ReclaimConfig::default(),
+            segment_bytes: segments::SEGMENT_BYTES,
         }
     }
 }
@@ -97,11 +107,21 @@ pub(crate) struct Keyspaces {
     pub erasures: Keyspace,
     /// The tenants' numbers in keys.
     pub numbers: numbers::TenantNumbers,
+    /// The events' JSON (see `segments`).
+    pub segments: Arc<segments::Segments>,
+    /// Held by whoever deletes `events` entries while committing, and by the reclaimer
+    /// while it checks and moves pointers (see `reclaim`).
+    pub relocation: Arc<Mutex<()>>,
 }
 
 impl Keyspaces {
     /// Opens (or creates) every keyspace of the store in `db`.
-    fn open(db: &Database, memtable_bytes: u64) -> Result<Self, StoreError> {
+    fn open(
+        db: &Database,
+        data_dir: &Path,
+        memtable_bytes: u64,
+        segment_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let meta = open_keyspace(db, "meta", memtable_bytes)?;
         Ok(Self {
             events: db
@@ -129,6 +149,8 @@ impl Keyspaces {
             erased: open_keyspace(db, "erased", memtable_bytes)?,
             erasures: open_keyspace(db, "erasures", memtable_bytes)?,
             numbers: numbers::TenantNumbers::load(&meta)?,
+            segments: Arc::new(segments::Segments::open(data_dir, segment_bytes)?),
+            relocation: Arc::default(),
         })
     }
 
@@ -161,6 +183,8 @@ pub struct EmbeddedStore {
     writer: writer::WriterHandle,
     /// Full text and payload paths (`None` when turned off).
     index: Option<index::SearchIndex>,
+    /// Drops and rewrites segment files once retention and erasure left them empty or sparse.
+    reclaimer: reclaim::Reclaimer,
     tenants: Arc<RwLock<TenantCache>>,
     /// Serialises tenant writes (read the stored tenant, change, persist, publish), so that
     /// two changes never rewrite the same old copy. One process owns the data dir.
@@ -241,7 +265,12 @@ impl EmbeddedStore {
             // which spins while worker 1 is busy (~10 % of a core in flume send/recv).
             .open()
             .map_err(StoreError::unavailable)?;
-        let keyspaces = Keyspaces::open(&db, config.index_memtable_bytes)?;
+        let keyspaces = Keyspaces::open(
+            &db,
+            &config.dir,
+            config.index_memtable_bytes,
+            config.segment_bytes,
+        )?;
         check_format(&db, &keyspaces)?;
         Self::start(config, db, keyspaces, &path)
     }
@@ -261,6 +290,7 @@ impl EmbeddedStore {
             dead_letters: keyspaces.dead_letters.clone(),
             stats: keyspaces.delivery_stats.clone(),
             events: keyspaces.events.clone(),
+            segments: keyspaces.segments.clone(),
             numbers: keyspaces.numbers.clone(),
             destinations: destinations.clone(),
             stats_lock: Arc::default(),
@@ -273,6 +303,7 @@ impl EmbeddedStore {
             config.queue_capacity,
             config.dedup_filter_keys,
             identity.clone(),
+            keyspaces.segments.end()?,
         );
         let index = if config.search_index {
             Some(index::SearchIndex::open(
@@ -282,11 +313,13 @@ impl EmbeddedStore {
         } else {
             None
         };
+        let reclaimer = reclaim::Reclaimer::start(db.clone(), keyspaces.clone(), config.reclaim);
         Ok(Self {
             db,
             keyspaces,
             writer,
             index,
+            reclaimer,
             tenants,
             tenant_writes: Arc::default(),
             counts_writes: Arc::default(),
@@ -294,6 +327,13 @@ impl EmbeddedStore {
             wakeups: Arc::default(),
             identity,
         })
+    }
+
+    /// Runs a pass of the segment reclaimer now and waits for it (after an erasure, to have
+    /// its bytes gone from the data directory at once; with `reclaim.grace` zero, files are
+    /// deleted in the same pass).
+    pub fn reclaim_now(&self) {
+        self.reclaimer.wait_for_pass();
     }
 
     /// Returns the directory of a store opened with `config`.
@@ -322,10 +362,15 @@ fn open_keyspace(db: &Database, name: &str, memtable_bytes: u64) -> Result<Keysp
 
 const FORMAT_KEY: &[u8] = b"store_format";
 /// The layout of keys and values. 1: 16-byte tenant ids in keys (until November 2026);
-/// 2: tenant numbers, keys of at most 20 bytes.
-const FORMAT: u8 = 2;
+/// 2: tenant numbers, keys of at most 20 bytes; 3: as 2, and new events' JSON in the
+/// segment log (values of version 2; version-1 values, inline, are still read).
+const FORMAT: u8 = 3;
+/// The format this binary reads and upgrades in place: its values stay readable as they are.
+const FORMAT_UPGRADED: u8 = 2;
 
-/// Refuses a store written in another layout; marks a new store with this one.
+/// Refuses a store written in another layout; marks a new store with this one, and a
+/// format-2 store too (before anything is written in the new layout, so that an older
+/// binary refuses the directory instead of failing on the first new event).
 fn check_format(db: &Database, keyspaces: &Keyspaces) -> Result<(), StoreError> {
     match keyspaces
         .meta
@@ -333,25 +378,30 @@ fn check_format(db: &Database, keyspaces: &Keyspaces) -> Result<(), StoreError> 
         .map_err(StoreError::unavailable)?
     {
         Some(value) if *value == [FORMAT] => Ok(()),
+        Some(value) if *value == [FORMAT_UPGRADED] => mark_format(db, keyspaces),
         Some(value) => Err(StoreError::Corrupt(format!(
-            "the data directory holds store format {value:?}, this PulseStream reads format {FORMAT}"
+            "the data directory holds store format {value:?}, this PulseStream reads formats {FORMAT_UPGRADED} and {FORMAT}"
         ))),
         None => {
             if keyspaces.events.first_key_value().is_some()
                 || keyspaces.idempotency.first_key_value().is_some()
             {
                 return Err(StoreError::Corrupt(
-                    "the data directory was written by an earlier PulseStream (store format 1, 16-byte tenant ids in keys); this one reads format 2 and cannot read it: keep the older binary for it, or start on an empty data directory".into(),
+                    "the data directory was written by an earlier PulseStream (store format 1, 16-byte tenant ids in keys); this one reads formats 2 and 3 and cannot read it: keep the older binary for it, or start on an empty data directory".into(),
                 ));
             }
-            keyspaces
-                .meta
-                .insert(FORMAT_KEY, [FORMAT])
-                .map_err(StoreError::unavailable)?;
-            db.persist(PersistMode::SyncAll)
-                .map_err(StoreError::unavailable)
+            mark_format(db, keyspaces)
         }
     }
+}
+
+fn mark_format(db: &Database, keyspaces: &Keyspaces) -> Result<(), StoreError> {
+    keyspaces
+        .meta
+        .insert(FORMAT_KEY, [FORMAT])
+        .map_err(StoreError::unavailable)?;
+    db.persist(PersistMode::SyncAll)
+        .map_err(StoreError::unavailable)
 }
 
 fn load_tenants(meta: &Keyspace) -> Result<TenantCache, StoreError> {
@@ -471,8 +521,10 @@ impl EventStore for EmbeddedStore {
         let writer = self.writer.clone();
         let db = self.db.clone();
         let index = self.index.clone();
+        let reclaimer = self.reclaimer.clone();
         tokio::task::spawn_blocking(move || {
             writer.stop();
+            reclaimer.stop();
             if let Some(index) = index {
                 index.stop();
             }

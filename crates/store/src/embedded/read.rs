@@ -42,10 +42,10 @@ fn stored(
     else {
         return Ok(None);
     };
-    let (json, _) = keys::decode_event_value(&value)?;
+    let (json, _) = ks.segments.event_json(&value)?;
     Ok(Some(StoredEvent {
         id,
-        json: json.to_vec(),
+        json: json.into_owned(),
     }))
 }
 

@@ -31,6 +31,7 @@ use super::Keyspaces;
 use super::dedup_filter::DedupFilter;
 use super::delivery::{self, DestinationCache};
 use super::keys::{self, TenantNo};
+use super::segments::{self, LogEnd, Pointer, Segments};
 use crate::plan::{Decide, GroupPlan};
 use crate::record::{self, IdGen, same_content, write_event_json};
 use crate::{AppendOutcome, AppendStatus, IdempotencyRecord, StoreError};
@@ -46,10 +47,12 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
-/// An event's id and `events` value, built before it reaches the writer.
+/// An event's id and its segment-log record, built before it reaches the writer.
 pub(crate) struct Prepared {
     id: EventId,
-    value: Vec<u8>,
+    /// The record: header (length, CRC) and the event's JSON as the API returns it.
+    record: Vec<u8>,
+    timestamp_given: bool,
 }
 
 thread_local! {
@@ -66,8 +69,7 @@ pub(crate) fn prepare(batch: &crate::AppendBatch) -> Result<Vec<Prepared>, Store
             .iter()
             .map(|event| {
                 let id = ids.next(event, batch.received_at);
-                let mut value = Vec::with_capacity(event.payload.len() + 320);
-                value.extend_from_slice(&keys::event_value_header(event.timestamp.is_some()));
+                let mut record = segments::new_record(event.payload.len() + 320);
                 let generated;
                 let event_id = match &event.event_id {
                     Some(event_id) => event_id.as_str(),
@@ -76,8 +78,13 @@ pub(crate) fn prepare(batch: &crate::AppendBatch) -> Result<Vec<Prepared>, Store
                         &generated
                     }
                 };
-                write_event_json(&mut value, id, event, event_id, &received_at)?;
-                Ok(Prepared { id, value })
+                write_event_json(&mut record, id, event, event_id, &received_at)?;
+                segments::seal_record(&mut record)?;
+                Ok(Prepared {
+                    id,
+                    record,
+                    timestamp_given: event.timestamp.is_some(),
+                })
             })
             .collect()
     })
@@ -112,6 +119,10 @@ pub fn describe_metrics() {
         "How far behind the store the search index is (0 when it holds every committed event; searches read what it lacks from the store)"
     );
     metrics::describe_counter!(
+        "pulsestream_segments_deleted_total",
+        "Segment files of the embedded store's log deleted after retention or erasure left them empty or moved their live events"
+    );
+    metrics::describe_counter!(
         "pulsestream_search_index_commit_failures_total",
         "Search index commits that failed (retried; searches read what it lacks from the store)"
     );
@@ -140,6 +151,7 @@ impl WriterHandle {
         capacity: usize,
         filter_keys: u64,
         identity: super::identity::DirIdentity,
+        log_end: LogEnd,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(capacity);
         let failed = Arc::new(AtomicBool::new(false));
@@ -171,6 +183,7 @@ impl WriterHandle {
             order_seq: std::cell::Cell::new(
                 record::micros_of(OffsetDateTime::now_utc()).saturating_mul(1_000),
             ),
+            log_end,
         };
         let thread = std::thread::Builder::new()
             .name("pulsestream-writer".into())
@@ -259,6 +272,8 @@ struct Writer {
     identity: super::identity::DirIdentity,
     /// The next sequence number of an ordered destination's entry: ingest order.
     order_seq: std::cell::Cell<i64>,
+    /// Where the next group's records go in the segment log.
+    log_end: LogEnd,
 }
 
 /// What every event of one request shares.
@@ -292,6 +307,10 @@ struct InFlight {
 /// A decided group on its way to the committer.
 struct Group {
     number: u64,
+    /// The group's records and where they go: synced before `batch` is committed.
+    log: LogWrite,
+    /// Whether the log thread wrote and synced them.
+    logged: Result<(), StoreError>,
     batch: WriteBatch,
     answers: Vec<(Reply, Result<AppendOutcome, StoreError>)>,
     events: usize,
@@ -300,8 +319,15 @@ struct Group {
 
 type Reply = oneshot::Sender<Result<AppendOutcome, StoreError>>;
 
+/// A group's records in the segment log.
+struct LogWrite {
+    at: LogEnd,
+    records: Vec<u8>,
+}
+
 /// What deciding a group produces.
 struct Decision {
+    log: LogWrite,
     batch: WriteBatch,
     outcomes: Vec<Result<AppendOutcome, StoreError>>,
     accepted: HashMap<DedupKey, Pending>,
@@ -309,18 +335,31 @@ struct Decision {
 }
 
 impl Writer {
-    /// Decides groups and hands them to the committer thread, which writes and syncs one
-    /// group while this thread decides the next: the dedup reads and the bookkeeping of group
-    /// N + 1 overlap the journal write, fdatasync and memtable inserts of group N.
+    /// Decides groups and hands them to the log thread, which appends and syncs a group's
+    /// records, then to the committer thread, which commits its fjall batch: three stages,
+    /// so the dedup reads of group N + 2, the log's fdatasync of group N + 1 and the
+    /// journal's fdatasync and memtable inserts of group N overlap.
     fn run(mut self, mut receiver: mpsc::Receiver<Job>) {
-        let (groups, committer_groups) = std::sync::mpsc::sync_channel::<Group>(0);
+        let (groups, to_log) = std::sync::mpsc::sync_channel::<Group>(0);
+        let (logged, committer_groups) = std::sync::mpsc::sync_channel::<Group>(0);
+        let logger = {
+            let failed = self.failed.clone();
+            let segments = self.keyspaces.segments.clone();
+            std::thread::Builder::new()
+                .name("pulsestream-log".into())
+                .spawn(move || log_groups(&to_log, &logged, &segments, &failed))
+                .expect("spawning a thread only fails when the OS is out of resources")
+        };
         let committer = {
             let failed = self.failed.clone();
             let finished = self.finished.clone();
             let identity = self.identity.clone();
+            let segments = self.keyspaces.segments.clone();
             std::thread::Builder::new()
                 .name("pulsestream-commit".into())
-                .spawn(move || commit_groups(&committer_groups, &failed, &finished, &identity))
+                .spawn(move || {
+                    commit_groups(&committer_groups, &segments, &failed, &finished, &identity);
+                })
                 .expect("spawning a thread only fails when the OS is out of resources")
         };
         while let Some(first) = receiver.blocking_recv() {
@@ -381,8 +420,14 @@ impl Writer {
                     if self.dedup_filter.is_full() {
                         self.grow_dedup_filter();
                     }
+                    self.log_end = LogEnd {
+                        segment: decision.log.at.segment,
+                        offset: decision.log.at.offset + decision.log.records.len() as u64,
+                    };
                     let group = Group {
                         number,
+                        log: decision.log,
+                        logged: Ok(()),
                         batch: decision.batch,
                         answers: replies.into_iter().zip(decision.outcomes).collect(),
                         events,
@@ -401,6 +446,7 @@ impl Writer {
             }
         }
         drop(groups);
+        let _ = logger.join();
         let _ = committer.join();
     }
 
@@ -487,12 +533,17 @@ impl Writer {
             dedup_keys: &dedup_keys,
             contexts: &contexts,
             batch: self.db.batch().durability(Some(PersistMode::SyncData)),
+            log: LogWrite {
+                at: self.keyspaces.segments.next_group_at(self.log_end),
+                records: Vec::new(),
+            },
             dedup: Vec::with_capacity(events),
             accepted: HashMap::with_capacity(events),
         };
         let decided = plan.decide(&requests, &mut deciding)?;
         let Deciding {
             mut batch,
+            log,
             dedup,
             accepted,
             ..
@@ -538,6 +589,7 @@ impl Writer {
             );
         }
         Ok(Decision {
+            log,
             batch,
             outcomes: decided.outcomes,
             accepted,
@@ -651,11 +703,11 @@ impl Writer {
                 }
             }
         };
-        let (json, timestamp_given) = keys::decode_event_value(&stored)?;
+        let (json, timestamp_given) = self.keyspaces.segments.event_json(&stored)?;
         Ok(Some(record::stored_status(
             id,
             hash,
-            json,
+            &json,
             timestamp_given,
             event,
         )))
@@ -675,6 +727,7 @@ impl Writer {
     fn insert(
         &self,
         batch: &mut WriteBatch,
+        log: &mut LogWrite,
         dedup: &mut Vec<DedupEntry>,
         context: &Context,
         prepared: &Prepared,
@@ -683,10 +736,17 @@ impl Writer {
     ) {
         let ks = &self.keyspaces;
         let (tenant, id) = (context.tenant, prepared.id);
+        let pointer = Pointer {
+            segment: log.at.segment,
+            offset: log.at.offset + log.records.len() as u64,
+            len: u32::try_from(prepared.record.len() - segments::RECORD_HEADER)
+                .expect("seal_record refused longer ones"),
+        };
+        log.records.extend_from_slice(&prepared.record);
         batch.insert(
             &ks.events,
             keys::event_key(tenant, id),
-            prepared.value.as_slice(),
+            keys::event_value(prepared.timestamp_given, pointer),
         );
         batch.insert(
             &ks.by_type,
@@ -727,6 +787,7 @@ struct Deciding<'a> {
     dedup_keys: &'a [Vec<DedupKey>],
     contexts: &'a [Context],
     batch: WriteBatch,
+    log: LogWrite,
     dedup: Vec<DedupEntry>,
     accepted: HashMap<DedupKey, Pending>,
 }
@@ -762,6 +823,7 @@ impl Decide for Deciding<'_> {
         let prepared = &self.prepared[request][index];
         self.writer.insert(
             &mut self.batch,
+            &mut self.log,
             &mut self.dedup,
             context,
             prepared,
@@ -804,6 +866,7 @@ impl Decide for Deciding<'_> {
 /// a state that is not known to be durable.
 fn commit_groups(
     groups: &std::sync::mpsc::Receiver<Group>,
+    segments: &Segments,
     failed: &AtomicBool,
     finished: &AtomicU64,
     identity: &super::identity::DirIdentity,
@@ -811,6 +874,8 @@ fn commit_groups(
     for group in groups {
         let Group {
             number,
+            log,
+            logged,
             batch,
             answers,
             events,
@@ -819,21 +884,29 @@ fn commit_groups(
         let result = if failed.load(Ordering::Acquire) {
             Err(StoreError::unavailable(WriterStopped))
         } else {
-            // Commit before answering: a 2xx promises that this group survives a crash.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                batch.commit().map_err(StoreError::unavailable)
-            }))
-            .unwrap_or_else(|_| {
-                Err(StoreError::Corrupt(
-                    "the writer panicked during a commit".into(),
-                ))
-            })
-            // Synced, but into the directory the store opened? If it was removed or replaced,
-            // no restart will find this group: refuse it rather than acknowledge it.
-            .and_then(|()| identity.check())
+            // Commit before answering: a 2xx promises that this group survives a crash. The
+            // records were synced first (a committed pointer must name synced bytes).
+            logged
+                .and_then(|()| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        batch.commit().map_err(StoreError::unavailable)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(StoreError::Corrupt(
+                            "the writer panicked during a commit".into(),
+                        ))
+                    })
+                })
+                // Synced, but into the directory the store opened? If it was removed or replaced,
+                // no restart will find this group: refuse it rather than acknowledge it.
+                .and_then(|()| identity.check())
         };
-        if let Err(err) = &result {
-            stop_writes(failed, err);
+        match &result {
+            Err(err) => stop_writes(failed, err),
+            // Every group before this one is committed too: the reclaimer may treat the
+            // segments below this group's as closed.
+            Ok(()) if !log.records.is_empty() => segments.note_committed(log.at.segment),
+            Ok(()) => {}
         }
         // The group's writes are in fjall (or never will be): the writer may forget them.
         finished.store(number, Ordering::Release);
@@ -847,6 +920,35 @@ fn commit_groups(
                 }
             }
             Err(_) => refuse(answers.into_iter().map(|(reply, _)| reply)),
+        }
+    }
+}
+
+/// The log thread: appends each group's records to the segment log and syncs them, in the
+/// order decided, then hands the group to the committer with the outcome. Nothing is
+/// written once the store stopped taking writes.
+fn log_groups(
+    groups: &std::sync::mpsc::Receiver<Group>,
+    logged: &std::sync::mpsc::SyncSender<Group>,
+    segments: &Segments,
+    failed: &AtomicBool,
+) {
+    let mut appender = segments::Appender::default();
+    for mut group in groups {
+        if !group.log.records.is_empty() && !failed.load(Ordering::Acquire) {
+            group.logged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                appender.append(segments, group.log.at, &group.log.records)
+            }))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Corrupt(
+                    "the log thread panicked while appending".into(),
+                ))
+            });
+        }
+        if let Err(std::sync::mpsc::SendError(group)) = logged.send(group) {
+            // The committer is gone (it panicked outside a commit): stop.
+            stop_writes(failed, &StoreError::unavailable(WriterStopped));
+            refuse(group.answers.into_iter().map(|(reply, _)| reply));
         }
     }
 }

@@ -34,6 +34,9 @@ use crate::StoreError;
 /// How long after the last deletion a pass starts (deletions come in batches).
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// How often a pass looks again at a marked segment that was still being written.
+const RECHECK: Duration = Duration::from_secs(5);
+
 /// Segments rewritten per pass at most (each pass reads every pointer once).
 const REWRITES_PER_PASS: usize = 8;
 
@@ -136,6 +139,7 @@ impl Reclaimer {
                         ks,
                         config,
                         doomed: Vec::new(),
+                        recheck: None,
                     }
                     .run(&signal);
                 })
@@ -191,12 +195,16 @@ struct Work {
     config: ReclaimConfig,
     /// Files no pointer names, and when they may be deleted.
     doomed: Vec<(u32, Instant)>,
+    /// When to look again at a marked segment that was still being written, and the
+    /// writer's segment then (a look is only worth a pass once that moved).
+    recheck: Option<(Instant, u32)>,
 }
 
 impl Work {
     fn run(mut self, signal: &(Mutex<Signal>, Condvar)) {
         let (lock, condvar) = signal;
         loop {
+            let mut asked = false;
             {
                 let mut state = lock.lock().expect("signal lock is never poisoned");
                 loop {
@@ -206,7 +214,12 @@ impl Work {
                     if state.wanted {
                         break;
                     }
-                    let next_deletion = self.doomed.iter().map(|(_, at)| *at).min();
+                    let next_deletion = self
+                        .doomed
+                        .iter()
+                        .map(|(_, at)| *at)
+                        .chain(self.recheck.map(|(at, _)| at))
+                        .min();
                     match next_deletion {
                         Some(at) if at <= Instant::now() => break,
                         Some(at) => {
@@ -230,10 +243,11 @@ impl Work {
                         return;
                     }
                     state.wanted = false;
+                    asked = true;
                     state.started += 1;
                 }
             }
-            match self.pass() {
+            match self.pass(asked) {
                 Ok(report) if report != ReclaimReport::default() => {
                     tracing::info!(?report, "segment log reclaimed");
                 }
@@ -250,7 +264,7 @@ impl Work {
 
     /// One pass: deletes doomed files past their grace, finds dead and sparse segments,
     /// rewrites the sparse ones.
-    fn pass(&mut self) -> Result<ReclaimReport, StoreError> {
+    fn pass(&mut self, asked: bool) -> Result<ReclaimReport, StoreError> {
         let mut report = ReclaimReport::default();
         let segments = &self.ks.segments;
         if !segments.held() {
@@ -270,6 +284,18 @@ impl Work {
         }
         // Every group that wrote below `writing` is committed: read it before the snapshot.
         let writing = segments.writing();
+        // Woken by a deadline, not a deletion: a scan is only worth it once the segment an
+        // erasure marked was closed.
+        if !asked {
+            match self.recheck {
+                Some((at, then)) if at <= Instant::now() && writing > then => {}
+                Some((at, then)) if at <= Instant::now() => {
+                    self.recheck = Some((Instant::now() + RECHECK, then));
+                    return Ok(report);
+                }
+                _ => return Ok(report),
+            }
+        }
         let snapshot = self.db.snapshot();
         let mut live: HashMap<u32, u64> = HashMap::new();
         for entry in snapshot.iter(&self.ks.events) {
@@ -291,6 +317,12 @@ impl Work {
         let doomed: BTreeSet<u32> = self.doomed.iter().map(|(segment, _)| *segment).collect();
         let mut rewrite = BTreeSet::new();
         let mut dead = Vec::new();
+        // An erasure marked the segment being written: it is closed at the next group (the
+        // erasure asked for that); look again until then, deletions or not.
+        self.recheck = marked
+            .iter()
+            .any(|&segment| segment >= writing && segment < RECLAIMED_BASE)
+            .then(|| (Instant::now() + RECHECK, writing));
         for segment in segments.list()? {
             let closed = segment < writing || segment >= RECLAIMED_BASE;
             if !closed || doomed.contains(&segment) {

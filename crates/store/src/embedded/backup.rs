@@ -142,16 +142,7 @@ struct Log {
 impl Log {
     /// Adds a record; returns where it will be.
     fn push(&mut self, json: &[u8]) -> Result<Pointer, StoreError> {
-        let mut record = segments::new_record(json.len());
-        record.extend_from_slice(json);
-        segments::seal_record(&mut record)?;
-        let pointer = Pointer {
-            segment: self.at.segment,
-            offset: self.at.offset + self.records.len() as u64,
-            len: u32::try_from(json.len()).expect("seal_record refused longer ones"),
-        };
-        self.records.extend_from_slice(&record);
-        Ok(pointer)
+        segments::push_record(&mut self.records, self.at, json)
     }
 
     /// Writes and syncs what was pushed (before the batch naming it is committed).

@@ -28,7 +28,7 @@ use fjall::{Database, PersistMode, Readable};
 
 use super::Keyspaces;
 use super::keys::{self, EventBody};
-use super::segments::{self, Pointer, RECLAIMED_BASE, SegmentFile};
+use super::segments::{self, LogEnd, RECLAIMED_BASE, SegmentFile};
 use crate::StoreError;
 
 /// How long after the last deletion a pass starts (deletions come in batches).
@@ -266,22 +266,8 @@ impl Work {
     /// rewrites the sparse ones.
     fn pass(&mut self, asked: bool) -> Result<ReclaimReport, StoreError> {
         let mut report = ReclaimReport::default();
+        self.delete_due(&mut report)?;
         let segments = &self.ks.segments;
-        if !segments.held() {
-            let now = Instant::now();
-            let mut kept = Vec::new();
-            for (segment, at) in std::mem::take(&mut self.doomed) {
-                if at <= now {
-                    report.deleted_bytes += segments.size(segment);
-                    segments.remove(segment)?;
-                    report.deleted += 1;
-                    metrics::counter!("pulsestream_segments_deleted_total").increment(1);
-                } else {
-                    kept.push((segment, at));
-                }
-            }
-            self.doomed = kept;
-        }
         // Every group that wrote below `writing` is committed: read it before the snapshot.
         let writing = segments.writing();
         // Woken by a deadline, not a deletion: a scan is only worth it once the segment an
@@ -367,16 +353,31 @@ impl Work {
         if any {
             batch.commit().map_err(StoreError::unavailable)?;
         }
-        if self.config.grace.is_zero() && !self.doomed.is_empty() && !segments.held() {
-            // Deleted in this pass (tests; an operator may ask for it too).
-            for (segment, _) in std::mem::take(&mut self.doomed) {
+        // With no grace, what this pass doomed goes now.
+        self.delete_due(&mut report)?;
+        Ok(report)
+    }
+
+    /// Deletes the doomed files whose grace has passed (none while a backup runs).
+    fn delete_due(&mut self, report: &mut ReclaimReport) -> Result<(), StoreError> {
+        let segments = &self.ks.segments;
+        if segments.held() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut kept = Vec::new();
+        for (segment, at) in std::mem::take(&mut self.doomed) {
+            if at <= now {
                 report.deleted_bytes += segments.size(segment);
                 segments.remove(segment)?;
                 report.deleted += 1;
                 metrics::counter!("pulsestream_segments_deleted_total").increment(1);
+            } else {
+                kept.push((segment, at));
             }
         }
-        Ok(report)
+        self.doomed = kept;
+        Ok(())
     }
 
     /// Moves the live records of `from` into new segments; returns how many moved.
@@ -409,15 +410,14 @@ impl Work {
                 next += 1;
                 at = 0;
             }
-            let mut record = segments::new_record(json.len());
-            record.extend_from_slice(&json);
-            segments::seal_record(&mut record)?;
-            let new = Pointer {
-                segment: file.as_ref().expect("set above").segment(),
-                offset: at + records.len() as u64,
-                len: pointer.len,
-            };
-            records.extend_from_slice(&record);
+            let new = segments::push_record(
+                &mut records,
+                LogEnd {
+                    segment: file.as_ref().expect("set above").segment(),
+                    offset: at,
+                },
+                &json,
+            )?;
             moves.push((key, value, keys::event_value(timestamp_given, new)));
             if records.len() >= COPY_BYTES {
                 moved +=

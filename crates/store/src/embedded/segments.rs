@@ -69,6 +69,27 @@ pub(crate) fn seal_record(record: &mut [u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Appends a record of `json` to `records`, a run of records that will be written at `at`;
+/// returns the record's pointer.
+///
+/// # Errors
+/// See [`seal_record`].
+pub(crate) fn push_record(
+    records: &mut Vec<u8>,
+    at: LogEnd,
+    json: &[u8],
+) -> Result<Pointer, StoreError> {
+    let start = records.len();
+    records.extend_from_slice(&[0; RECORD_HEADER]);
+    records.extend_from_slice(json);
+    seal_record(&mut records[start..])?;
+    Ok(Pointer {
+        segment: at.segment,
+        offset: at.offset + start as u64,
+        len: u32::try_from(json.len()).expect("seal_record refused longer ones"),
+    })
+}
+
 fn file_name(segment: u32) -> String {
     format!("{segment:08}.seg")
 }

@@ -63,9 +63,9 @@ START=$(date +%s)
 sql "VACUUM ANALYZE events"
 echo "VACUUM ANALYZE took $(( $(date +%s) - START )) s"
 sql "SELECT count(*) AS events,
-            pg_size_pretty(pg_table_size('events')) AS table_size,
-            pg_size_pretty(pg_relation_size('events_search')) AS search_index,
-            round(pg_relation_size('events_search')::numeric / count(*), 1) AS index_bytes_per_event,
+            pg_size_pretty((SELECT sum(pg_table_size(relid)) FROM pg_partition_tree('events'))) AS table_size,
+            pg_size_pretty((SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('events_search'))) AS search_index,
+            round((SELECT sum(pg_relation_size(relid)) FROM pg_partition_tree('events_search'))::numeric / count(*), 1) AS index_bytes_per_event,
             round(avg(pg_column_size(search)), 1) AS search_column_bytes_per_event
        FROM events" | tr '|' ' ' |
   awk '{print "events " $1 ", table " $2 " " $3 ", GIN index " $4 " " $5 " (" $6 " B/event), search column " $7 " B/event"}'

@@ -103,6 +103,10 @@ pub fn describe_metrics() {
         "Events deleted because they were older than their tenant's retention"
     );
     metrics::describe_counter!(
+        "pulsestream_partitions_dropped_total",
+        "Month partitions of events dropped whole by retention (PostgreSQL)"
+    );
+    metrics::describe_counter!(
         "pulsestream_erasures_total",
         "Erasures carried out (POST /v1/events/erase without dry_run)"
     );

@@ -74,51 +74,78 @@ async fn flush_counts(store: &dyn ActivityStore, tally: &Tally) {
     }
 }
 
-/// Deletes every tenant's events past its retention, a batch at a time.
+/// Applies retention: first the store's time partitions (made ahead; dropped whole once
+/// every tenant's retention has passed them: PostgreSQL), then every tenant's remaining
+/// expired events, a batch at a time.
 async fn expire_events(store: &dyn Store, retention: Retention, shutdown: &CancellationToken) {
+    let mut tenants = Vec::new();
     let mut after = None;
     loop {
-        let tenants = match store.tenants(after, 100).await {
-            Ok(tenants) => tenants,
+        match store.tenants(after, 100).await {
+            Ok(page) if page.is_empty() => break,
+            Ok(page) => {
+                after = page.last().map(|tenant| tenant.id);
+                tenants.extend(page);
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot list tenants for retention");
                 return;
             }
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    let cutoff = |days: u32| now - time::Duration::days(i64::from(days));
+    // A partition may go once every tenant's events in it are expired: the earliest cutoff,
+    // none while some tenant keeps its events forever (or there is no tenant yet).
+    let drop_before = if tenants.is_empty() {
+        None
+    } else {
+        tenants
+            .iter()
+            .map(|tenant| tenant.retention(retention.default_days).map(cutoff))
+            .try_fold(None, |earliest: Option<OffsetDateTime>, this| {
+                this.map(|this| Some(earliest.map_or(this, |earliest| earliest.min(this))))
+            })
+            .flatten()
+    };
+    match store.maintain_partitions(drop_before).await {
+        Ok(pass) => {
+            metrics::counter!("pulsestream_retention_deleted_events_total")
+                .increment(pass.events_dropped);
+            metrics::counter!("pulsestream_partitions_dropped_total")
+                .increment(u64::from(pass.dropped));
+        }
+        Err(err) => tracing::warn!(error = %err, "cannot maintain the event partitions"),
+    }
+    for tenant in &tenants {
+        let Some(days) = tenant.retention(retention.default_days) else {
+            continue;
         };
-        let Some(last) = tenants.last() else {
-            return;
-        };
-        after = Some(last.id);
-        for tenant in &tenants {
-            let Some(days) = tenant.retention(retention.default_days) else {
-                continue;
-            };
-            let before = OffsetDateTime::now_utc() - time::Duration::days(i64::from(days));
-            let mut deleted = 0u64;
-            loop {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                match store.expire_events(tenant.id, before, EXPIRE_BATCH).await {
-                    Ok(count) => {
-                        deleted += count;
-                        metrics::counter!("pulsestream_retention_deleted_events_total")
-                            .increment(count);
-                        if count < EXPIRE_BATCH as u64 {
-                            break;
-                        }
-                        // Between batches, ingest goes first.
-                        tokio::task::yield_now().await;
-                    }
-                    Err(err) => {
-                        tracing::warn!(tenant_id = %tenant.id, error = %err, "cannot delete expired events");
+        let before = cutoff(days);
+        let mut deleted = 0u64;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            match store.expire_events(tenant.id, before, EXPIRE_BATCH).await {
+                Ok(count) => {
+                    deleted += count;
+                    metrics::counter!("pulsestream_retention_deleted_events_total")
+                        .increment(count);
+                    if count < EXPIRE_BATCH as u64 {
                         break;
                     }
+                    // Between batches, ingest goes first.
+                    tokio::task::yield_now().await;
+                }
+                Err(err) => {
+                    tracing::warn!(tenant_id = %tenant.id, error = %err, "cannot delete expired events");
+                    break;
                 }
             }
-            if deleted > 0 {
-                tracing::info!(tenant_id = %tenant.id, deleted, retention_days = days, "deleted events past their retention");
-            }
+        }
+        if deleted > 0 {
+            tracing::info!(tenant_id = %tenant.id, deleted, retention_days = days, "deleted events past their retention");
         }
     }
 }

@@ -30,6 +30,7 @@ pub use activity::{
     TailPosition, Tally, TenantCounts, TestSend, minute_of,
 };
 pub use plan::IDEMPOTENCY_WINDOW;
+pub use postgres::PartitionPass;
 pub use search::{Cursor, Order, PayloadFilter, SearchQuery, event_matches};
 pub use wakeups::Wakeups;
 
@@ -210,6 +211,19 @@ pub trait EventStore: Send + Sync + Debug + 'static {
         before: OffsetDateTime,
         limit: usize,
     ) -> Result<u64, StoreError>;
+
+    /// Time partitions: makes the partitions of the months around now, and drops whole the
+    /// ones that end before `drop_before` (the earliest retention cutoff over all tenants;
+    /// `None` while some tenant keeps its events forever), with what refers to their events.
+    /// PostgreSQL only (`postgres::partitions`); the embedded store gives bytes back by
+    /// segment files (`embedded::reclaim`) and does nothing here.
+    async fn maintain_partitions(
+        &self,
+        drop_before: Option<OffsetDateTime>,
+    ) -> Result<PartitionPass, StoreError> {
+        let _ = drop_before;
+        Ok(PartitionPass::default())
+    }
 
     /// Erases the tenant's events with these ids: their JSON, index entries, queued
     /// deliveries and dead letters go in one commit. Each keeps a tombstone without payload

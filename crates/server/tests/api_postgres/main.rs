@@ -47,6 +47,8 @@ mod network_faults;
 mod openapi;
 #[path = "../api/operations.rs"]
 mod operations;
+/// Retention drops whole partitions of `events`.
+mod partitions;
 mod pg_dump;
 #[path = "../api/rate_limits.rs"]
 mod rate_limits;

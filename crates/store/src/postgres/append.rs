@@ -391,18 +391,30 @@ async fn insert_events(
         .collect();
     let statement = transaction
         .prepare_cached(
-            "INSERT INTO events
-                 (tenant_id, id, event_id, event_type, source, content_hash,
-                  timestamp_given, payload, body, search)
-             SELECT u.tenant_id, u.id, u.event_id, u.event_type, u.source, u.content_hash,
-                    u.given, u.payload::jsonb, u.body, u.search::tsvector
-             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                         $6::bytea[], $7::bool[], $8::text[], $9::text[], $10::text[])
-                  AS u(tenant_id, id, event_id, event_type, source, content_hash, given,
-                       payload, body, search)
-             ORDER BY u.tenant_id, u.event_id
-             ON CONFLICT (tenant_id, event_id) DO NOTHING
-             RETURNING tenant_id, event_id",
+            // The key first: its primary key decides exactly-once (a second copy, here or
+            // in another node's transaction, is skipped: that one waits for this one's
+            // commit, then skips); the event only for the keys taken.
+            "WITH u AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[],
+                                      $5::text[], $6::bytea[], $7::bool[], $8::text[],
+                                      $9::text[], $10::text[])
+                     AS u(tenant_id, id, event_id, event_type, source, content_hash, given,
+                          payload, body, search)),
+             taken AS (
+                 INSERT INTO event_keys (tenant_id, event_id, id, content_hash)
+                 SELECT tenant_id, event_id, id, content_hash FROM u
+                 ORDER BY tenant_id, event_id
+                 ON CONFLICT (tenant_id, event_id) DO NOTHING
+                 RETURNING tenant_id, id),
+             stored AS (
+                 INSERT INTO events
+                     (tenant_id, id, event_id, event_type, source, content_hash,
+                      timestamp_given, payload, body, search)
+                 SELECT u.tenant_id, u.id, u.event_id, u.event_type, u.source,
+                        u.content_hash, u.given, u.payload::jsonb, u.body, u.search::tsvector
+                 FROM u JOIN taken ON taken.tenant_id = u.tenant_id AND taken.id = u.id
+                 RETURNING tenant_id, event_id)
+             SELECT tenant_id, event_id FROM stored",
         )
         .await
         .map_err(pg_error)?;
@@ -576,11 +588,15 @@ async fn stored_events(
     let (tenants, event_ids): (Vec<Uuid>, Vec<&str>) = keys.iter().copied().unzip();
     let statement = transaction
         .prepare_cached(
-            "SELECT e.tenant_id, e.event_id, e.id, e.content_hash, e.timestamp_given, e.body,
-                    e.erased
-             FROM events e
-             JOIN unnest($1::uuid[], $2::text[]) AS k(tenant_id, event_id)
-               ON e.tenant_id = k.tenant_id AND e.event_id = k.event_id",
+            // The key decides; the event's row tells a retry from a conflict by content
+            // (an erased row, or none: the key's hash alone).
+            "SELECT k.tenant_id, k.event_id, k.id, k.content_hash,
+                    coalesce(e.timestamp_given, false), coalesce(e.body, ''),
+                    coalesce(e.erased, true)
+             FROM event_keys k
+             JOIN unnest($1::uuid[], $2::text[]) AS w(tenant_id, event_id)
+               ON k.tenant_id = w.tenant_id AND k.event_id = w.event_id
+             LEFT JOIN events e ON e.tenant_id = k.tenant_id AND e.id = k.id",
         )
         .await
         .map_err(pg_error)?;

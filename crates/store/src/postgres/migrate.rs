@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "activity", include_str!("migrations/0003_activity.sql")),
     (4, "erasure", include_str!("migrations/0004_erasure.sql")),
     (5, "search", include_str!("migrations/0005_search.sql")),
+    (
+        6,
+        "partitions",
+        include_str!("migrations/0006_partitions.sql"),
+    ),
 ];
 
 /// The advisory lock every migrating session takes (an arbitrary constant: "pulsestr").

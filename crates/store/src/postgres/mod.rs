@@ -18,6 +18,7 @@
 mod activity;
 mod append;
 mod migrate;
+mod partitions;
 mod queue;
 mod search;
 
@@ -39,6 +40,7 @@ use crate::{
 };
 
 pub use migrate::latest_version;
+pub use partitions::PartitionPass;
 
 /// Declares the PostgreSQL store's own metrics (commits share the embedded writer's names).
 pub fn describe_metrics() {
@@ -149,6 +151,14 @@ impl PostgresStore {
     pub async fn connect(config: &PostgresConfig) -> Result<Self, StoreError> {
         let store = Self::connect_lazy(config)?;
         store.migrate().await?;
+        // The month partitions around now, before this node takes writes. Never a reason
+        // not to start: without them, rows go to the DEFAULT partition, and the retention
+        // pass tries again.
+        if let Err(err) =
+            partitions::maintain(&store.db, time::OffsetDateTime::now_utc(), None).await
+        {
+            tracing::warn!(error = %err, "cannot make the month partitions of events yet");
+        }
         // Rows from before the `search` column (or written by an older node since) get it
         // in the background; searches find them meanwhile. And the search index's pending
         // entries are merged in bulk, off the ingest path.
@@ -361,8 +371,9 @@ enum Failure {
     /// `statement_timeout` cancelled the statement (57014): the server is not answering in
     /// time, an outage for writes; a search that ran out of time is only slow.
     StatementTimeout,
-    /// A deadlock (40P01) or serialization failure (40001): the transaction lost a race the
-    /// database detected and may be retried.
+    /// A deadlock (40P01), a serialization failure (40001), or a row routed to the DEFAULT
+    /// partition of `events` just before a month partition for it was attached (23514; see
+    /// `partitions`): the transaction lost a race the database detected and may be retried.
     LostRace,
     /// Anything else: one statement's problem, or every pooled connection busy (load).
     Other,
@@ -394,7 +405,7 @@ impl Failure {
     fn of_driver(err: &tokio_postgres::Error) -> Self {
         match err.code().map(tokio_postgres::error::SqlState::code) {
             Some("57014") => Self::StatementTimeout,
-            Some("40P01" | "40001") => Self::LostRace,
+            Some("40P01" | "40001" | "23514") => Self::LostRace,
             Some(code) if code.starts_with("08") || code.starts_with("57P") => Self::Outage,
             Some(_) => Self::Other,
             // No SQLSTATE: a closed connection or a socket error.
@@ -536,7 +547,7 @@ impl EventStore for PostgresStore {
         limit: usize,
     ) -> Result<u64, StoreError> {
         // Ids start with the event's timestamp: the primary key is the time index. The
-        // events' queued deliveries and dead letters go in the same statement.
+        // events' dedup keys, queued deliveries and dead letters go in the same statement.
         let bound = EventId::from_parts(crate::record::micros_of(before), 0);
         let row = self
             .db
@@ -545,7 +556,10 @@ impl EventStore for PostgresStore {
                      DELETE FROM events WHERE tenant_id = $1 AND id IN (
                          SELECT id FROM events WHERE tenant_id = $1 AND id < $2
                           ORDER BY id LIMIT $3)
-                     RETURNING id),
+                     RETURNING id, event_id),
+                 keys AS (
+                     DELETE FROM event_keys
+                      WHERE tenant_id = $1 AND event_id IN (SELECT event_id FROM gone)),
                  queued AS (
                      DELETE FROM outbox WHERE tenant_id = $1 AND event IN (SELECT id FROM gone)),
                  dead AS (
@@ -556,6 +570,13 @@ impl EventStore for PostgresStore {
             )
             .await?;
         Ok(row.map_or(0, |row| row.get::<_, i64>(0).max(0) as u64))
+    }
+
+    async fn maintain_partitions(
+        &self,
+        drop_before: Option<time::OffsetDateTime>,
+    ) -> Result<PartitionPass, StoreError> {
+        partitions::maintain(&self.db, time::OffsetDateTime::now_utc(), drop_before).await
     }
 
     async fn erase_events(&self, tenant: TenantId, ids: &[EventId]) -> Result<u64, StoreError> {

@@ -340,7 +340,12 @@ fn window_candidates(
         push(&mut sql, edge, Box::new(bytes(edge_id)));
     }
     if let Some(event_id) = &query.event_id {
-        push(&mut sql, " AND event_id = ?", Box::new(event_id.clone()));
+        // Through the dedup keys: no index of `events` leads with event_id.
+        push(
+            &mut sql,
+            " AND id = (SELECT k.id FROM event_keys k WHERE k.tenant_id = $1 AND k.event_id = ?)",
+            Box::new(event_id.clone()),
+        );
     }
     if !query.event_types.is_empty() {
         push(
@@ -403,9 +408,10 @@ fn candidates(
     }
     let mut conditions = String::from("NOT erased");
     if let Some(event_id) = &query.event_id {
+        // Through the dedup keys: no index of `events` leads with event_id.
         push(
             &mut conditions,
-            " AND event_id = ?",
+            " AND id = (SELECT k.id FROM event_keys k WHERE k.tenant_id = $1 AND k.event_id = ?)",
             Box::new(event_id.clone()),
         );
     }
@@ -758,9 +764,12 @@ async fn merge_once(db: &Db) -> Result<Merge, StoreError> {
     // turn goes on (what a cancelled merge moved stays moved, as when autovacuum's is).
     match client
         .query(
-            "SELECT gin_clean_pending_list('events_search'::regclass)
-               FROM (SELECT set_config('maintenance_work_mem', '128MB', true)) AS memory
-              WHERE pg_try_advisory_xact_lock($1)",
+            // Each partition's index has its own pending list (`events_search` itself, on
+            // the partitioned table, holds no entries).
+            "SELECT gin_clean_pending_list(tree.relid)
+               FROM (SELECT set_config('maintenance_work_mem', '128MB', true)) AS memory,
+                    pg_partition_tree('events_search'::regclass) AS tree
+              WHERE tree.isleaf AND pg_try_advisory_xact_lock($1)",
             &[&MERGE_LOCK],
         )
         .await
@@ -785,10 +794,11 @@ mod tests {
     use crate::{AppendBatch, EventStore};
     use pulsestream_core::NewEvent;
 
-    /// The rows each scan of `events` returned, from `EXPLAIN ANALYZE`'s text plan.
+    /// The rows each scan of `events` (of each of its partitions) returned, from `EXPLAIN
+    /// ANALYZE`'s text plan.
     fn rows_read(plan: &[String]) -> Vec<u64> {
         plan.iter()
-            .filter(|line| line.contains(" on events "))
+            .filter(|line| line.contains(" on events"))
             .filter_map(|line| {
                 let actual = &line[line.find("(actual")?..];
                 let rows = &actual[actual.find("rows=")? + 5..];

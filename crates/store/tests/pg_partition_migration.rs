@@ -229,8 +229,7 @@ async fn a_version_5_schema_with_events_is_partitioned_in_place() {
     assert_eq!(count(month_table(next_month)).await, 2);
     assert_eq!(count("events".into()).await, 25);
     store.close().await.unwrap();
-    client
-        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+    pulsestream_store::postgres::drop_schema(&client, &schema)
         .await
         .unwrap();
 }

@@ -280,30 +280,7 @@ impl Drop for TestStore {
                     tokio_postgres::connect(&test_database_url(), tokio_postgres::NoTls).await
                 {
                     tokio::spawn(connection);
-                    // A lock held by the stopping server (or by a node a fault test cut off,
-                    // whose session the database still keeps) must neither hang the test nor
-                    // leave the schema behind: after a 5 s wait, end the sessions holding
-                    // locks on this schema's relations (this test's own, no other) and again.
-                    for _ in 0..3 {
-                        let dropped = client
-                            .batch_execute(&format!(
-                                "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
-                            ))
-                            .await;
-                        if dropped.is_ok() {
-                            break;
-                        }
-                        let _ = client
-                            .execute(
-                                "SELECT pg_terminate_backend(pid) FROM (
-                                     SELECT DISTINCT l.pid FROM pg_locks l
-                                     JOIN pg_class c ON c.oid = l.relation
-                                     JOIN pg_namespace n ON n.oid = c.relnamespace
-                                     WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()) holders",
-                                &[&schema],
-                            )
-                            .await;
-                    }
+                    let _ = pulsestream_store::postgres::drop_schema(&client, &schema).await;
                 }
             });
         })

@@ -42,6 +42,44 @@ use crate::{
 pub use migrate::latest_version;
 pub use partitions::PartitionPass;
 
+/// Drops a schema with everything in it (tests and benchmarks make one each). A session that
+/// still holds a lock there — a stopping node's statement, a node a fault test cut off, or a
+/// background statement of a store just closed, which can deadlock with the drop now that
+/// dropping `events` locks each of its partitions — must neither hang the caller nor leave
+/// the schema behind: after a 5 s wait, or a deadlock, the sessions holding locks on this
+/// schema's relations (no other) are ended and the drop tried again, three times at most.
+///
+/// # Errors
+/// The last attempt's error.
+#[doc(hidden)]
+pub async fn drop_schema(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let dropped = client
+            .batch_execute(&format!(
+                "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS {schema} CASCADE"
+            ))
+            .await;
+        if dropped.is_ok() || attempt == 3 {
+            return dropped;
+        }
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM (
+                     SELECT DISTINCT l.pid FROM pg_locks l
+                     JOIN pg_class c ON c.oid = l.relation
+                     JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = $1 AND l.pid <> pg_backend_pid()) holders",
+                &[&schema],
+            )
+            .await?;
+    }
+}
+
 /// Declares the PostgreSQL store's own metrics (commits share the embedded writer's names).
 pub fn describe_metrics() {
     metrics::describe_counter!(
@@ -883,4 +921,46 @@ fn decode_json<T: serde::de::DeserializeOwned>(
 ) -> Result<T, StoreError> {
     serde_json::from_value(value)
         .map_err(|err| StoreError::Corrupt(format!("{what} record: {err}")))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A session holding a lock in the schema (here, an open transaction that read a table
+    /// of it) would make `DROP SCHEMA` wait or deadlock: `drop_schema` ends it and drops.
+    #[tokio::test]
+    async fn drop_schema_ends_the_sessions_that_hold_its_locks() {
+        let base = std::env::var("PULSESTREAM_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|err| panic!("PostgreSQL at {base} is needed: {err}"));
+            tokio::spawn(connection);
+            client
+        };
+        let admin = connect().await;
+        let holder = connect().await;
+        let schema = format!("psdrop_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (x int)"
+            ))
+            .await
+            .unwrap();
+        holder
+            .batch_execute(&format!("BEGIN; SELECT * FROM {schema}.t"))
+            .await
+            .unwrap();
+        super::drop_schema(&admin, &schema).await.unwrap();
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+                &[&schema],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0);
+        assert!(holder.batch_execute("SELECT 1").await.is_err(), "ended");
+    }
 }

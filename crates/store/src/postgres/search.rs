@@ -890,10 +890,7 @@ mod tests {
             );
         }
         store.close().await.expect("close");
-        admin
-            .batch_execute(&format!(
-                "SET lock_timeout = '5s'; DROP SCHEMA {schema} CASCADE"
-            ))
+        super::super::drop_schema(&admin, &schema)
             .await
             .expect("drop the schema");
     }

@@ -71,8 +71,7 @@ impl PostgresSchema {
 
     /// Drops the schema (close the store first).
     pub async fn drop_schema(self) {
-        self.client
-            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.schema))
+        pulsestream_store::postgres::drop_schema(&self.client, &self.schema)
             .await
             .expect("drop the schema");
     }

@@ -265,8 +265,9 @@ impl EmbeddedStore {
             // fjall's default of one background thread per core (up to four) stays: with
             // one, flushes wait behind long compactions, memtables and the journal pile up
             // (measured: 1.3 GB RSS and an 18 s journal replay at the next start). With two,
-            // worker 0 keeps itself free for flushes by re-queueing compaction messages,
-            // which spins while worker 1 is busy (~10 % of a core in flume send/recv).
+            // worker 0 keeps itself free for flushes by handing compaction messages back to
+            // the queue; unpatched it spun while worker 1 compacted, and `vendor/fjall`
+            // pauses it 1 ms per hand-back (vendor/README.md, tests/fjall_workers.rs).
             .open()
             .map_err(StoreError::unavailable)?;
         let keyspaces = Keyspaces::open(

@@ -15,7 +15,7 @@ async fn a_data_dir_removed_under_the_server_stops_acknowledgements_and_readyz_s
         .await;
     assert_eq!(first.status(), StatusCode::CREATED);
 
-    std::fs::remove_dir_all(app.store().dir.path()).unwrap();
+    remove_while_written(app.store().dir.path());
 
     // Every request after the removal is refused: an acknowledged event must survive a
     // restart, and nothing written now would.
@@ -39,4 +39,21 @@ async fn a_data_dir_removed_under_the_server_stops_acknowledgements_and_readyz_s
             .is_some_and(|reason| reason.contains("was removed or replaced")),
         "{problem}"
     );
+}
+
+/// Removes a directory the server's background threads (fjall's flushes, the search index,
+/// the segment reclaimer) may be writing into: a file created between `remove_dir_all`'s
+/// listing and its final `rmdir` makes that fail with "Directory not empty" (seen in CI), so
+/// it is tried again.
+fn remove_while_written(dir: &std::path::Path) {
+    for _ in 0..50 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(error) if error.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("removing {}: {error}", dir.display()),
+        }
+    }
+    panic!("{} kept being written to for a second", dir.display());
 }

@@ -524,11 +524,10 @@ impl Worker {
             self.record_attempt(due, &outcome, took, None, 0).await;
             return Ok(step);
         };
-        let (next_retry_at, dead_lettered) =
-            self.record_failure(due, error, retry_after, label).await?;
-        self.record_attempt(due, &outcome, took, next_retry_at, dead_lettered)
-            .await;
-        let error = error.as_str();
+        // The destination's last error first, then the retry or dead letter: no transaction
+        // spans the two, and a reader who sees the dead letter must also see why (the other
+        // order let the destination's view show `dead_lettered: 1` with `last_error: null`
+        // for a moment; the 413 test caught it on PostgreSQL).
         if let Some(circuit) = self.breaker.on_failure(Instant::now()) {
             self.circuit_changed(circuit, Some(error), label).await?;
         } else {
@@ -536,6 +535,10 @@ impl Worker {
                 .record_circuit(id, self.breaker.state(Instant::now()), Some(error))
                 .await?;
         }
+        let (next_retry_at, dead_lettered) =
+            self.record_failure(due, error, retry_after, label).await?;
+        self.record_attempt(due, &outcome, took, next_retry_at, dead_lettered)
+            .await;
         Ok(Step::Continue)
     }
 

@@ -12,11 +12,7 @@ use pulsestream_core::{
 };
 use pulsestream_delivery::{PostgresSink, SendOutcome, Sink};
 use pulsestream_store::Delivery;
-
-fn database_url() -> String {
-    std::env::var("PULSESTREAM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+use pulsestream_store::postgres::test_database_url as database_url;
 
 fn destination(secrets: &SecretCipher, url: &str, table: &str) -> Destination {
     let id = DestinationId::random();

@@ -7,7 +7,7 @@
 //! partition of their time.
 
 use pulsestream_core::{EventId, NewEvent, TenantId};
-use pulsestream_store::postgres::{PostgresConfig, PostgresStore};
+use pulsestream_store::postgres::{self, PostgresConfig, PostgresStore};
 use pulsestream_store::{AppendBatch, AppendStatus, EventStore, SearchQuery};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -36,12 +36,7 @@ fn month_start(at: OffsetDateTime, months: i32) -> OffsetDateTime {
 
 #[tokio::test]
 async fn a_version_5_schema_with_events_is_partitioned_in_place() {
-    let base = std::env::var("PULSESTREAM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|err| panic!("PostgreSQL at {base} is needed: {err}"));
-    tokio::spawn(connection);
+    let client = postgres::test_client().await;
     let schema = format!("psmig_{}", uuid::Uuid::new_v4().simple());
     client
         .batch_execute(&format!(
@@ -103,10 +98,7 @@ async fn a_version_5_schema_with_events_is_partitioned_in_place() {
         stored.push((id, event));
     }
 
-    let url = format!(
-        "{base}{}options=-csearch_path%3D{schema}",
-        if base.contains('?') { '&' } else { '?' }
-    );
+    let url = postgres::url_in_schema(&postgres::test_database_url(), &schema);
     let store = PostgresStore::connect(&PostgresConfig::new(url))
         .await
         .expect("this build opens and migrates the version 5 schema");

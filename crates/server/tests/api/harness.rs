@@ -28,10 +28,7 @@ pub enum Backend {
 }
 
 /// The PostgreSQL server the suite uses (a fresh schema per test is made in it).
-pub fn test_database_url() -> String {
-    std::env::var("PULSESTREAM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
+pub use pulsestream_store::postgres::test_database_url;
 
 /// One test's store: a temporary data dir, plus a fresh PostgreSQL schema (dropped at the
 /// end) when the suite runs on PostgreSQL. Several servers given the same `TestStore` share
@@ -57,22 +54,18 @@ impl TestStore {
                 schema: None,
             };
         }
-        let base = test_database_url();
         let schema = format!("pstest_{}", uuid::Uuid::new_v4().simple());
-        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        pulsestream_store::postgres::test_client()
             .await
-            .unwrap_or_else(|err| {
-                panic!("PostgreSQL at {base} (PULSESTREAM_TEST_DATABASE_URL) is needed: {err}")
-            });
-        tokio::spawn(connection);
-        client
             .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .await
             .expect("create a schema for the test");
-        let separator = if base.contains('?') { '&' } else { '?' };
         Self {
             dir,
-            database_url: Some(format!("{base}{separator}options=-csearch_path%3D{schema}")),
+            database_url: Some(pulsestream_store::postgres::url_in_schema(
+                &test_database_url(),
+                &schema,
+            )),
             schema: Some(schema),
         }
     }

@@ -42,6 +42,41 @@ use crate::{
 pub use migrate::latest_version;
 pub use partitions::PartitionPass;
 
+/// The PostgreSQL the tests use: `PULSESTREAM_TEST_DATABASE_URL`, by default
+/// `postgres://postgres@127.0.0.1:5432/test` (test support, like [`drop_schema`]).
+#[doc(hidden)]
+#[must_use]
+pub fn test_database_url() -> String {
+    std::env::var("PULSESTREAM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A client of the tests' PostgreSQL ([`test_database_url`]), its connection driven by a
+/// task of its own.
+///
+/// # Panics
+/// PostgreSQL is not there: a test that needs it fails rather than skips.
+#[doc(hidden)]
+pub async fn test_client() -> tokio_postgres::Client {
+    let base = test_database_url();
+    let (client, connection) = tokio_postgres::connect(&base, NoTls)
+        .await
+        .unwrap_or_else(|err| {
+            panic!("PostgreSQL at {base} (PULSESTREAM_TEST_DATABASE_URL) is needed: {err}")
+        });
+    tokio::spawn(connection);
+    client
+}
+
+/// `base` with `schema` as the search path of every session: a store connected to it keeps
+/// its tables there.
+#[doc(hidden)]
+#[must_use]
+pub fn url_in_schema(base: &str, schema: &str) -> String {
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-csearch_path%3D{schema}")
+}
+
 /// Drops a schema with everything in it (tests and benchmarks make one each). A session that
 /// still holds a lock there — a stopping node's statement, a node a fault test cut off, or a
 /// background statement of a store just closed, which can deadlock with the drop now that
@@ -929,17 +964,8 @@ mod tests {
     /// of it) would make `DROP SCHEMA` wait or deadlock: `drop_schema` ends it and drops.
     #[tokio::test]
     async fn drop_schema_ends_the_sessions_that_hold_its_locks() {
-        let base = std::env::var("PULSESTREAM_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let connect = || async {
-            let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|err| panic!("PostgreSQL at {base} is needed: {err}"));
-            tokio::spawn(connection);
-            client
-        };
-        let admin = connect().await;
-        let holder = connect().await;
+        let admin = super::test_client().await;
+        let holder = super::test_client().await;
         let schema = format!("psdrop_{}", uuid::Uuid::new_v4().simple());
         admin
             .batch_execute(&format!(

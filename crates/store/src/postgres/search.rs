@@ -820,19 +820,13 @@ mod tests {
     /// for (a bitmap scan and a sort) — the crash soak's final read timed out on it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_page_by_type_reads_only_the_rows_it_returns() {
-        let base = std::env::var("PULSESTREAM_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let (admin, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|err| panic!("PostgreSQL at {base} is needed: {err}"));
-        tokio::spawn(connection);
+        let admin = crate::postgres::test_client().await;
         let schema = format!("psplan_{}", Uuid::new_v4().simple());
         admin
             .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .await
             .expect("create a schema");
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
+        let url = crate::postgres::url_in_schema(&crate::postgres::test_database_url(), &schema);
         let store = PostgresStore::connect(&PostgresConfig::new(url))
             .await
             .expect("connect");

@@ -1,7 +1,7 @@
 //! What the store's integration tests share (each test binary uses part of it).
 #![allow(dead_code)]
 
-use pulsestream_store::postgres::{PostgresConfig, PostgresStore};
+use pulsestream_store::postgres::{self, PostgresConfig, PostgresStore};
 
 /// A migrated PostgreSQL store in a schema of its own (`PULSESTREAM_TEST_DATABASE_URL`, by
 /// default `postgres://postgres@127.0.0.1:5432/test`), and the client that drops it.
@@ -15,21 +15,13 @@ pub struct PostgresSchema {
 impl PostgresSchema {
     /// Creates the schema, named `<prefix>_<random>`; panics when PostgreSQL is not there.
     pub async fn new(prefix: &str) -> Self {
-        let base = std::env::var("PULSESTREAM_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|err| {
-                panic!("PostgreSQL at {base} (PULSESTREAM_TEST_DATABASE_URL) is needed: {err}")
-            });
-        tokio::spawn(connection);
+        let client = postgres::test_client().await;
         let schema = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
         client
             .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .await
             .expect("create a schema");
-        let separator = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
+        let url = postgres::url_in_schema(&postgres::test_database_url(), &schema);
         let store = PostgresStore::connect(&PostgresConfig::new(url.clone()))
             .await
             .expect("connect");

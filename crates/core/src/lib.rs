@@ -25,4 +25,5 @@ pub use filter::{EventFilter, OrderingKey, PayloadFilter};
 pub use ids::{DestinationId, EventId, IdParseError, KeyId, TenantId};
 pub use tenant::{
     KeyScope, RateLimit, RateLimitError, Tenant, TenantChange, TenantChangeError, TenantKey,
+    earliest_retention_cutoff,
 };

@@ -95,6 +95,34 @@ impl Tenant {
     pub fn retention(&self, server_default: u32) -> Option<u32> {
         Some(self.retention_days.unwrap_or(server_default)).filter(|days| *days > 0)
     }
+
+    /// The instant before which this tenant's events have expired at `now`; `None`: kept
+    /// forever.
+    pub fn retention_cutoff(
+        &self,
+        server_default: u32,
+        now: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
+        self.retention(server_default)
+            .map(|days| now - time::Duration::days(i64::from(days)))
+    }
+}
+
+/// The earliest retention cutoff over `tenants` at `now`: before it, every tenant's events
+/// have expired, so storage holding only events from before it may go whole. `None` while
+/// some tenant keeps its events forever, or when there is no tenant.
+pub fn earliest_retention_cutoff(
+    tenants: &[Tenant],
+    server_default: u32,
+    now: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    tenants
+        .iter()
+        .map(|tenant| tenant.retention_cutoff(server_default, now))
+        .try_fold(None, |earliest: Option<OffsetDateTime>, this| {
+            this.map(|this| Some(earliest.map_or(this, |earliest| earliest.min(this))))
+        })
+        .flatten()
 }
 
 /// One change to a stored tenant, said as an intent rather than as a new record, so that the
@@ -202,6 +230,27 @@ mod tests {
             burst,
             retention_days: None,
         }
+    }
+
+    #[test]
+    fn the_earliest_cutoff_is_none_while_any_tenant_keeps_its_events_forever() {
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1_000);
+        let days = |retention_days| Tenant {
+            retention_days,
+            ..tenant(60, 60)
+        };
+        let at = |days: i64| Some(now - time::Duration::days(days));
+        assert_eq!(earliest_retention_cutoff(&[], 7, now), None);
+        assert_eq!(earliest_retention_cutoff(&[days(None)], 7, now), at(7));
+        assert_eq!(earliest_retention_cutoff(&[days(None)], 0, now), None);
+        assert_eq!(
+            earliest_retention_cutoff(&[days(Some(30)), days(None), days(Some(3))], 7, now),
+            at(30)
+        );
+        assert_eq!(
+            earliest_retention_cutoff(&[days(Some(30)), days(Some(0))], 7, now),
+            None
+        );
     }
 
     #[test]

@@ -76,39 +76,10 @@ async fn flush_counts(store: &dyn ActivityStore, tally: &Tally) {
 
 /// Applies retention: first the store's time partitions (made ahead; dropped whole once
 /// every tenant's retention has passed them: PostgreSQL), then every tenant's remaining
-/// expired events, a batch at a time.
+/// expired events, a batch at a time. Each batch reads its tenant again, so a retention made
+/// longer (or forever) while a pass runs holds from the next batch on.
 async fn expire_events(store: &dyn Store, retention: Retention, shutdown: &CancellationToken) {
-    let mut tenants = Vec::new();
-    let mut after = None;
-    loop {
-        match store.tenants(after, 100).await {
-            Ok(page) if page.is_empty() => break,
-            Ok(page) => {
-                after = page.last().map(|tenant| tenant.id);
-                tenants.extend(page);
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot list tenants for retention");
-                return;
-            }
-        }
-    }
-    let now = OffsetDateTime::now_utc();
-    let cutoff = |days: u32| now - time::Duration::days(i64::from(days));
-    // A partition may go once every tenant's events in it are expired: the earliest cutoff,
-    // none while some tenant keeps its events forever (or there is no tenant yet).
-    let drop_before = if tenants.is_empty() {
-        None
-    } else {
-        tenants
-            .iter()
-            .map(|tenant| tenant.retention(retention.default_days).map(cutoff))
-            .try_fold(None, |earliest: Option<OffsetDateTime>, this| {
-                this.map(|this| Some(earliest.map_or(this, |earliest| earliest.min(this))))
-            })
-            .flatten()
-    };
-    match store.maintain_partitions(drop_before).await {
+    match store.maintain_partitions(retention.default_days).await {
         Ok(pass) => {
             metrics::counter!("pulsestream_retention_deleted_events_total")
                 .increment(pass.events_dropped);
@@ -117,17 +88,43 @@ async fn expire_events(store: &dyn Store, retention: Retention, shutdown: &Cance
         }
         Err(err) => tracing::warn!(error = %err, "cannot maintain the event partitions"),
     }
-    for tenant in &tenants {
-        let Some(days) = tenant.retention(retention.default_days) else {
-            continue;
-        };
-        let before = cutoff(days);
+    let mut tenants = Vec::new();
+    let mut after = None;
+    loop {
+        match store.tenants(after, 100).await {
+            Ok(page) if page.is_empty() => break,
+            Ok(page) => {
+                after = page.last().map(|tenant| tenant.id);
+                tenants.extend(page.into_iter().map(|tenant| tenant.id));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list tenants for retention");
+                return;
+            }
+        }
+    }
+    let now = OffsetDateTime::now_utc();
+    for id in tenants {
         let mut deleted = 0u64;
+        let mut days = 0;
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            match store.expire_events(tenant.id, before, EXPIRE_BATCH).await {
+            let tenant = match store.tenant(id).await {
+                Ok(Some(tenant)) => tenant,
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(tenant_id = %id, error = %err, "cannot read a tenant for retention");
+                    break;
+                }
+            };
+            let Some(kept) = tenant.retention(retention.default_days) else {
+                break;
+            };
+            days = kept;
+            let before = now - time::Duration::days(i64::from(kept));
+            match store.expire_events(id, before, EXPIRE_BATCH).await {
                 Ok(count) => {
                     deleted += count;
                     metrics::counter!("pulsestream_retention_deleted_events_total")
@@ -139,13 +136,13 @@ async fn expire_events(store: &dyn Store, retention: Retention, shutdown: &Cance
                     tokio::task::yield_now().await;
                 }
                 Err(err) => {
-                    tracing::warn!(tenant_id = %tenant.id, error = %err, "cannot delete expired events");
+                    tracing::warn!(tenant_id = %id, error = %err, "cannot delete expired events");
                     break;
                 }
             }
         }
         if deleted > 0 {
-            tracing::info!(tenant_id = %tenant.id, deleted, retention_days = days, "deleted events past their retention");
+            tracing::info!(tenant_id = %id, deleted, retention_days = days, "deleted events past their retention");
         }
     }
 }

@@ -213,15 +213,18 @@ pub trait EventStore: Send + Sync + Debug + 'static {
     ) -> Result<u64, StoreError>;
 
     /// Time partitions: makes the partitions of the months around now, and drops whole the
-    /// ones that end before `drop_before` (the earliest retention cutoff over all tenants;
-    /// `None` while some tenant keeps its events forever), with what refers to their events.
+    /// ones that end before the earliest retention cutoff over all tenants (none while
+    /// some tenant keeps its events forever; a tenant without its own retention keeps its
+    /// events `default_retention_days`, 0: forever), with what refers to their events. The
+    /// tenants are read again once a partition is held against writes, so a tenant made or
+    /// changed while a pass runs never loses events to it.
     /// PostgreSQL only (`postgres::partitions`); the embedded store gives bytes back by
     /// segment files (`embedded::reclaim`) and does nothing here.
     async fn maintain_partitions(
         &self,
-        drop_before: Option<OffsetDateTime>,
+        default_retention_days: u32,
     ) -> Result<PartitionPass, StoreError> {
-        let _ = drop_before;
+        let _ = default_retention_days;
         Ok(PartitionPass::default())
     }
 

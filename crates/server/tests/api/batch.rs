@@ -48,8 +48,14 @@ async fn a_batch_with_one_bad_event_stores_the_other_nine() {
     for (index, result) in results.iter().enumerate().filter(|(i, _)| *i != 5) {
         assert_eq!(result["index"], index);
         assert_eq!(result["status"], "accepted");
-        let stored = body(app.get_event(&tenant, result["id"].as_str().unwrap()).await).await;
-        assert_eq!(stored["event_id"], format!("p-{index}"));
+        let read = app.get_event(&tenant, result["id"].as_str().unwrap()).await;
+        let status = read.status();
+        let stored = body(read).await;
+        assert_eq!(
+            stored["event_id"],
+            format!("p-{index}"),
+            "{status}: {stored}"
+        );
     }
     assert_eq!(app.count_events(&tenant, "").await, 9);
 }

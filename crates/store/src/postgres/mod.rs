@@ -77,6 +77,26 @@ pub fn url_in_schema(base: &str, schema: &str) -> String {
     format!("{base}{separator}options=-csearch_path%3D{schema}")
 }
 
+/// A store of its own for a unit test: a new schema named from `prefix` in the tests'
+/// PostgreSQL, the store connected there, and an admin client (give both to
+/// [`drop_schema`] at the end).
+#[cfg(test)]
+pub(crate) async fn test_store_in_new_schema(
+    prefix: &str,
+) -> (tokio_postgres::Client, String, PostgresStore) {
+    let admin = test_client().await;
+    let schema = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create a schema");
+    let url = url_in_schema(&test_database_url(), &schema);
+    let store = PostgresStore::connect(&PostgresConfig::new(url))
+        .await
+        .expect("connect");
+    (admin, schema, store)
+}
+
 /// Drops a schema with everything in it (tests and benchmarks make one each). A session that
 /// still holds a lock there — a stopping node's statement, a node a fault test cut off, or a
 /// background statement of a store just closed, which can deadlock with the drop now that
@@ -228,7 +248,7 @@ impl PostgresStore {
         // not to start: without them, rows go to the DEFAULT partition, and the retention
         // pass tries again.
         if let Err(err) =
-            partitions::maintain(&store.db, time::OffsetDateTime::now_utc(), None).await
+            partitions::make_months(&store.db, time::OffsetDateTime::now_utc(), None).await
         {
             tracing::warn!(error = %err, "cannot make the month partitions of events yet");
         }
@@ -647,9 +667,14 @@ impl EventStore for PostgresStore {
 
     async fn maintain_partitions(
         &self,
-        drop_before: Option<time::OffsetDateTime>,
+        default_retention_days: u32,
     ) -> Result<PartitionPass, StoreError> {
-        partitions::maintain(&self.db, time::OffsetDateTime::now_utc(), drop_before).await
+        partitions::maintain(
+            &self.db,
+            time::OffsetDateTime::now_utc(),
+            default_retention_days,
+        )
+        .await
     }
 
     async fn erase_events(&self, tenant: TenantId, ids: &[EventId]) -> Result<u64, StoreError> {

@@ -790,7 +790,6 @@ async fn merge_once(db: &Db) -> Result<Merge, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postgres::{PostgresConfig, PostgresStore};
     use crate::{AppendBatch, EventStore};
     use pulsestream_core::NewEvent;
 
@@ -820,16 +819,7 @@ mod tests {
     /// for (a bitmap scan and a sort) — the crash soak's final read timed out on it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_page_by_type_reads_only_the_rows_it_returns() {
-        let admin = crate::postgres::test_client().await;
-        let schema = format!("psplan_{}", Uuid::new_v4().simple());
-        admin
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
-            .await
-            .expect("create a schema");
-        let url = crate::postgres::url_in_schema(&crate::postgres::test_database_url(), &schema);
-        let store = PostgresStore::connect(&PostgresConfig::new(url))
-            .await
-            .expect("connect");
+        let (admin, schema, store) = crate::postgres::test_store_in_new_schema("psplan").await;
         let tenant = TenantId::random();
         for chunk in 0..6 {
             let events = (0..1_000)

@@ -714,6 +714,8 @@ impl Database {
                 let reader = db.supervisor.journal.get_reader()?;
 
                 let mut persisted_seqnos: HashMap<_, _> = HashMap::default();
+                // PulseStream patch: keyspace names resolved once per recovery, not per item.
+                let mut names = HashMap::default();
 
                 for batch in reader {
                     let batch = batch?;
@@ -722,7 +724,9 @@ impl Database {
                         highest_encountered_keyspace_id =
                             highest_encountered_keyspace_id.max(item.keyspace_id);
 
-                        let Some(keyspace_name) = db.meta_keyspace.resolve_id(item.keyspace_id)?
+                        let Some(keyspace_name) = db
+                            .meta_keyspace
+                            .resolve_id_memo(&mut names, item.keyspace_id)?
                         else {
                             continue;
                         };
@@ -760,7 +764,9 @@ impl Database {
                     }
 
                     for keyspace_id in &batch.cleared_keyspaces {
-                        let Some(keyspace_name) = db.meta_keyspace.resolve_id(*keyspace_id)? else {
+                        let Some(keyspace_name) =
+                            db.meta_keyspace.resolve_id_memo(&mut names, *keyspace_id)?
+                        else {
                             continue;
                         };
 

@@ -214,6 +214,22 @@ impl MetaKeyspace {
         }))
     }
 
+    /// [`Self::resolve_id`] through `memo` (PulseStream patch): journal recovery resolved
+    /// every replayed item's keyspace id with a point read of this tree, about 40 % of a
+    /// start's CPU after a crash. Ids do not change while a journal is replayed.
+    pub(crate) fn resolve_id_memo(
+        &self,
+        memo: &mut crate::HashMap<InternalKeyspaceId, Option<StrView>>,
+        id: InternalKeyspaceId,
+    ) -> crate::Result<Option<StrView>> {
+        if let Some(name) = memo.get(&id) {
+            return Ok(name.clone());
+        }
+        let name = self.resolve_id(id)?;
+        memo.insert(id, name.clone());
+        Ok(name)
+    }
+
     pub(crate) fn keyspace_exists(&self, name: &str) -> bool {
         self.keyspaces
             .read()

@@ -139,6 +139,8 @@ pub fn recover_sealed_memtables(
     let keyspaces_lock = db.supervisor.keyspaces.read().expect("lock is poisoned");
 
     let mut persisted_seqnos: HashMap<_, _> = HashMap::default();
+    // PulseStream patch: keyspace names resolved once per recovery, not once per item.
+    let mut names = HashMap::default();
 
     for journal_path in sealed_journal_paths {
         log::debug!("Recovering sealed journal: {}", journal_path.display());
@@ -159,7 +161,10 @@ pub fn recover_sealed_memtables(
                 highest_encountered_keyspace_id =
                     highest_encountered_keyspace_id.max(item.keyspace_id);
 
-                let Some(keyspace_name) = db.meta_keyspace.resolve_id(item.keyspace_id)? else {
+                let Some(keyspace_name) = db
+                    .meta_keyspace
+                    .resolve_id_memo(&mut names, item.keyspace_id)?
+                else {
                     continue;
                 };
 
@@ -206,7 +211,8 @@ pub fn recover_sealed_memtables(
             }
 
             for keyspace_id in &batch.cleared_keyspaces {
-                let Some(keyspace_name) = db.meta_keyspace.resolve_id(*keyspace_id)? else {
+                let Some(keyspace_name) = db.meta_keyspace.resolve_id_memo(&mut names, *keyspace_id)?
+                else {
                     continue;
                 };
 

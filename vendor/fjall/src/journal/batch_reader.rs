@@ -103,6 +103,12 @@ impl Iterator for JournalBatchReader {
                     self.is_in_batch = true;
                     self.batch_counter = item_count;
                     self.batch_seqno = seqno;
+                    // PulseStream patch: room for the batch's items at once (they were
+                    // pushed into an empty vector, which grew by doubling: a seventh of a
+                    // start's CPU with batches of tens of thousands of items). Bounded, as
+                    // the count is read from a file that may be damaged.
+                    self.items
+                        .reserve((item_count as usize).min(1 << 20).saturating_sub(self.items.len()));
                 }
                 Entry::End(expected_checksum) => {
                     if self.batch_counter > 0 {
